@@ -1,0 +1,214 @@
+"""The entry point: the annotation window by default, subcommands for headless work.
+
+    python main.py [FOLDER | PROJECT] [--demo]      open the app
+    python main.py new PROJECT --images DIR         create a project over a folder of images
+    python main.py import PROJECT SOURCE            add a COCO file or a labelme folder
+    python main.py export PROJECT OUT.json          write COCO JSON
+    python main.py info PROJECT                     review states and instances per category
+
+Thin on purpose: it parses arguments and calls the packages. Bad input ends in one line on stderr
+naming the file and the problem, and exit status 2; nothing already stored is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+COMMANDS = ("new", "import", "export", "info")
+EXIT_BAD_INPUT = 2
+
+
+def project_path(argument: str) -> Path:
+    """``PROJECT`` as typed, with the project suffix added when the user left it out."""
+    from annotator.store import PROJECT_SUFFIX
+
+    path = Path(argument)
+    return path if path.suffix else path.with_name(path.name + PROJECT_SUFFIX)
+
+
+def _progress(total: int, what: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=what, file=sys.stderr, disable=None, dynamic_ncols=True)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from annotator.errors import InputError
+    from annotator.store import Project
+    from model.images import ImageReadError, is_image_file, probe_image
+
+    images = Path(args.images)
+    if not images.is_dir():
+        raise InputError(images, "not a folder of images")
+    path = project_path(args.project)
+    if path.exists():
+        raise InputError(path, "a project already exists here; use 'import' to add to it")
+    files = sorted(p for p in images.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise InputError(images, "no images here (jpg, png, bmp, tif, webp)")
+    infos = []
+    with _progress(len(files), "img") as bar:
+        for file in files:
+            try:
+                infos.append((file, probe_image(file, args.max_pixels)))
+            except ImageReadError as error:
+                raise InputError(error.path, error.problem) from None
+            bar.update()
+    with Project.create(path, images) as project, project.transaction():
+        for file, info in infos:
+            project.add_image(file.relative_to(images).as_posix(), info.width, info.height, info.sha256)
+    print(f"created {path} with {len(infos)} images from {images}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from annotator.coco import import_coco
+    from annotator.errors import InputError
+    from annotator.labelme import import_labelme
+    from annotator.store import Project
+
+    source = Path(args.source)
+    if not source.exists():
+        raise InputError(source, "no such file or folder")
+    path = project_path(args.project)
+    images = Path(args.images) if args.images else None
+    if images is not None and not images.is_dir():
+        raise InputError(images, "not a folder of images")
+    if path.exists():
+        project = Project.open(path)
+        if images is not None and images.resolve() != project.image_root:
+            project.close()
+            raise InputError(path, f"the project's images are in {project.image_root}, not {images.resolve()}")
+        created = False
+    else:
+        project = Project.create(path, images or (source if source.is_dir() else source.parent))
+        created = True
+    try:
+        with project:
+            if source.is_dir():
+                report = import_labelme(project, source, args.max_pixels)
+            else:
+                report = import_coco(project, source, args.max_pixels)
+    except BaseException:
+        if created:  # nothing of a failed import may remain, not even the new project file
+            for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{report.summary()} into {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from annotator.coco import export_coco
+    from annotator.errors import InputError
+    from annotator.store import Project
+
+    with Project.open(project_path(args.project)) as project:
+        try:
+            counts = export_coco(project, args.out, only_done=args.only_done, rle=args.rle)
+        except OSError as error:
+            raise InputError(args.out, f"cannot write the file ({error.strerror or error})") from None
+    print(f"wrote {counts['images']} images, {counts['annotations']} annotations and "
+          f"{counts['categories']} categories to {args.out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from annotator.store import Project
+
+    with Project.open(project_path(args.project)) as project:
+        print(f"project:     {project.path}")
+        print(f"image root:  {project.image_root}")
+        print(f"images:      {project.image_count()}")
+        for state, count in project.review_state_counts().items():
+            print(f"  {state.label:<11}{count}")
+        counts = project.instance_counts_by_category()
+        print(f"instances:   {sum(counts.values())}")
+        for category in project.categories():
+            keypoints = f"  ({category.num_keypoints} keypoints)" if category.keypoints else ""
+            print(f"  {category.id:>3} {category.name:<20}{counts[category.id]}{keypoints}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model.images import DEFAULT_MAX_PIXELS
+
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Mask R-CNN annotation assistant. With no command, opens the app "
+                    "(on a folder of images, a project file, or --demo).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def max_pixels(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                         help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+
+    new = command("new", cmd_new, "create a project over a folder of images")
+    new.add_argument("project", metavar="PROJECT", help="project file to create (.annot is added if no suffix)")
+    new.add_argument("--images", required=True, metavar="DIR", help="folder of images (searched recursively)")
+    max_pixels(new)
+
+    imp = command("import", cmd_import, "import a COCO JSON file or a folder of labelme JSON files")
+    imp.add_argument("project", metavar="PROJECT", help="project file; created if it does not exist")
+    imp.add_argument("source", metavar="SOURCE", help="COCO JSON file, or folder of labelme files")
+    imp.add_argument("--images", metavar="DIR",
+                     help="image root that COCO file_name / labelme imagePath refer to (default: the "
+                          "COCO file's folder or the labelme folder)")
+    max_pixels(imp)
+
+    exp = command("export", cmd_export, "export the project as COCO JSON")
+    exp.add_argument("project", metavar="PROJECT")
+    exp.add_argument("out", metavar="OUT.json")
+    exp.add_argument("--only-done", action="store_true", help="only images marked done")
+    exp.add_argument("--rle", action="store_true",
+                     help="masks as compressed RLE (pixel-exact, keeps holes) instead of polygons")
+
+    info = command("info", cmd_info, "images per review state and instances per category")
+    info.add_argument("project", metavar="PROJECT")
+    return parser
+
+
+def build_gui_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="Open the annotation app. Commands: "
+                                     + ", ".join(COMMANDS) + " (see 'main.py COMMAND --help').")
+    parser.add_argument("path", nargs="?", metavar="FOLDER|PROJECT",
+                        help="a folder of images (creates a project there) or a project file")
+    parser.add_argument("--demo", action="store_true", help="open the bundled demo project")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from annotator.errors import InputError
+
+    try:
+        if argv and argv[0] in COMMANDS:
+            args = build_parser().parse_args(argv)
+            return args.handler(args)
+        if argv and argv[0] in ("-h", "--help"):
+            build_parser().print_help()
+            return 0
+        args = build_gui_parser().parse_args(argv)
+        from annotator.app import run_app
+
+        return run_app(Path(args.path) if args.path else None, demo=args.demo)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

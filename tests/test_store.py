@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotator import masks
+from annotator.errors import InputError
+from annotator.store import SCHEMA_VERSION, Project, ReviewState, Source, check_file_name
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    with Project.create(tmp_path / "p.annot", tmp_path / "images") as project:
+        yield project
+
+
+def _square(height: int = 48, width: int = 64) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[10:20, 5:30] = True
+    return mask
+
+
+def test_new_project_uses_wal_foreign_keys_and_current_schema(project: Project) -> None:
+    db = sqlite3.connect(project.path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert project._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert project.integrity_check() == "ok"
+
+
+def test_edit_is_visible_to_another_connection_as_soon_as_the_call_returns(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    instance = project.add_instance(image.id, category.id, mask=_square())
+    with Project.open(project.path) as other:
+        assert other.instances(image.id) == [instance]
+
+
+def test_instance_box_and_area_come_from_the_mask(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    instance = project.add_instance(image.id, category.id, mask=_square())
+    assert instance.bbox == (5.0, 10.0, 25.0, 10.0)
+    assert instance.area == 250
+    assert np.array_equal(instance.mask, _square())
+    assert isinstance(instance.rle["counts"], str)
+
+
+def test_ids_start_at_one(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    instance = project.add_instance(image.id, category.id, bbox=[1, 2, 3, 4])
+    assert (image.id, category.id, instance.id) == (1, 1, 1)
+
+
+def test_category_id_zero_is_refused(project: Project) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        project.add_category("background", id=0)
+    assert project.categories() == []
+
+
+def test_skeleton_must_name_existing_keypoints_one_based(project: Project) -> None:
+    with pytest.raises(ValueError, match="1..2"):
+        project.add_category("person", keypoints=["a", "b"], skeleton=[(0, 1)])
+    person = project.add_category("person", keypoints=["a", "b"], skeleton=[(1, 2)])
+    assert person.skeleton == ((1, 2),)
+
+
+def test_keypoints_must_match_the_category_schema(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    person = project.add_category("person", keypoints=["a", "b"])
+    with pytest.raises(ValueError, match="has 2 keypoints"):
+        project.add_instance(image.id, person.id, mask=_square(), keypoints=[1, 2, 2])
+    instance = project.add_instance(image.id, person.id, mask=_square(), keypoints=[1, 2, 2, 3, 4, 1])
+    assert instance.keypoints_array.tolist() == [[1, 2, 2], [3, 4, 1]]
+    assert instance.num_keypoints == 2
+
+
+def test_mask_of_the_wrong_size_is_refused(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    with pytest.raises(ValueError, match="mask is"):
+        project.add_instance(image.id, category.id, mask=np.zeros((10, 10), bool))
+    assert project.instances(image.id) == []
+
+
+def test_editing_a_proposal_makes_it_human_and_drops_the_stale_polygon(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    proposal = project.add_instance(image.id, category.id, polygons=[[5, 10, 30, 10, 30, 20, 5, 20]],
+                                    score=0.9, source=Source.MODEL, model_version="m1")
+    assert proposal.polygons is not None
+    edited = project.update_instance(proposal.id, mask=_square())
+    assert edited.source == Source.HUMAN and edited.polygons is None
+    assert edited.score == 0.9 and edited.model_version == "m1"
+
+
+def test_changing_only_the_category_keeps_mask_and_polygon(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    cat, dog = project.add_category("cat"), project.add_category("dog")
+    before = project.add_instance(image.id, cat.id, polygons=[[5, 10, 30, 10, 30, 20, 5, 20]])
+    after = project.update_instance(before.id, category_id=dog.id)
+    assert after.category_id == dog.id
+    assert (after.rle, after.polygons, after.bbox) == (before.rle, before.polygons, before.bbox)
+
+
+def test_deleted_instance_is_restored_exactly_for_undo(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    person = project.add_category("person", keypoints=["a"])
+    instance = project.add_instance(image.id, person.id, mask=_square(), keypoints=[3, 4, 2], score=0.5,
+                                    source=Source.MODEL, model_version="v")
+    deleted = project.delete_instance(instance.id)
+    assert project.instances(image.id) == []
+    assert project.restore_instance(deleted) == instance
+
+
+def test_restoring_an_earlier_version_undoes_an_edit(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    original = project.add_instance(image.id, category.id, mask=_square())
+    project.update_instance(original.id, mask=~_square())
+    assert project.restore_instance(original) == original
+
+
+def test_failed_transaction_leaves_nothing_behind(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    with pytest.raises(RuntimeError):
+        with project.transaction():
+            project.add_instance(image.id, category.id, mask=_square())
+            project.set_review_state(image.id, ReviewState.DONE)
+            raise RuntimeError("import failed half-way")
+    assert project.instances(image.id) == []
+    assert project.image(image.id).state == ReviewState.UNLABELED
+
+
+def test_counts_by_review_state_and_category(project: Project) -> None:
+    a = project.add_image("a.png", 64, 48, "h")
+    b = project.add_image("b.png", 64, 48, "h")
+    project.set_review_state(b.id, ReviewState.DONE)
+    cat, dog = project.add_category("cat"), project.add_category("dog")
+    project.add_instance(a.id, cat.id, mask=_square())
+    project.add_instance(b.id, cat.id, mask=_square())
+    assert project.review_state_counts()[ReviewState.DONE] == 1
+    assert project.review_state_counts()[ReviewState.UNLABELED] == 1
+    assert project.instance_counts_by_category() == {cat.id: 2, dog.id: 0}
+    assert [i.image_id for i in project.iter_instances([ReviewState.DONE])] == [b.id]
+
+
+def test_changing_the_number_of_keypoints_in_use_is_refused(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "h")
+    person = project.add_category("person", keypoints=["a", "b"])
+    project.add_instance(image.id, person.id, mask=_square(), keypoints=[1, 1, 2, 2, 2, 2])
+    assert project.update_category(person.id, keypoints=("nose", "eye")).keypoints == ("nose", "eye")
+    with pytest.raises(ValueError, match="cannot change"):
+        project.update_category(person.id, keypoints=("nose",))
+
+
+def test_image_root_is_stored_relative_so_a_moved_project_still_finds_images(tmp_path: Path) -> None:
+    with Project.create(tmp_path / "a" / "p.annot", tmp_path / "a" / "images"):
+        pass
+    (tmp_path / "a").rename(tmp_path / "b")
+    with Project.open(tmp_path / "b" / "p.annot") as project:
+        assert project.image_root == (tmp_path / "b" / "images").resolve()
+
+
+def test_project_from_a_newer_program_is_refused(project: Project) -> None:
+    project._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(InputError, match="newer"):
+        Project.open(project.path)
+
+
+def test_other_sqlite_files_and_garbage_are_not_projects(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)")
+    with pytest.raises(InputError, match="not a project file"):
+        Project.open(other)
+    garbage = tmp_path / "garbage.annot"
+    garbage.write_bytes(b"\x00not sqlite" * 100)
+    with pytest.raises(InputError, match="not a project file"):
+        Project.open(garbage)
+    assert garbage.read_bytes() == b"\x00not sqlite" * 100
+
+
+@pytest.mark.parametrize("name, normalised", [("a.png", "a.png"), ("sub/./b.png", "sub/b.png"),
+                                              ("sub\\c.png", "sub/c.png"), ("x/../d.png", "d.png")])
+def test_file_names_are_normalised_posix_paths(name: str, normalised: str) -> None:
+    assert check_file_name(name) == normalised
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../secret.png", "a/../../b.png", "C:\\x.png", "", "."])
+def test_file_names_outside_the_image_root_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        check_file_name(name)
+
+
+def test_rle_counts_are_text_everywhere(project: Project) -> None:
+    rle = masks.encode(_square())
+    assert isinstance(rle["counts"], str)
+    assert np.array_equal(masks.decode(rle), _square())
