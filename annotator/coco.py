@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -295,34 +299,89 @@ def _coco_category(category: Category) -> dict[str, Any]:
     return entry
 
 
-def coco_annotation(instance: Instance, category: Category, rle: bool) -> dict[str, Any]:
-    """The COCO annotation of one instance: segmentation, box, area and keypoints together."""
-    entry: dict[str, Any] = {"id": instance.id, "image_id": instance.image_id,
-                             "category_id": instance.category_id, "iscrowd": int(instance.iscrowd)}
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def annotation_json(instance: Instance, category: Category, rle: bool) -> str:
+    """The COCO annotation of one instance, as JSON text: segmentation, box, area and keypoints
+    together. Built by hand so that a stored outline goes out as the text it is stored as."""
+    parts = [f'{{"id":{instance.id},"image_id":{instance.image_id},'
+             f'"category_id":{instance.category_id},"iscrowd":{int(instance.iscrowd)}']
     if instance.rle is not None:
         if rle or instance.iscrowd:
-            entry["segmentation"] = instance.rle
-        elif instance.polygons is not None:
-            entry["segmentation"] = [list(p) for p in instance.polygons]
+            segmentation = _dumps(instance.rle)
+        elif instance.polygons_json is not None:
+            segmentation = instance.polygons_json
         else:
-            entry["segmentation"] = masks.to_polygons(instance.rle) or instance.rle
-    entry["area"] = instance.area
-    entry["bbox"] = list(instance.bbox)
+            segmentation = masks.polygons_json(instance.rle)
+            if segmentation == "[]":  # an empty mask has no outline; its RLE is still valid
+                segmentation = _dumps(instance.rle)
+        parts.append(f',"segmentation":{segmentation}')
+    parts.append(f',"area":{_dumps(instance.area)},"bbox":{_dumps(list(instance.bbox))}')
     if category.keypoints and instance.keypoints is not None:
-        entry["keypoints"] = list(instance.keypoints)
-        entry["num_keypoints"] = instance.num_keypoints
-    return entry
+        parts.append(f',"keypoints":{_dumps(list(instance.keypoints))},'
+                     f'"num_keypoints":{instance.num_keypoints}')
+    parts.append("}")
+    return "".join(parts)
 
 
-def export_coco(project: Project, path: Path | str, only_done: bool = False, rle: bool = False) -> dict[str, int]:
+# Images per piece of an export; a piece is a few MB of JSON, and at most two per worker are held.
+IMAGES_PER_PIECE = 1000
+# Below this many instances an export runs in this process: starting workers would cost more.
+PARALLEL_EXPORT_FROM = 50_000
+
+
+def _annotations_text(project: Project, image_ids: tuple[int, int], states: list[ReviewState] | None,
+                      rle: bool) -> tuple[str, int]:
+    categories = {c.id: c for c in project.categories()}
+    pieces = [annotation_json(instance, categories[instance.category_id], rle)
+              for instance in project.iter_instances(states, image_ids)]
+    return ",\n".join(pieces), len(pieces)
+
+
+def _annotations_text_in_worker(path: str, image_ids: tuple[int, int], states: list[ReviewState] | None,
+                                rle: bool) -> tuple[str, int]:
+    with Project.open(path) as project:
+        return _annotations_text(project, image_ids, states, rle)
+
+
+def _image_id_ranges(project: Project, states: list[ReviewState] | None) -> list[tuple[int, int]]:
+    ids = [image.id for image in project.iter_images(states=states)]
+    return [(ids[i], ids[min(i + IMAGES_PER_PIECE, len(ids)) - 1]) for i in range(0, len(ids), IMAGES_PER_PIECE)]
+
+
+def _annotation_pieces(project: Project, states: list[ReviewState] | None, rle: bool,
+                       workers: int) -> Iterator[tuple[str, int]]:
+    """The annotations as JSON text, piece by piece in image order; tracing polygons from masks
+    is the slow part, so large exports spread the pieces over worker processes."""
+    ranges = _image_id_ranges(project, states)
+    if workers <= 1 or project.instance_count() < PARALLEL_EXPORT_FROM:
+        for image_ids in ranges:
+            yield _annotations_text(project, image_ids, states, rle)
+        return
+    # spawn, not fork: the app calls this with Qt threads and an open database in the process
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque[Future] = deque()
+        for image_ids in ranges:
+            pending.append(pool.submit(_annotations_text_in_worker, str(project.path), image_ids, states, rle))
+            if len(pending) >= 2 * workers:  # bounded memory: at most this many pieces held
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def export_coco(project: Project, path: Path | str, only_done: bool = False, rle: bool = False,
+                workers: int | None = None) -> dict[str, int]:
     """Writes the project as one COCO file (atomically); returns the counts written.
 
     Masks go out as polygons (``iscrowd=0``; holes are lost) unless ``rle`` asks for compressed
-    RLE, which keeps every pixel. Crowd regions are always RLE.
+    RLE, which keeps every pixel. Crowd regions are always RLE. An outline drawn as polygons goes
+    out exactly as drawn. ``workers`` defaults to the number of CPU cores.
     """
     path = Path(path)
     states = [ReviewState.DONE] if only_done else None
-    categories = {c.id: c for c in project.categories()}
+    categories = project.categories()
     counts = {"images": 0, "annotations": 0, "categories": len(categories)}
 
     def images() -> Iterator[dict]:
@@ -331,19 +390,19 @@ def export_coco(project: Project, path: Path | str, only_done: bool = False, rle
             yield {"id": image.id, "file_name": image.file_name, "width": image.width,
                    "height": image.height}
 
-    def annotations() -> Iterator[dict]:
-        for instance in project.iter_instances(states):
-            counts["annotations"] += 1
-            yield coco_annotation(instance, categories[instance.category_id], rle)
-
     info = {"description": f"exported from {project.path.name}",
             "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with AtomicWriter(path) as out:
-        out.write('{"info":' + json.dumps(info) + ',\n"licenses":[],\n"images":')
+        out.write('{"info":' + _dumps(info) + ',\n"licenses":[],\n"images":')
         out.writelines(iter_json_array(images()))
-        out.write(',\n"annotations":')
-        out.writelines(iter_json_array(annotations()))
-        out.write(',\n"categories":')
-        out.writelines(iter_json_array(_coco_category(c) for c in categories.values()))
+        out.write(',\n"annotations":[\n')
+        separator = ""
+        for text, count in _annotation_pieces(project, states, rle, workers or os.cpu_count() or 1):
+            if count:
+                out.write(separator + text)
+                separator = ",\n"
+                counts["annotations"] += count
+        out.write('],\n"categories":')
+        out.writelines(iter_json_array(_coco_category(c) for c in categories))
         out.write("}\n")
     return counts

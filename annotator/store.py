@@ -87,9 +87,15 @@ class Instance:
     source: Source
     model_version: str | None
     iscrowd: bool
-    polygons: tuple[tuple[float, ...], ...] | None  # the outline the mask was drawn as, while unchanged
+    # The outline the mask was drawn as (JSON list of flat polygons), kept while the mask is
+    # unchanged; held as stored text so that an export can write it without parsing it.
+    polygons_json: str | None
     created_at: float
     updated_at: float
+
+    @property
+    def polygons(self) -> tuple[tuple[float, ...], ...] | None:
+        return None if self.polygons_json is None else tuple(tuple(p) for p in json.loads(self.polygons_json))
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -494,7 +500,7 @@ class Project:
             bbox=tuple(json.loads(row[4])), area=row[5],
             keypoints=None if row[6] is None else tuple(json.loads(row[6])),
             score=row[7], source=Source(row[8]), model_version=row[9], iscrowd=bool(row[10]),
-            polygons=None if row[11] is None else tuple(tuple(p) for p in json.loads(row[11])),
+            polygons_json=row[11],
             created_at=row[12], updated_at=row[13],
         )
 
@@ -510,15 +516,23 @@ class Project:
             raise KeyError(f"no instance with id {instance_id}")
         return self._instance(row)
 
-    def iter_instances(self, states: Iterable[ReviewState] | None = None) -> Iterator[Instance]:
-        """Every instance, ordered by image then id, streamed (bounded memory), optionally only
-        those of images in the given review states."""
-        query, wanted = _SELECT_INSTANCES, []
+    def iter_instances(self, states: Iterable[ReviewState] | None = None,
+                       image_ids: tuple[int, int] | None = None) -> Iterator[Instance]:
+        """Every instance, ordered by image then id, streamed (bounded memory); optionally only
+        those of images in the given review states, or with ids in the inclusive range
+        ``image_ids = (first, last)``."""
+        conditions, parameters = [], []
         if states is not None:
             wanted = [int(s) for s in states]
-            query += f" WHERE images.state IN ({','.join('?' * len(wanted)) or 'NULL'})"
+            conditions.append(f"images.state IN ({','.join('?' * len(wanted)) or 'NULL'})")
+            parameters += wanted
+        if image_ids is not None:
+            conditions.append("instances.image_id BETWEEN ? AND ?")
+            parameters += list(image_ids)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        query = f"{_SELECT_INSTANCES}{where} ORDER BY instances.image_id, instances.id"
         # A cursor of its own: the caller may read other tables while iterating.
-        for row in self._db.cursor().execute(query + " ORDER BY instances.image_id, instances.id", wanted):
+        for row in self._db.cursor().execute(query, parameters):
             yield self._instance(row)
 
     def instance_count(self) -> int:
@@ -610,7 +624,7 @@ class Project:
             polygons=polygons, bbox=None if geometry_given else old.bbox, keypoints=keypoints,
         )
         if not geometry_given:
-            columns["polygons"] = None if old.polygons is None else _json([list(p) for p in old.polygons])
+            columns["polygons"] = old.polygons_json
         with self.transaction():
             self._db.execute(
                 "UPDATE instances SET category_id = ?, rle_counts = ?, bbox = ?, area = ?, keypoints = ?,"
@@ -637,7 +651,7 @@ class Project:
                  None if instance.rle is None else instance.rle["counts"], _json(list(instance.bbox)),
                  instance.area, None if instance.keypoints is None else _json(list(instance.keypoints)),
                  instance.score, str(instance.source), instance.model_version, int(instance.iscrowd),
-                 None if instance.polygons is None else _json([list(p) for p in instance.polygons]),
+                 instance.polygons_json,
                  instance.created_at, instance.updated_at),
             )
         return self.instance(instance.id)

@@ -181,11 +181,13 @@ def test_failed_export_leaves_the_previous_file_intact(tmp_path: Path, coco_file
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out.json"
     out.write_text('{"previous": true}')
+    import annotator.coco as coco
+
     with _import(tmp_path, coco_file) as project:
         def broken(*args, **kwargs):
             raise OSError("disk full")
 
-        monkeypatch.setattr(masks, "to_polygons", broken)
+        monkeypatch.setattr(coco, "annotation_json", broken)  # fails after the images are written
         with pytest.raises(OSError):
             export_coco(project, out)
     assert out.read_text() == '{"previous": true}'
@@ -260,3 +262,17 @@ def test_polygons_and_keypoints_round_trip_exactly(tmp_path_factory, polygons: l
     expected = masks.from_polygons(polygons, 64, 64)
     assert annotation["area"] == masks.area(expected)
     assert annotation["bbox"] == list(masks.bbox(expected))
+
+
+def test_parallel_export_writes_the_same_file_as_a_single_process(
+        tmp_path: Path, coco_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import annotator.coco as coco
+
+    monkeypatch.setattr(coco, "IMAGES_PER_PIECE", 1)  # three pieces, over two worker processes
+    monkeypatch.setattr(coco, "PARALLEL_EXPORT_FROM", 0)
+    monkeypatch.setattr(coco.time, "strftime", lambda *args: "fixed")
+    with _import(tmp_path, coco_file) as project:
+        export_coco(project, tmp_path / "single.json", workers=1)
+        export_coco(project, tmp_path / "parallel.json", workers=2)
+    assert (tmp_path / "parallel.json").read_text() == (tmp_path / "single.json").read_text()
+    assert len(json.loads((tmp_path / "parallel.json").read_text())["annotations"]) == 6
