@@ -118,7 +118,7 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE images (
-        id INTEGER PRIMARY KEY CHECK (id >= 1),
+        id INTEGER PRIMARY KEY AUTOINCREMENT CHECK (id >= 1),
         file_name TEXT NOT NULL UNIQUE,
         width INTEGER NOT NULL CHECK (width > 0),
         height INTEGER NOT NULL CHECK (height > 0),
@@ -136,7 +136,9 @@ MIGRATIONS: list[str] = [
         skeleton TEXT NOT NULL DEFAULT '[]'
     );
     CREATE TABLE instances (
-        id INTEGER PRIMARY KEY CHECK (id >= 1),
+        -- AUTOINCREMENT: a deleted instance's id is never handed to a new one, so an undo record
+        -- or an exported annotation id can never come to name another instance
+        id INTEGER PRIMARY KEY AUTOINCREMENT CHECK (id >= 1),
         image_id INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE,
         category_id INTEGER NOT NULL REFERENCES categories (id),
         rle_counts TEXT,

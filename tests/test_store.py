@@ -201,3 +201,12 @@ def test_rle_counts_are_text_everywhere(project: Project) -> None:
     rle = masks.encode(_square())
     assert isinstance(rle["counts"], str)
     assert np.array_equal(masks.decode(rle), _square())
+
+
+def test_ids_of_deleted_instances_are_never_reused(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    first = project.add_instance(image.id, category.id, mask=_square())
+    project.delete_instance(first.id)
+    second = project.add_instance(image.id, category.id, mask=_square())
+    assert second.id != first.id
