@@ -91,29 +91,6 @@ def test_main_script_runs_as_a_program(tmp_path: Path) -> None:
     assert done.stderr == f"error: {tmp_path / 'none.annot'}: no project file here\n"
 
 
-def test_app_opens_a_real_window_on_a_project(tmp_path: Path, qtbot) -> None:
-    from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication, QLabel
-
-    from annotator.app import run_app
-
-    write_images(tmp_path / "i", [(8, 8)])
-    with Project.create(tmp_path / "p.annot", tmp_path / "i") as project:
-        project.add_image("0.png", 8, 8, "h")
-    seen: list[str] = []
-
-    def look() -> None:
-        for widget in QApplication.topLevelWidgets():
-            if widget.isVisible():
-                seen.append(widget.centralWidget().text() if isinstance(widget.centralWidget(), QLabel) else "")
-                widget.close()
-        QApplication.instance().quit()
-
-    QTimer.singleShot(50, look)
-    assert run_app(tmp_path / "p.annot") == 0
-    assert any("1 images" in text for text in seen)
-
-
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()

@@ -1,0 +1,244 @@
+"""Undoable edits that write through the project store. No Qt.
+
+Every edit is recorded as the instances it touched, each as it was before and as it is after
+(``None`` for "did not exist"). Undo puts the "before" versions back with
+:meth:`Project.restore_instance` (same ids, same timestamps) and deletes what did not exist;
+redo does the same with the "after" versions. That one rule covers adding, painting, deleting,
+merging, splitting and accepting, and it keeps working after the user has moved to another image,
+because the records name their image. The stack has no size limit: a record holds RLE strings, a
+few kilobytes each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from annotator import masks
+from annotator.proposals import Proposal, ProposalCategories, store_proposals
+from annotator.store import Category, Instance, Project, ReviewState, Source
+
+
+@dataclass(frozen=True)
+class Change:
+    """One instance before and after an edit; ``None`` where it did not exist."""
+
+    before: Instance | None
+    after: Instance | None
+
+    @property
+    def image_id(self) -> int:
+        instance = self.after or self.before
+        assert instance is not None
+        return instance.image_id
+
+
+@dataclass
+class Command:
+    """A named edit of one image: instance changes and, optionally, a review-state change."""
+
+    text: str
+    image_id: int
+    changes: list[Change] = field(default_factory=list)
+    state_before: ReviewState | None = None
+    state_after: ReviewState | None = None
+
+    def _apply(self, project: Project, forward: bool) -> None:
+        with project.transaction():
+            changes = self.changes if forward else list(reversed(self.changes))
+            for change in changes:
+                target = change.after if forward else change.before
+                other = change.before if forward else change.after
+                if target is not None:
+                    project.restore_instance(target)
+                elif other is not None and project.id_in_use("instances", other.id):
+                    project.delete_instance(other.id)
+            state = self.state_after if forward else self.state_before
+            if state is not None:
+                project.set_review_state(self.image_id, state)
+
+    def undo(self, project: Project) -> None:
+        self._apply(project, forward=False)
+
+    def redo(self, project: Project) -> None:
+        self._apply(project, forward=True)
+
+
+class UndoStack:
+    """The project's edit history; ``listener`` hears about every change (for the GUI to redraw).
+
+    Edits are made through :meth:`edit`, which runs them in one store transaction and records the
+    result, so a failed edit leaves neither the store nor the history changed.
+    """
+
+    def __init__(self, project: Project, listener: Callable[[Command], None] | None = None) -> None:
+        self.project = project
+        self.listener = listener
+        self._done: list[Command] = []
+        self._undone: list[Command] = []
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._done)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._undone)
+
+    @property
+    def undo_text(self) -> str:
+        return self._done[-1].text if self._done else ""
+
+    @property
+    def redo_text(self) -> str:
+        return self._undone[-1].text if self._undone else ""
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def clear(self) -> None:
+        """Forgets the history (after a change made outside it, such as an import: SQLite may give
+        an imported instance the id of a deleted one, which undoing that delete would overwrite)."""
+        self._done.clear()
+        self._undone.clear()
+
+    def push(self, command: Command) -> Command:
+        """Records a command whose effect is already in the store."""
+        self._done.append(command)
+        self._undone.clear()
+        self._notify(command)
+        return command
+
+    def undo(self) -> Command | None:
+        if not self._done:
+            return None
+        command = self._done.pop()
+        command.undo(self.project)
+        self._undone.append(command)
+        self._notify(command)
+        return command
+
+    def redo(self) -> Command | None:
+        if not self._undone:
+            return None
+        command = self._undone.pop()
+        command.redo(self.project)
+        self._done.append(command)
+        self._notify(command)
+        return command
+
+    def _notify(self, command: Command) -> None:
+        if self.listener is not None:
+            self.listener(command)
+
+    # -- the edits the tools make ---------------------------------------------------------------
+
+    def add(self, image_id: int, category_id: int, text: str = "Add instance", **fields) -> Instance:
+        """Adds an instance (``fields`` as for :meth:`Project.add_instance`)."""
+        with self.project.transaction():
+            after = self.project.add_instance(image_id, category_id, **fields)
+        self.push(Command(text, image_id, [Change(None, after)]))
+        return after
+
+    def update(self, instance_id: int, text: str = "Edit instance", **fields) -> Instance:
+        """Changes an instance (``fields`` as for :meth:`Project.update_instance`)."""
+        before = self.project.instance(instance_id)
+        with self.project.transaction():
+            after = self.project.update_instance(instance_id, **fields)
+        self.push(Command(text, before.image_id, [Change(before, after)]))
+        return after
+
+    def set_mask(self, instance_id: int, mask: np.ndarray, text: str = "Paint mask") -> Instance | None:
+        """Replaces an instance's mask; an empty mask deletes the instance (returns None)."""
+        if not mask.any():
+            self.delete([instance_id], text)
+            return None
+        return self.update(instance_id, text, mask=mask)
+
+    def delete(self, instance_ids: list[int], text: str = "Delete") -> None:
+        if not instance_ids:
+            return
+        with self.project.transaction():
+            changes = [Change(self.project.delete_instance(i), None) for i in instance_ids]
+        self.push(Command(text, changes[0].image_id, changes))
+
+    def accept(self, instance_ids: list[int], text: str = "Accept") -> None:
+        """Marks proposals as accepted by a person: ``source=human``, score and model version kept."""
+        changes = []
+        with self.project.transaction():
+            for instance_id in instance_ids:
+                before = self.project.instance(instance_id)
+                if before.source == Source.HUMAN:
+                    continue
+                after = self.project.update_instance(instance_id, source=Source.HUMAN)
+                changes.append(Change(before, after))
+        if changes:
+            self.push(Command(text, changes[0].image_id, changes))
+
+    def merge(self, instance_ids: list[int]) -> Instance:
+        """Unites the masks of several instances into the first; the others are deleted."""
+        if len(instance_ids) < 2:
+            raise ValueError("merging needs at least two instances")
+        instances = [self.project.instance(i) for i in instance_ids]
+        if len({i.image_id for i in instances}) != 1:
+            raise ValueError("only instances of one image can be merged")
+        if any(i.rle is None for i in instances):
+            raise ValueError("box-only instances cannot be merged")
+        keep = instances[0]
+        with self.project.transaction():
+            after = self.project.update_instance(keep.id, rle=masks.merge([i.rle for i in instances]))
+            changes = [Change(keep, after)]
+            changes += [Change(self.project.delete_instance(i.id), None) for i in instances[1:]]
+        self.push(Command(f"Merge {len(instances)} instances", keep.image_id, changes))
+        return after
+
+    def split(self, instance_id: int) -> list[Instance]:
+        """Splits an instance into its connected parts (8-connected); the largest keeps the id,
+        category and keypoints."""
+        import cv2
+
+        before = self.project.instance(instance_id)
+        mask = before.mask
+        if mask is None:
+            raise ValueError("a box-only instance has no parts to split")
+        count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        if count <= 2:  # background and one part
+            return [before]
+        parts = sorted(range(1, count), key=lambda label: -int((labels == label).sum()))
+        with self.project.transaction():
+            first = self.project.update_instance(instance_id, mask=labels == parts[0])
+            changes = [Change(before, first)]
+            for label in parts[1:]:
+                added = self.project.add_instance(before.image_id, before.category_id, mask=labels == label)
+                changes.append(Change(None, added))
+        self.push(Command(f"Split into {len(parts)} parts", before.image_id, changes))
+        return [c.after for c in changes if c.after is not None]
+
+    def add_proposals(self, image_id: int, proposals: list[Proposal], model_version: str, *,
+                      replace: bool = True, source: Source = Source.MODEL, text: str = "Propose",
+                      category_for: Callable[[str, int], Category] | None = None) -> list[Instance]:
+        """Writes model output to the store (``annotator.proposals.store_proposals``) as one undo
+        step; ``category_for`` defaults to adding missing categories with ``kp1..kpK`` names."""
+        written = store_proposals(self.project, image_id, proposals, model_version,
+                                  category_for or ProposalCategories(self.project), replace=replace,
+                                  source=source)
+        changes = [Change(old, None) for old in written.deleted] + [Change(None, new) for new in written.added]
+        moved = written.state_after != written.state_before
+        if changes or moved:
+            self.push(Command(text, image_id, changes, written.state_before if moved else None,
+                              written.state_after if moved else None))
+        return written.added
+
+    def set_review_state(self, image_id: int, state: ReviewState, text: str = "Set review state") -> None:
+        before = self.project.image(image_id).state
+        if before == state:
+            return
+        self.project.set_review_state(image_id, state)
+        self.push(Command(text, image_id, [], state_before=before, state_after=state))
+
+    def record(self, text: str, image_id: int, changes: list[Change],
+               state_before: ReviewState | None = None, state_after: ReviewState | None = None) -> Command:
+        """Records an edit made by the caller inside its own transaction (e.g. a batch of proposals)."""
+        return self.push(Command(text, image_id, changes, state_before, state_after))

@@ -1,0 +1,173 @@
+"""Categories: the current one (what new instances get), add, rename, colour, and the keypoint
+names and skeleton of each."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QColorDialog, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout,
+                               QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QPlainTextEdit,
+                               QPushButton, QVBoxLayout, QWidget)
+
+from annotator.gui.instance_list import color_icon
+from annotator.gui.session import Session
+from annotator.store import Category, default_color
+
+
+def parse_skeleton(text: str, names: list[str]) -> list[tuple[int, int]]:
+    """Skeleton edges, one a line as ``a - b`` where a and b are keypoint names or 1-based numbers."""
+    edges = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = [p.strip() for p in line.replace(",", "-").split("-")]
+        if len(parts) != 2:
+            raise ValueError(f"skeleton line {number}: write two keypoints as 'a - b'")
+        edge = []
+        for part in parts:
+            if part.isdigit():
+                edge.append(int(part))
+            elif part in names:
+                edge.append(names.index(part) + 1)
+            else:
+                raise ValueError(f"skeleton line {number}: no keypoint '{part}'")
+        edges.append((edge[0], edge[1]))
+    return edges
+
+
+class CategoryDialog(QDialog):
+    """Edits one category's name, colour, keypoint names (one a line) and skeleton."""
+
+    def __init__(self, category: Category | None, next_id: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Edit category" if category else "New category")
+        self.name = QLineEdit(category.name if category else "")
+        self.color = QColor(category.color if category else default_color(next_id))
+        self.color_button = QPushButton()
+        self.color_button.clicked.connect(self._pick_color)
+        self._show_color()
+        self.keypoints = QPlainTextEdit("\n".join(category.keypoints) if category else "")
+        self.keypoints.setPlaceholderText("one keypoint name a line, e.g.\nhead\ntail")
+        names = list(category.keypoints) if category else []
+        self.skeleton = QPlainTextEdit("\n".join(f"{names[a - 1]} - {names[b - 1]}" for a, b in category.skeleton)
+                                       if category else "")
+        self.skeleton.setPlaceholderText("one edge a line: head - tail (names or numbers)")
+        form = QFormLayout()
+        form.addRow("Name", self.name)
+        form.addRow("Colour", self.color_button)
+        form.addRow("Keypoints", self.keypoints)
+        form.addRow("Skeleton", self.skeleton)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(buttons)
+
+    def _show_color(self) -> None:
+        self.color_button.setText(self.color.name())
+        self.color_button.setIcon(color_icon(self.color.name(), 16))
+
+    def _pick_color(self) -> None:
+        color = QColorDialog.getColor(self.color, self, "Category colour")
+        if color.isValid():
+            self.color = color
+            self._show_color()
+
+    def values(self) -> dict:
+        """The edited fields; raises ValueError for a bad skeleton."""
+        names = [line.strip() for line in self.keypoints.toPlainText().splitlines() if line.strip()]
+        return {"name": self.name.text().strip(), "color": self.color.name(), "keypoints": names,
+                "skeleton": parse_skeleton(self.skeleton.toPlainText(), names)}
+
+
+class CategoryPanel(QWidget):
+    current_changed = Signal(int)  # category id
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session: Session | None = None
+        self.list = QListWidget()
+        self.list.currentItemChanged.connect(self._current_changed)
+        self.list.itemDoubleClicked.connect(lambda item: self.edit_category())
+        add = QPushButton("Add")
+        add.clicked.connect(self.add_category)
+        edit = QPushButton("Edit")
+        edit.clicked.connect(self.edit_category)
+        row = QHBoxLayout()
+        row.addWidget(add)
+        row.addWidget(edit)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.list)
+        layout.addLayout(row)
+        self._updating = False
+
+    def set_session(self, session: Session | None) -> None:
+        self.session = session
+        if session is not None:
+            session.categories_changed.connect(self.reload)
+            session.instances_changed.connect(lambda _: self.reload())
+            session.current_category_changed.connect(lambda _: self.reload())
+        self.reload()
+
+    def reload(self) -> None:
+        self._updating = True
+        self.list.clear()
+        if self.session is not None:
+            counts = self.session.project.instance_counts_by_category()
+            for category in self.session.project.categories():
+                keypoints = f", {category.num_keypoints} kp" if category.keypoints else ""
+                item = QListWidgetItem(color_icon(category.color), f"{category.name}  ({counts.get(category.id, 0)}{keypoints})")
+                item.setData(Qt.ItemDataRole.UserRole, category.id)
+                self.list.addItem(item)
+                if category.id == self.session.current_category_id:
+                    self.list.setCurrentItem(item)
+        self._updating = False
+
+    def _current_changed(self, item: QListWidgetItem | None, _previous) -> None:
+        if self._updating or item is None or self.session is None:
+            return
+        self.session.set_current_category(item.data(Qt.ItemDataRole.UserRole))
+
+    def _run_dialog(self, category: Category | None) -> dict | None:
+        next_id = max((c.id for c in self.session.project.categories()), default=0) + 1
+        dialog = CategoryDialog(category, next_id, self)
+        while dialog.exec() == QDialog.DialogCode.Accepted:
+            try:
+                values = dialog.values()
+                if not values["name"]:
+                    raise ValueError("the name is empty")
+                return values
+            except ValueError as error:
+                QMessageBox.warning(self, "Category", str(error))
+        return None
+
+    def add_category(self) -> None:
+        if self.session is None:
+            return
+        values = self._run_dialog(None)
+        if values is None:
+            return
+        try:
+            category = self.session.project.add_category(**values)
+        except (ValueError, Exception) as error:  # sqlite3.IntegrityError for a duplicate name
+            QMessageBox.warning(self, "Category", f"Not added: {error}")
+            return
+        self.session.current_category_id = category.id
+        self.session.notify_categories()
+        self.session.current_category_changed.emit(category.id)
+
+    def edit_category(self) -> None:
+        if self.session is None or self.session.current_category is None:
+            return
+        values = self._run_dialog(self.session.current_category)
+        if values is None:
+            return
+        try:
+            self.session.project.update_category(self.session.current_category_id, **values)
+        except Exception as error:
+            QMessageBox.warning(self, "Category", f"Not changed: {error}")
+            return
+        self.session.notify_categories()

@@ -1,0 +1,309 @@
+"""The model thread: one worker owns the predictor and runs one job at a time; results come back
+to the UI thread by signals, already converted to what the store takes (compressed RLE), so that
+the UI thread only writes them.
+
+The GUI depends on the predictor through :class:`PredictorLike` only: ``predict(image)`` and
+``predict_in_box(image, box, label)`` return an ``Instances``-like record (``boxes`` x1,y1,x2,y2,
+``scores``, ``labels``, ``label_names``, ``masks`` N x H x W bool, ``keypoints`` N x K x 3), and
+``model_version`` names the weights. A ``cancel()`` method, when present, is called on cancel so
+that a long prediction can stop between stages.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
+
+from annotator.proposals import Proposal, to_proposals
+from model.images import read_image
+
+
+class PredictorLike(Protocol):
+    model_version: str
+
+    def predict(self, image: np.ndarray) -> Any: ...
+
+    def predict_in_box(self, image: np.ndarray, box: tuple[float, float, float, float],
+                       label: str | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What the user picked: registry weights (by name), a local file, or a fine-tuned run."""
+
+    kind: str  # "registry", "file" or "run"
+    name: str  # registry name or file path
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or (Path(self.name).name if self.kind != "registry" else self.name)
+
+
+@dataclass
+class ProposalResult:
+    image_id: int
+    model_version: str
+    proposals: list[Proposal] = field(default_factory=list)
+    prompt: str = "image"  # "image", "box" or "point"
+
+
+def default_predictor_factory(choice: ModelChoice, device: str) -> PredictorLike:
+    from model.predictor import Predictor  # the model package: imported in the model thread only
+
+    return Predictor(choice.name, device=device)
+
+
+class ProposalWorker(QObject):
+    """Lives on the model thread. Slots are called through queued signals, so jobs run in order,
+    one at a time."""
+
+    model_loaded = Signal(str, str)  # model version, device
+    model_failed = Signal(str)
+    result = Signal(object)  # ProposalResult
+    progress = Signal(int, int)  # done, total
+    failed = Signal(str)
+    job_started = Signal(str)
+    job_finished = Signal()
+
+    def __init__(self, factory: Callable[[ModelChoice, str], PredictorLike]) -> None:
+        super().__init__()
+        self.factory = factory
+        self.predictor: PredictorLike | None = None
+        self.cancel_event = threading.Event()
+        self._cached: tuple[int, np.ndarray] | None = None  # last image read: prompts reuse it
+        self._last_prediction: tuple[int, Any] | None = None
+
+    def _image(self, image_id: int, path: str) -> np.ndarray:
+        if self._cached is None or self._cached[0] != image_id:
+            self._cached = (image_id, read_image(path))
+        return self._cached[1]
+
+    @Slot(object, str)
+    def load(self, choice: ModelChoice, device: str) -> None:
+        self.job_started.emit(f"Loading {choice.title}")
+        _leave_a_core_for_the_ui()
+        try:
+            self.predictor = self.factory(choice, device)
+            self._last_prediction = None
+            version = str(getattr(self.predictor, "model_version", "") or choice.title)
+            actual = str(getattr(self.predictor, "device", device))
+            self.model_loaded.emit(version, actual)
+        except Exception as error:
+            self.model_failed.emit(_explain(error))
+        finally:
+            self.job_finished.emit()
+
+    @Slot(list)
+    def propose(self, jobs: list) -> None:
+        """``jobs``: ``(image_id, path)`` pairs; one result signal per image, progress after each."""
+        self.cancel_event.clear()
+        self.job_started.emit("Proposing" if len(jobs) == 1 else f"Proposing {len(jobs)} images")
+        try:
+            for done, (image_id, path) in enumerate(jobs):
+                if self.cancel_event.is_set():
+                    break
+                self.progress.emit(done, len(jobs))
+                image = self._image(image_id, path)
+                instances = self.predictor.predict(image)
+                if self.cancel_event.is_set():
+                    break
+                self._last_prediction = (image_id, instances)
+                self.result.emit(ProposalResult(image_id, self._version(instances), to_proposals(instances)))
+            self.progress.emit(len(jobs), len(jobs))
+        except Exception as error:
+            if not _is_cancellation(error):
+                self.failed.emit(_explain(error))
+        finally:
+            self.job_finished.emit()
+
+    @Slot(int, str, tuple, str)
+    def segment_box(self, image_id: int, path: str, box: tuple, label: str) -> None:
+        self.cancel_event.clear()
+        self.job_started.emit("Segmenting the box")
+        try:
+            image = self._image(image_id, path)
+            instances = self.predictor.predict_in_box(image, tuple(box), label or None)
+            proposals = to_proposals(instances)[:1]
+            self.result.emit(ProposalResult(image_id, self._version(instances), proposals, prompt="box"))
+        except Exception as error:
+            if not _is_cancellation(error):
+                self.failed.emit(_explain(error))
+        finally:
+            self.job_finished.emit()
+
+    @Slot(int, str, tuple)
+    def segment_point(self, image_id: int, path: str, point: tuple) -> None:
+        """The highest-scoring predicted mask holding ``point``, at any score (the image's last
+        prediction is reused)."""
+        self.cancel_event.clear()
+        self.job_started.emit("Finding the object at the click")
+        try:
+            image = self._image(image_id, path)
+            if self._last_prediction is None or self._last_prediction[0] != image_id:
+                self._last_prediction = (image_id, self.predictor.predict(image))
+            instances = self._last_prediction[1]
+            x, y = int(point[0]), int(point[1])
+            found = None if getattr(instances, "masks", None) is None else np.asarray(instances.masks)
+            best = []
+            if found is not None and len(found):
+                holding = np.flatnonzero(found[:, y, x])
+                if holding.size:
+                    scores = np.asarray(instances.scores)[holding]
+                    best = [int(holding[int(np.argmax(scores))])]
+            proposals = to_proposals(instances, best) if best else []
+            self.result.emit(ProposalResult(image_id, self._version(instances), proposals, prompt="point"))
+        except Exception as error:
+            if not _is_cancellation(error):
+                self.failed.emit(_explain(error))
+        finally:
+            self.job_finished.emit()
+
+    def _version(self, instances: Any) -> str:
+        return str(getattr(instances, "model_version", "") or getattr(self.predictor, "model_version", ""))
+
+
+def _leave_a_core_for_the_ui() -> None:
+    """CPU inference on every core starves the UI thread (stalls of 50 ms and more on 2 cores);
+    one core fewer costs the model little and keeps painting smooth."""
+    try:
+        import torch
+    except ImportError:
+        return
+    cores = os.cpu_count() or 1
+    if cores > 1 and torch.get_num_threads() > cores - 1:
+        torch.set_num_threads(cores - 1)
+
+
+def _is_cancellation(error: Exception) -> bool:
+    """``model.predictor.PredictionCancelled``: the user cancelled; not an error to show."""
+    return type(error).__name__ == "PredictionCancelled"
+
+
+def _explain(error: Exception) -> str:
+    name = type(error).__name__
+    text = str(error) or name
+    if name == "WeightsUnavailableError" or isinstance(error, (ConnectionError, TimeoutError)):
+        return f"The weights could not be downloaded (offline?): {text}. Pick a local file or a fine-tuned run."
+    return text
+
+
+class ProposalService(QObject):
+    """The UI side of the model thread. Every request returns at once; ``busy`` is true while a
+    job runs, and a second request while busy is refused (one job at a time)."""
+
+    _load = Signal(object, str)
+    _propose = Signal(list)
+    _segment_box = Signal(int, str, tuple, str)
+    _segment_point = Signal(int, str, tuple)
+
+    model_loaded = Signal(str, str)  # version, device
+    model_failed = Signal(str)
+    result = Signal(object)  # ProposalResult
+    progress = Signal(int, int)
+    failed = Signal(str)
+    busy_changed = Signal(bool)
+    status = Signal(str)
+
+    def __init__(self, factory: Callable[[ModelChoice, str], PredictorLike] = default_predictor_factory,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("model")
+        self.worker = ProposalWorker(factory)
+        self.worker.moveToThread(self.thread)
+        self._load.connect(self.worker.load)
+        self._propose.connect(self.worker.propose)
+        self._segment_box.connect(self.worker.segment_box)
+        self._segment_point.connect(self.worker.segment_point)
+        self.worker.model_loaded.connect(self._on_loaded)
+        self.worker.model_failed.connect(self.model_failed)
+        self.worker.result.connect(self.result)
+        self.worker.progress.connect(self.progress)
+        self.worker.failed.connect(self.failed)
+        self.worker.job_started.connect(self.status)
+        self.worker.job_finished.connect(self._on_finished)
+        self.thread.start()
+        # the thread must end before Qt destroys it, whichever way the program ends
+        app = QCoreApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+        _running.add(self)
+        self.busy = False
+        self.model_version = ""
+        self.device = ""
+        self.paths: Callable[[int], str] = lambda image_id: ""  # image id -> file path
+
+    @property
+    def has_model(self) -> bool:
+        return bool(self.model_version)
+
+    def _start(self) -> bool:
+        if self.busy:
+            self.status.emit("The model is busy; wait or cancel")
+            return False
+        self.busy = True
+        self.busy_changed.emit(True)
+        return True
+
+    def _on_finished(self) -> None:
+        self.busy = False
+        self.busy_changed.emit(False)
+
+    def _on_loaded(self, version: str, device: str) -> None:
+        self.model_version, self.device = version, device
+        self.model_loaded.emit(version, device)
+
+    def load(self, choice: ModelChoice, device: str = "auto") -> bool:
+        if not self._start():
+            return False
+        self._load.emit(choice, device)
+        return True
+
+    def propose(self, image_ids: list[int]) -> bool:
+        if not self.has_model or not image_ids or not self._start():
+            return False
+        self._propose.emit([(i, self.paths(i)) for i in image_ids])
+        return True
+
+    def segment_box(self, image_id: int, box: tuple[float, float, float, float], label: str = "") -> bool:
+        if not self.has_model or not self._start():
+            return False
+        self._segment_box.emit(image_id, self.paths(image_id), tuple(box), label)
+        return True
+
+    def segment_point(self, image_id: int, point: tuple[float, float]) -> bool:
+        if not self.has_model or not self._start():
+            return False
+        self._segment_point.emit(image_id, self.paths(image_id), tuple(point))
+        return True
+
+    def cancel(self) -> None:
+        self.worker.cancel_event.set()
+        cancel = getattr(self.worker.predictor, "cancel", None)
+        if callable(cancel):
+            cancel()
+
+    def shutdown(self) -> None:
+        if not self.thread.isRunning():
+            return
+        self.cancel()
+        self.thread.quit()
+        self.thread.wait(30000)
+        _running.discard(self)
+
+
+_running: set[ProposalService] = set()
+
+
+@atexit.register
+def _stop_model_threads() -> None:
+    for service in list(_running):
+        service.shutdown()

@@ -1,0 +1,154 @@
+"""The open project as the GUI sees it: the store, the undo history, the current image, the
+selection and per-instance view state (hidden, locked), with typed signals for every change."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+
+from annotator.commands import Command, UndoStack
+from annotator.store import Category, ImageRecord, Instance, Project, ReviewState
+
+
+class Session(QObject):
+    """Holds one open :class:`Project`; panels, canvas and tools share it."""
+
+    image_changed = Signal(int)  # image id, or 0 for none
+    instances_changed = Signal(int)  # image id whose instances changed
+    selection_changed = Signal(list)  # instance ids
+    view_state_changed = Signal()  # hidden / locked flags
+    categories_changed = Signal()
+    review_state_changed = Signal(int)  # image id
+    current_category_changed = Signal(int)  # category id
+    history_changed = Signal()
+
+    def __init__(self, project: Project, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.project = project
+        self.history = UndoStack(project, self._on_command)
+        self.image_id = 0
+        self.selection: list[int] = []
+        self.hidden: set[int] = set()
+        self.locked: set[int] = set()
+        self.current_category_id = 0
+        self.score_threshold = 0.5
+        categories = project.categories()
+        if categories:
+            self.current_category_id = categories[0].id
+
+    # -- current image --------------------------------------------------------------------------
+
+    @property
+    def image(self) -> ImageRecord | None:
+        return self.project.image(self.image_id) if self.image_id else None
+
+    def set_image(self, image_id: int) -> None:
+        if image_id == self.image_id:
+            return
+        self.image_id = image_id
+        self.selection = []
+        self.image_changed.emit(image_id)
+        self.selection_changed.emit([])
+
+    def instances(self) -> list[Instance]:
+        return self.project.instances(self.image_id) if self.image_id else []
+
+    def visible_instances(self) -> list[Instance]:
+        """Instances drawn on the canvas: not hidden, and proposals only above the score threshold."""
+        return [i for i in self.instances() if i.id not in self.hidden and self.passes_threshold(i)]
+
+    def passes_threshold(self, instance: Instance) -> bool:
+        return instance.source != "model" or instance.score is None or instance.score >= self.score_threshold
+
+    def editable(self, instance_id: int) -> bool:
+        return instance_id not in self.locked and instance_id not in self.hidden
+
+    # -- selection and view state ---------------------------------------------------------------
+
+    def select(self, instance_ids: list[int]) -> None:
+        if instance_ids != self.selection:
+            self.selection = list(instance_ids)
+            self.selection_changed.emit(list(self.selection))
+
+    @property
+    def selected(self) -> Instance | None:
+        """The first selected instance, if it still exists."""
+        for instance_id in self.selection:
+            if self.project.id_in_use("instances", instance_id):
+                return self.project.instance(instance_id)
+        return None
+
+    def set_hidden(self, instance_id: int, hidden: bool) -> None:
+        (self.hidden.add if hidden else self.hidden.discard)(instance_id)
+        self.view_state_changed.emit()
+
+    def set_locked(self, instance_id: int, locked: bool) -> None:
+        (self.locked.add if locked else self.locked.discard)(instance_id)
+        self.view_state_changed.emit()
+
+    def set_score_threshold(self, threshold: float) -> None:
+        self.score_threshold = threshold
+        self.view_state_changed.emit()
+
+    # -- categories -----------------------------------------------------------------------------
+
+    @property
+    def current_category(self) -> Category | None:
+        if self.current_category_id and self.project.id_in_use("categories", self.current_category_id):
+            return self.project.category(self.current_category_id)
+        return None
+
+    def set_current_category(self, category_id: int) -> None:
+        if category_id != self.current_category_id:
+            self.current_category_id = category_id
+            self.current_category_changed.emit(category_id)
+
+    def ensure_category(self) -> Category:
+        """The category new instances get: the current one, or a first category 'object'."""
+        category = self.current_category
+        if category is None:
+            existing = self.project.categories()
+            category = existing[0] if existing else self.project.add_category("object")
+            self.current_category_id = category.id
+            self.categories_changed.emit()
+        return category
+
+    def notify_categories(self) -> None:
+        self.categories_changed.emit()
+        if self.image_id:
+            self.instances_changed.emit(self.image_id)
+
+    # -- review state ---------------------------------------------------------------------------
+
+    def set_review_state(self, image_id: int, state: ReviewState) -> None:
+        self.history.set_review_state(image_id, state)
+
+    def mark_in_review(self) -> None:
+        """The first edit a person makes on an unlabeled or proposed image puts it in review."""
+        image = self.image
+        if image is not None and image.state in (ReviewState.UNLABELED, ReviewState.PROPOSED):
+            self.project.set_review_state(image.id, ReviewState.IN_REVIEW)
+            self.review_state_changed.emit(image.id)
+
+    # -- history --------------------------------------------------------------------------------
+
+    def _on_command(self, command: Command) -> None:
+        existing = [i for i in self.selection if self.project.id_in_use("instances", i)]
+        if existing != self.selection:
+            self.select(existing)
+        if command.state_before is not None or command.state_after is not None:
+            self.review_state_changed.emit(command.image_id)
+        if command.changes:
+            self.instances_changed.emit(command.image_id)
+        self.history_changed.emit()
+
+    def undo(self) -> Command | None:
+        command = self.history.undo()
+        if command is not None and command.image_id != self.image_id:
+            self.set_image(command.image_id)
+        return command
+
+    def redo(self) -> Command | None:
+        command = self.history.redo()
+        if command is not None and command.image_id != self.image_id:
+            self.set_image(command.image_id)
+        return command

@@ -1,0 +1,46 @@
+"""The status bar: messages, image size, zoom, cursor position (image pixels), model and device."""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QStatusBar, QWidget
+
+
+class StatusBar(QStatusBar):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(160)
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.image_size = QLabel()
+        self.zoom = QLabel()
+        self.cursor = QLabel()
+        self.model = QLabel("no model (Model → Choose model)")
+        for widget in (self.progress, self.cancel_button, self.image_size, self.zoom, self.cursor, self.model):
+            self.addPermanentWidget(widget)
+        self.cursor.setMinimumWidth(110)
+
+    def set_image_size(self, width: int, height: int) -> None:
+        self.image_size.setText(f"{width} × {height}" if width else "")
+
+    def set_zoom(self, scale: float) -> None:
+        self.zoom.setText(f"{scale * 100:.0f}%")
+
+    def set_cursor(self, x: float, y: float, width: int, height: int) -> None:
+        # the pixel under the cursor: pixel (col j, row i) covers [j, j+1) x [i, i+1)
+        col, row = math.floor(x), math.floor(y)
+        inside = 0 <= col < width and 0 <= row < height
+        self.cursor.setText(f"x {col}, y {row}" if inside else "")
+
+    def set_model(self, version: str, device: str) -> None:
+        self.model.setText(f"{version} on {device}" if version else "no model (Model → Choose model)")
+
+    def set_progress(self, done: int, total: int) -> None:
+        self.progress.setVisible(total > 0 and done < total)
+        self.cancel_button.setVisible(total > 0 and done < total)
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{done}/{total}")

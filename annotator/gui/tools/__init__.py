@@ -1,0 +1,1 @@
+"""Canvas tools: each owns one way of editing and paints its own feedback."""

@@ -1,0 +1,112 @@
+"""The fine-tuning plumbing: export of the done images, a child process printing JSON events,
+live progress, loss plot and AP, cancel ending the whole process tree, and the new model offered."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from annotator.gui.finetune_dialog import FineTuneDialog
+from annotator.gui.training import parse_event
+from annotator.store import ReviewState
+from tests.test_gui_fixtures import blob_project  # noqa: F401
+
+FAKE_TRAIN = textwrap.dedent("""
+    import json, subprocess, sys, time
+    from pathlib import Path
+    coco, out, slow = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "slow"
+    def event(**fields):
+        print(json.dumps(fields), flush=True)
+    data = json.load(open(coco))
+    print("loading", len(data["images"]), "images", flush=True)
+    event(event="eval", stage="before", mask_ap=10.5, box_ap=12.0)
+    if slow:  # a grandchild, as data-loader workers are; cancel must end it too
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        (out / "grandchild.pid").write_text(str(child.pid))
+    for i in range(1, 6):
+        event(event="progress", epoch=1, iteration=i, total=5, loss=2.0 / i)
+        time.sleep(2 if slow else 0.02)
+    event(event="eval", stage="after", mask_ap=31.25, box_ap=33.0)
+    (out / "model_final.safetensors").write_bytes(b"weights")
+    event(event="done", path=str(out / "model_final.safetensors"))
+""")
+
+
+def _dialog(qtbot, project, tmp_path: Path, mode: str) -> FineTuneDialog:
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+
+    def command(request, coco_file, image_root):
+        return [sys.executable, str(script), str(coco_file), str(request.run_dir), mode]
+
+    dialog = FineTuneDialog(project, base_weights=["base.pth"], command_factory=command)
+    qtbot.addWidget(dialog)
+    return dialog
+
+
+def _done_project(path: Path):
+    from annotator.store import Project
+
+    project = Project.open(path)
+    mask = np.zeros((90, 120), dtype=bool)
+    mask[10:30, 10:40] = True
+    project.add_instance(1, 1, mask=mask)
+    project.set_review_state(1, ReviewState.DONE)
+    return project
+
+
+def test_parse_event_takes_json_lines_with_an_event_field_only():
+    assert parse_event('{"event": "progress", "loss": 1.5}\n') == {"event": "progress", "loss": 1.5}
+    assert parse_event("epoch 1 loss 1.5") is None
+    assert parse_event('{"loss": 1.5}') is None
+    assert parse_event('{"event": ') is None
+
+
+def test_training_events_drive_progress_plot_and_ap_and_offer_the_model(qtbot, blob_project, tmp_path):
+    with _done_project(blob_project) as project:
+        dialog = _dialog(qtbot, project, tmp_path, "fast")
+        offered = []
+        dialog.model_ready.connect(offered.append)
+        assert dialog.start()
+        with qtbot.waitSignal(dialog.process.finished, timeout=20000) as finished:
+            pass
+        assert finished.args == [0]
+        qtbot.waitUntil(lambda: dialog.use_button.isEnabled(), timeout=5000)
+        assert [round(loss, 3) for _, loss in dialog.plot.points] == [2.0, 1.0, 0.667, 0.5, 0.4]
+        assert dialog.progress.value() == 1
+        assert "31.2" in dialog.ap_after.text() and "10.5" in dialog.ap_before.text()
+        assert "loading 1 images" in dialog.log.toPlainText()  # only the done image was exported
+        dialog.use_button.click()
+        assert offered and offered[0].endswith("model_final.safetensors") and Path(offered[0]).is_file()
+
+
+def test_cancel_kills_the_training_process_tree_and_the_ui_keeps_running(qtbot, blob_project, tmp_path):
+    with _done_project(blob_project) as project:
+        dialog = _dialog(qtbot, project, tmp_path, "slow")
+        dialog.start()
+        run_dir = dialog.process.process.args[3]
+        qtbot.waitUntil(lambda: (Path(run_dir) / "grandchild.pid").exists(), timeout=10000)
+        qtbot.waitUntil(lambda: len(dialog.plot.points) >= 1, timeout=10000)
+        grandchild = int((Path(run_dir) / "grandchild.pid").read_text())
+        started = time.monotonic()
+        with qtbot.waitSignal(dialog.process.finished, timeout=10000):
+            dialog.cancel_button.click()
+        assert time.monotonic() - started < 5
+        assert "cancelled" in dialog.log.toPlainText()
+        assert not dialog.use_button.isEnabled()
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            # a zombie (exited, not yet reaped by its dead parent's reaper) counts as gone
+            status = Path(f"/proc/{pid}/status")
+            return status.exists() and "State:\tZ" in status.read_text()
+
+        qtbot.waitUntil(lambda: gone(grandchild), timeout=5000)

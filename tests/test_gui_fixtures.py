@@ -1,0 +1,176 @@
+"""Shared pieces of the GUI tests: a project of synthetic images with bright boxes, a small torch
+predictor that really computes (so the model thread is exercised, not faked), and helpers that
+drive the canvas with real mouse events in image coordinates."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
+from PySide6.QtTest import QTest
+
+from annotator.gui.main_window import MainWindow
+from annotator.gui.proposals import ModelChoice
+from annotator.store import Project
+
+# Bright rectangles (x, y, w, h) on a dark background: what the tiny predictor should find.
+BLOBS = [(10, 12, 30, 20), (60, 40, 25, 30)]
+IMAGE_SIZE = (120, 90)  # width, height
+
+
+def write_blob_images(folder: Path, count: int = 3) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(count):
+        pixels = np.full((IMAGE_SIZE[1], IMAGE_SIZE[0], 3), 30, dtype=np.uint8)
+        for number, (x, y, w, h) in enumerate(BLOBS):
+            pixels[y:y + h, x:x + w] = 200 + 20 * number
+        name = f"{index:02d}.png"
+        Image.fromarray(pixels).save(folder / name)
+        names.append(name)
+    return names
+
+
+class BlobPredictor:
+    """Finds bright regions with a real (small) torch computation: a few convolutions over the
+    image, then connected parts of the thresholded result. ``work`` repeats the convolutions to
+    make a prediction take noticeable time."""
+
+    def __init__(self, work: int = 1, delay: float = 0.0) -> None:
+        self.model_version = "blob-net@test"
+        self.device = "cpu"
+        self.work = work
+        self.delay = delay
+        self.calls = 0
+        self.box_calls: list[tuple] = []
+        torch.manual_seed(0)
+        self.kernel = torch.full((1, 1, 3, 3), 1 / 9)
+
+    def _bright(self, image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.array(image)).float().mean(dim=2)[None, None] / 255
+        smooth = x
+        for _ in range(self.work):
+            smooth = torch.nn.functional.conv2d(smooth, self.kernel, padding=1)
+        if self.delay:
+            time.sleep(self.delay)
+        # the smoothed image only feeds the score; masks stay exact so tests can compare pixels
+        self.last_smooth = smooth
+        return (x[0, 0] > 0.5).numpy()
+
+    def _instances(self, mask: np.ndarray, image: np.ndarray):
+        import cv2
+
+        count, labels = cv2.connectedComponents(mask.astype(np.uint8))
+        masks, boxes, scores = [], [], []
+        for label in range(1, count):
+            part = labels == label
+            ys, xs = np.nonzero(part)
+            masks.append(part)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            scores.append(float(image[part].mean()) / 255)
+        return _Instances(np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(scores, dtype=np.float32),
+                          ["blob"] * len(masks), np.array(masks, dtype=bool).reshape(-1, *mask.shape),
+                          self.model_version)
+
+    def predict(self, image: np.ndarray):
+        self.calls += 1
+        return self._instances(self._bright(image), image)
+
+    def predict_in_box(self, image: np.ndarray, box, label=None):
+        self.box_calls.append(tuple(box))
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        bright = self._bright(image)
+        inside = np.zeros_like(bright)
+        inside[y1:y2, x1:x2] = bright[y1:y2, x1:x2]
+        return self._instances(inside, image)
+
+
+class _Instances:
+    def __init__(self, boxes, scores, names, masks, version) -> None:
+        self.boxes, self.scores, self.label_names, self.masks = boxes, scores, names, masks
+        self.labels = np.arange(len(names))
+        self.keypoints = None
+        self.model_version = version
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> QSettings:
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def blob_project(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    write_blob_images(folder)
+    path = tmp_path / "blobs.annot"
+    with Project.create(path, folder) as project:
+        for name in sorted(p.name for p in folder.iterdir()):
+            project.add_image(name, *IMAGE_SIZE, "hash-" + name)
+        project.add_category("blob")
+        project.add_category("animal", keypoints=["head", "tail"], skeleton=[(1, 2)])
+    return path
+
+
+def make_window(qtbot, settings, predictor=None) -> MainWindow:
+    predictor = predictor or BlobPredictor()
+    window = MainWindow(predictor_factory=lambda choice, device: predictor, settings=settings)
+    window.predictor = predictor
+    qtbot.addWidget(window)
+    window.resize(1000, 700)
+    window.show()
+    qtbot.waitExposed(window)
+    return window
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    window = make_window(qtbot, settings)
+    yield window
+    window.close()
+
+
+def open_and_wait(qtbot, window: MainWindow, path: Path) -> None:
+    window.open_path(path)
+    qtbot.waitUntil(lambda: window.image_ready, timeout=10000)
+
+
+def wait_for_image(qtbot, window: MainWindow, image_id: int) -> None:
+    qtbot.waitUntil(lambda: window.session.image_id == image_id and window.image_ready, timeout=10000)
+
+
+def load_model(qtbot, window: MainWindow) -> None:
+    window.load_model(ModelChoice("file", "blob.pt"), "cpu")
+    qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=10000)
+
+
+def at(window: MainWindow, x: float, y: float) -> QPoint:
+    """The widget pixel over image point ``(x, y)``."""
+    return window.canvas.image_to_widget(QPointF(x, y)).toPoint()
+
+
+def click(window: MainWindow, x: float, y: float, button=Qt.MouseButton.LeftButton,
+          modifiers=Qt.KeyboardModifier.NoModifier) -> None:
+    QTest.mouseClick(window.canvas, button, modifiers, at(window, x, y))
+
+
+def drag(window: MainWindow, points: list[tuple[float, float]], button=Qt.MouseButton.LeftButton) -> None:
+    canvas = window.canvas
+    QTest.mousePress(canvas, button, Qt.KeyboardModifier.NoModifier, at(window, *points[0]))
+    for point in points[1:]:
+        QTest.mouseMove(canvas, at(window, *point))
+    QTest.mouseRelease(canvas, button, Qt.KeyboardModifier.NoModifier, at(window, *points[-1]))
+
+
+def key(window: MainWindow, key: Qt.Key, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
+    QTest.keyClick(window.canvas, key, modifiers)
+
+
+def zoom_4x(window: MainWindow) -> None:
+    """Scale 4 with the image at the widget's origin: image pixel (j, i) is widget pixels
+    [4j, 4j+4) x [4i, 4i+4), so clicks land where the test says."""
+    window.canvas.set_view(4.0, QPointF(0, 0))

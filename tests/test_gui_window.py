@@ -1,0 +1,167 @@
+"""The window as a whole: opening a folder or a project, recent projects and settings, the review
+filter, the shortcut help, import and export with clear errors, and reopening after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt
+
+from annotator.gui.help_dialog import HelpDialog, shortcut_rows
+from annotator.store import Project, ReviewState
+from tests.test_gui_fixtures import (blob_project, key, make_window, open_and_wait, settings,  # noqa: F401
+                                     wait_for_image, window, write_blob_images)
+
+
+def test_opening_a_folder_creates_its_project_and_remembers_it(qtbot, window, tmp_path, settings):
+    folder = tmp_path / "pets"
+    write_blob_images(folder, 4)
+    (folder / "notes.txt").write_text("not an image")
+    open_and_wait(qtbot, window, folder)
+    assert window.session.project.path == folder / "pets.annot"
+    assert [r.file_name for r in window.session.project.images()] == ["00.png", "01.png", "02.png", "03.png"]
+    assert window.images.model.rowCount() == 4
+    assert window.recent_projects() == [str((folder / "pets.annot").resolve())]
+    assert window.status.image_size.text() == "120 × 90"
+    # thumbnails arrive from the thread pool
+    qtbot.waitUntil(lambda: window.images.thumbnails.get(1, folder / "00.png") is not None, timeout=5000)
+    window.close()
+
+    again = make_window(qtbot, settings)  # the same settings: geometry and recent projects persist
+    assert again.recent_projects() == [str((folder / "pets.annot").resolve())]
+    assert again.recent_menu.actions()[0].text().endswith("pets.annot")
+    again.recent_menu.actions()[0].trigger()
+    qtbot.waitUntil(lambda: again.image_ready, timeout=10000)
+    assert again.session.project.image_count() == 4  # opened, not created again
+    again.close()
+
+
+def test_review_filter_and_image_navigation_keys(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    first = window.session.image_id
+    key(window, Qt.Key.Key_D)
+    wait_for_image(qtbot, window, first + 1)
+    key(window, Qt.Key.Key_A)
+    wait_for_image(qtbot, window, first)
+    key(window, Qt.Key.Key_Space)  # done, next unlabeled
+    wait_for_image(qtbot, window, first + 1)
+    window.images.set_filter(ReviewState.DONE)
+    assert window.images.visible_ids() == [first]
+    assert window.images.filter.currentText() == "Done (1)"
+    window.images.set_filter(ReviewState.UNLABELED)
+    assert window.images.visible_ids() == [first + 1, first + 2]
+    window.images.view.setCurrentIndex(window.images.model.index(1))
+    wait_for_image(qtbot, window, first + 2)
+
+
+def test_help_lists_the_documented_shortcuts(qtbot, window):
+    rows = dict((text, keys) for keys, text in shortcut_rows(list(window.actions_by_name.values())))
+    for text, keys in [("Previous image", "A"), ("Next image", "D"), ("Undo", "Ctrl+Z"),
+                       ("Brush", "B"), ("Eraser", "E"), ("Polygon", "P"), ("Box to mask", "R"),
+                       ("Keypoints", "K"), ("Fit image", "F"), ("Brush bigger", "+"), ("Brush smaller", "-"),
+                       ("Mark done and go to the next unlabeled image", "Space"),
+                       ("Accept selected proposals", "Return"), ("Delete / reject selected", "Del")]:
+        assert rows[text].startswith(keys), (text, rows[text])
+    assert "Ctrl+Shift+Z" in rows["Redo"]
+    dialog = HelpDialog(list(window.actions_by_name.values()), window)
+    qtbot.addWidget(dialog)
+    assert dialog.table.rowCount() >= 20
+
+
+def test_export_writes_coco_and_a_bad_import_leaves_the_project_unchanged(qtbot, window, blob_project, tmp_path):
+    open_and_wait(qtbot, window, blob_project)
+    import numpy as np
+
+    mask = np.zeros((90, 120), dtype=bool)
+    mask[5:15, 5:25] = True
+    window.session.history.add(window.session.image_id, 1, mask=mask)
+    out = tmp_path / "out" / "labels.json"
+    counts = window.export_to(out)
+    data = json.loads(out.read_text())
+    assert counts["annotations"] == 1 and data["annotations"][0]["area"] == 200
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [}')
+    from annotator.coco import import_coco
+
+    before = window.session.project.instance_count()
+    window._import(lambda project: import_coco(project, bad))
+    assert "bad.json" in window.last_error and "not valid JSON" in window.last_error
+    assert "unchanged" in window.last_error
+    assert window.session.project.instance_count() == before
+
+
+CRASHING_SESSION = textwrap.dedent("""
+    import os, signal, sys
+    from PySide6.QtCore import QPointF, QSettings, Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+    from annotator.gui.main_window import MainWindow
+    app = QApplication([])
+    window = MainWindow(settings=QSettings(sys.argv[2], QSettings.Format.IniFormat))
+    window.resize(900, 600)
+    window.show()
+    window.open_path(__import__("pathlib").Path(sys.argv[1]))
+    while not window.image_ready:
+        app.processEvents()
+    window.canvas.set_view(4.0, QPointF(0, 0))
+    def at(x, y):
+        return window.canvas.image_to_widget(QPointF(x, y)).toPoint()
+    QTest.keyClick(window.canvas, Qt.Key.Key_P)
+    for x, y in [(10, 10), (50, 10), (50, 30), (10, 30), (10, 10)]:
+        QTest.mouseClick(window.canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(x, y))
+    QTest.keyClick(window.canvas, Qt.Key.Key_B)
+    window.canvas.tool.set_radius(2)
+    QTest.mousePress(window.canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(80.5, 60.5))
+    QTest.mouseMove(window.canvas, at(90.5, 60.5))
+    QTest.mouseRelease(window.canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(90.5, 60.5))
+    QTest.keyClick(window.canvas, Qt.Key.Key_Space)
+    print("edited", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close, no clean-up: a crash
+""")
+
+
+def test_reopening_after_a_crash_loses_no_edit(qtbot, blob_project, tmp_path, settings):
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", CRASHING_SESSION, str(blob_project), str(tmp_path / "s.ini")],
+                            cwd=repo, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(repo), "QT_QPA_PLATFORM": "offscreen"})
+    assert "edited" in result.stdout, result.stderr
+    assert result.returncode == -9
+    with Project.open(blob_project) as project:
+        assert project.integrity_check() == "ok"
+        (instance,) = project.instances(1)  # the polygon, then the brush stroke added to it (selected)
+        mask = instance.mask
+        assert mask[10:30, 10:50].all() and mask[60, 85] and instance.area > 800
+        assert project.image(1).state == ReviewState.DONE
+    window = make_window(qtbot, settings)
+    open_and_wait(qtbot, window, blob_project)
+    assert len(window.canvas.instances) == 1
+    window.close()
+
+
+def test_run_app_opens_the_annotation_window_on_a_project(qtbot, blob_project, monkeypatch, tmp_path):
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from annotator.app import run_app
+    from annotator.gui import main_window
+
+    monkeypatch.setattr(main_window, "app_settings",
+                        lambda: QSettings(str(tmp_path / "app.ini"), QSettings.Format.IniFormat))
+    seen = []
+
+    def look() -> None:
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, main_window.MainWindow) and widget.isVisible():
+                seen.append((widget.session.project.image_count(), widget.windowTitle()))
+                widget.close()
+        QApplication.instance().quit()
+
+    QTimer.singleShot(200, look)
+    assert run_app(blob_project) == 0
+    assert seen == [(3, "blobs.annot — Mask R-CNN annotator")]
