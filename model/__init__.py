@@ -11,7 +11,20 @@ import importlib
 from typing import Any
 
 # public name -> submodule that defines it
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "ModelConfig": "config",
+    "MaskRCNN": "detector",
+    "build_model": "builders",
+    "Instances": "structures",
+    "Predictor": "predictor",
+    "PredictionCancelled": "predictor",
+    "REGISTRY": "weights",
+    "WeightsInfo": "weights",
+    "WeightsUnavailableError": "weights",
+    "WeightsHashError": "weights",
+    "load_model": "weights",
+    "save_weights": "weights",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -75,7 +75,7 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
 
 
 def read_image_file(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:

@@ -1,0 +1,102 @@
+"""``build_model``: our Mask R-CNN under torchvision's builder names and keyword arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from model.config import (
+    COCO_PERSON_CATEGORY_NAMES,
+    COCO_PERSON_FLIP_MAP,
+    COCO_PERSON_KEYPOINT_NAMES,
+    COCO_PERSON_SKELETON,
+    ModelConfig,
+)
+from model.detector import MaskRCNN
+
+# name -> the config torchvision's builder of that name makes with weights=None
+ARCHITECTURES: dict[str, ModelConfig] = {
+    "maskrcnn_resnet50_fpn": ModelConfig(),
+    "maskrcnn_resnet50_fpn_v2": ModelConfig(variant="v2"),
+    "keypointrcnn_resnet50_fpn": ModelConfig(
+        class_names=COCO_PERSON_CATEGORY_NAMES,
+        keypoint_names=COCO_PERSON_KEYPOINT_NAMES,
+        keypoint_skeleton=COCO_PERSON_SKELETON,
+        keypoint_flip_map=COCO_PERSON_FLIP_MAP,
+        mask_on=False,
+        keypoint_on=True,
+        min_size=(640, 672, 704, 736, 768, 800),
+    ),
+}
+
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def generic_class_names(num_classes: int) -> tuple[str, ...]:
+    return ("__background__",) + tuple(f"class_{i}" for i in range(1, num_classes))
+
+
+def config_for(name: str, **kwargs: Any) -> ModelConfig:
+    """The config of architecture ``name`` with torchvision builder keyword arguments applied.
+
+    ``num_classes`` and ``num_keypoints`` keep the default names when they match them and get
+    generic ones otherwise; ``class_names`` / ``keypoint_names`` set names directly. Any
+    ``ModelConfig`` field is accepted too (``backbone_depth``, ``mask_on``, ...).
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    config = ARCHITECTURES[name]
+    kwargs = dict(kwargs)
+    for unsupported in ("weights_backbone", "rpn_anchor_generator", "rpn_head", "box_roi_pool", "box_head",
+                        "box_predictor", "mask_roi_pool", "mask_head", "mask_predictor", "keypoint_roi_pool",
+                        "keypoint_head", "keypoint_predictor"):  # fmt: skip
+        if kwargs.pop(unsupported, None) is not None:
+            raise TypeError(f"{unsupported}: custom modules are not supported; set ModelConfig fields instead")
+    kwargs.pop("progress", None)
+
+    num_classes = kwargs.pop("num_classes", None)
+    if num_classes is not None and "class_names" not in kwargs and num_classes != config.num_classes:
+        kwargs["class_names"] = generic_class_names(num_classes)
+    if "class_names" in kwargs:
+        kwargs["class_names"] = tuple(kwargs["class_names"])
+        if num_classes is not None and num_classes != len(kwargs["class_names"]):
+            raise ValueError(f"num_classes={num_classes} but {len(kwargs['class_names'])} class names")
+
+    num_keypoints = kwargs.pop("num_keypoints", None)
+    if num_keypoints is not None and "keypoint_names" not in kwargs and num_keypoints != config.num_keypoints:
+        if not config.keypoint_on and not kwargs.get("keypoint_on"):
+            raise TypeError(f"{name} has no keypoint head; num_keypoints does not apply")
+        kwargs["keypoint_names"] = tuple(f"keypoint_{i}" for i in range(num_keypoints))
+        kwargs.setdefault("keypoint_skeleton", ())
+        kwargs.setdefault("keypoint_flip_map", ())
+
+    for key in ("min_size", "image_mean", "image_std", "bbox_reg_weights", "keypoint_names"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    if kwargs.get("bbox_reg_weights", 0) is None:
+        kwargs.pop("bbox_reg_weights")
+    if kwargs.get("trainable_backbone_layers", 0) is None:
+        kwargs.pop("trainable_backbone_layers")
+    unknown = set(kwargs) - _CONFIG_FIELDS
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments for {name}: {', '.join(sorted(unknown))}")
+    return config.replace(**kwargs)
+
+
+def build_model(name: str, weights: str | None = None, **kwargs: Any) -> MaskRCNN:
+    """Build ``maskrcnn_resnet50_fpn``, ``maskrcnn_resnet50_fpn_v2`` or
+    ``keypointrcnn_resnet50_fpn`` (torchvision's names and keyword arguments: ``num_classes``,
+    ``num_keypoints``, ``min_size``, ``max_size``, ``box_score_thresh``, ``rpn_*``, ...).
+
+    The module loads the state dict of torchvision's model of the same name (``strict=True``).
+    ``weights`` is a registry name (``"maskrcnn_resnet50_fpn.COCO_V1"``) or a local file; with a
+    different ``num_classes``/``num_keypoints`` only the predictor layers start fresh. The module
+    is returned in eval mode.
+    """
+    if weights is None:
+        model = MaskRCNN(config_for(name, **kwargs))
+    else:
+        from model.weights import load_model
+
+        model = load_model(weights, architecture=name, **kwargs)
+    return model.eval()

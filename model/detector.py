@@ -1,0 +1,149 @@
+"""Mask R-CNN (He et al. 2017): backbone + FPN, RPN, and box / mask / keypoint heads in parallel
+on the RoIs. Inference maps CHW images in [0, 1] to torchvision-style result dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from model.backbone import BackboneWithFPN
+from model.config import ModelConfig
+from model.roi_heads import (
+    BoxPredictor,
+    ConvFCBoxHead,
+    KeypointHead,
+    KeypointPredictor,
+    MaskHead,
+    MaskPredictor,
+    MLPBoxHead,
+    RoIHeads,
+)
+from model.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
+from model.structures import Detections
+from model.transform import (
+    ImageBatch,
+    paste_masks_in_image,
+    preprocess,
+    rescale_boxes,
+    rescale_keypoints,
+    rescale_ratios,
+)
+
+
+class MaskRCNN(nn.Module):
+    """The detector. ``forward`` is inference (eval mode); the stages are public so that the
+    Predictor can cache the pyramid of an image and run only the heads on a drawn box."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        # provenance of the loaded weights (registry name or file stem + hash); "" if none
+        self.weights_version = ""
+        v2 = config.variant == "v2"
+        channels = BackboneWithFPN.out_channels
+
+        self.backbone = BackboneWithFPN(config.backbone_depth, fpn_norm=v2, frozen_bn_eps=config.frozen_bn_eps)
+        self.backbone.freeze_stages(config.trainable_backbone_layers)
+
+        anchors = AnchorGenerator(config.anchor_sizes, config.anchor_aspect_ratios)
+        self.rpn = RegionProposalNetwork(
+            anchors,
+            RPNHead(channels, anchors.num_anchors_per_location, conv_depth=2 if v2 else 1),
+            pre_nms_top_n={"training": config.rpn_pre_nms_top_n_train, "testing": config.rpn_pre_nms_top_n_test},
+            post_nms_top_n={"training": config.rpn_post_nms_top_n_train, "testing": config.rpn_post_nms_top_n_test},
+            nms_thresh=config.rpn_nms_thresh,
+            score_thresh=config.rpn_score_thresh,
+        )
+
+        box_head: nn.Module = ConvFCBoxHead(channels, 7) if v2 else MLPBoxHead(channels * 7 * 7)
+        self.roi_heads = RoIHeads(
+            box_head,
+            BoxPredictor(1024, config.num_classes),
+            bbox_reg_weights=config.bbox_reg_weights,
+            score_thresh=config.box_score_thresh,
+            nms_thresh=config.box_nms_thresh,
+            detections_per_img=config.box_detections_per_img,
+            mask_head=MaskHead(channels, norm=v2) if config.mask_on else None,
+            mask_predictor=MaskPredictor(256, 256, config.num_classes) if config.mask_on else None,
+            keypoint_head=KeypointHead(channels) if config.keypoint_on else None,
+            keypoint_predictor=KeypointPredictor(512, config.num_keypoints) if config.keypoint_on else None,
+        )
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def preprocess(self, images: list[Tensor]) -> ImageBatch:
+        c = self.config
+        return preprocess(images, c.test_min_size, c.max_size, c.image_mean, c.image_std, c.size_divisible)
+
+    def extract_features(self, batch: ImageBatch) -> list[Tensor]:
+        """[P2..P6] of the batch; the input follows the weights' memory format."""
+        x = batch.tensor
+        if self.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
+    def detect(self, features: list[Tensor], batch: ImageBatch) -> Detections:
+        """RPN + RoI heads: detections in the resized input's pixels."""
+        proposals, _ = self.rpn(features, batch.image_sizes, batch.padded_size)
+        return self.roi_heads(features, proposals, batch.image_sizes)
+
+    def postprocess(self, detections: Detections, batch: ImageBatch) -> list[dict[str, Tensor]]:
+        """Per image, torchvision's result dict in original image pixels, masks pasted (soft)."""
+        results = []
+        split = detections.counts
+        fields: dict[str, list[Tensor]] = {
+            "boxes": list(detections.boxes.split(split)),
+            "labels": list(detections.labels.split(split)),
+            "scores": list(detections.scores.split(split)),
+        }
+        if detections.masks is not None:
+            fields["masks"] = list(detections.masks.split(split))
+        if detections.keypoints is not None and detections.keypoint_scores is not None:
+            fields["keypoints"] = list(detections.keypoints.split(split))
+            fields["keypoints_scores"] = list(detections.keypoint_scores.split(split))
+        for i, (size, original) in enumerate(zip(batch.sizes, batch.original_sizes)):
+            ratios = rescale_ratios(size, original, batch.tensor.device)
+            result = {key: values[i] for key, values in fields.items()}
+            result["boxes"] = rescale_boxes(result["boxes"], ratios)
+            if "masks" in result:
+                result["masks"] = paste_masks_in_image(result["masks"], result["boxes"], original)
+            if "keypoints" in result:
+                result["keypoints"] = rescale_keypoints(result["keypoints"], ratios)
+            results.append(result)
+        return results
+
+    # -- inference --------------------------------------------------------------------------
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Images (3, H_i, W_i), float in [0, 1], any sizes -> per image a dict with ``boxes``
+        (N, 4), ``labels`` (N,), ``scores`` (N,), and ``masks`` (N, 1, H_i, W_i) probabilities,
+        ``keypoints`` (N, K, 3), ``keypoints_scores`` (N, K) when those heads are on."""
+        if self.training:
+            raise RuntimeError("MaskRCNN.forward is inference: call .eval() first")
+        batch = self.preprocess(images)
+        features = self.extract_features(batch)
+        detections = self.detect(features, batch)
+        return self.postprocess(detections, batch)
+
+
+def _upgrade_legacy_keys_hook(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+) -> None:
+    # imported here: model.weights builds models, so it imports this module at its top
+    from model.weights import upgrade_legacy_keys
+
+    upgraded = upgrade_legacy_keys({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+    state_dict.update({prefix + k: v for k, v in upgraded.items()})

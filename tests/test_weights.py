@@ -1,0 +1,235 @@
+"""Weights: the registry, download into torch's hub cache (from a file:// URL: the published files
+cannot be downloaded here), legacy key names, local files, and re-initialised predictors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.models.detection as tv_detection
+
+from model import build_model
+from model.weights import (
+    REGISTRY,
+    WeightsHashError,
+    WeightsInfo,
+    WeightsUnavailableError,
+    fetch,
+    infer_config,
+    load_model,
+    read_weights,
+    save_weights,
+    upgrade_legacy_keys,
+)
+
+
+@pytest.fixture(scope="module")
+def torchvision_state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return tv_detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def published_like(state_dict: dict[str, torch.Tensor], folder: Path, stem: str) -> tuple[Path, str]:
+    """A torch.save file named like torchvision's (``stem-<8 hex of sha256>.pth``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / "staging.pth"
+    torch.save(state_dict, staging)
+    digest = hashlib.sha256(staging.read_bytes()).hexdigest()
+    path = folder / f"{stem}-{digest[:8]}.pth"
+    staging.rename(path)
+    return path, digest
+
+
+def assert_same_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    for key, value in upgrade_legacy_keys(state_dict).items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(own[key], value), key
+
+
+def test_registry_names_torchvision_files_with_their_hashes_and_categories() -> None:
+    expected = {
+        "maskrcnn_resnet50_fpn.COCO_V1": "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+        "maskrcnn_resnet50_fpn_v2.COCO_V1":
+            "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+        "keypointrcnn_resnet50_fpn.COCO_V1":
+            "https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+    }  # fmt: skip
+    assert {name: info.url for name, info in REGISTRY.items()} == expected
+    for info in REGISTRY.values():
+        assert info.filename.endswith(f"-{info.sha256_prefix}.pth")
+    assert len(REGISTRY["maskrcnn_resnet50_fpn.COCO_V1"].categories) == 91
+    assert REGISTRY["maskrcnn_resnet50_fpn.COCO_V1"].categories[1] == "person"
+    assert REGISTRY["maskrcnn_resnet50_fpn.COCO_V1"].metrics == {"box_map": 37.9, "mask_map": 34.6}
+    assert REGISTRY["maskrcnn_resnet50_fpn_v2.COCO_V1"].metrics == {"box_map": 47.4, "mask_map": 41.8}
+    keypoints = REGISTRY["keypointrcnn_resnet50_fpn.COCO_V1"]
+    assert keypoints.metrics == {"box_map": 54.6, "kp_map": 65.0}
+    assert len(keypoints.keypoint_names) == 17 and keypoints.categories == ("no person", "person")
+
+
+def test_download_lands_in_hub_cache_once_and_loads(torchvision_state_dict, hub: Path, tmp_path: Path) -> None:
+    source, digest = published_like(torchvision_state_dict, tmp_path / "server", "maskrcnn_resnet50_fpn_coco")
+    info = WeightsInfo(
+        name="maskrcnn_resnet50_fpn.TEST", architecture="maskrcnn_resnet50_fpn", url=source.as_uri(),
+        sha256_prefix=digest[:8], categories=REGISTRY["maskrcnn_resnet50_fpn.COCO_V1"].categories,
+    )  # fmt: skip
+
+    file = fetch(info, progress=False)
+
+    assert file.path == hub / source.name
+    assert file.sha256 == digest
+    assert file.version == f"maskrcnn_resnet50_fpn.TEST@{digest[:8]}"
+    assert sorted(p.name for p in hub.iterdir()) == [source.name]  # no partial file left
+    source.unlink()  # the second time comes from the cache
+    model = load_model(info, progress=False)
+    assert_same_weights(model, torchvision_state_dict)
+    assert model.weights_version == file.version
+    assert not model.training
+
+
+def test_download_with_wrong_hash_leaves_nothing_in_cache(torchvision_state_dict, hub: Path, tmp_path: Path) -> None:
+    source, digest = published_like(torchvision_state_dict, tmp_path / "server", "maskrcnn_resnet50_fpn_coco")
+    wrong = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
+    info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url=source.as_uri(),
+                       sha256_prefix=wrong, categories=("__background__", "thing"))  # fmt: skip
+    with pytest.raises(WeightsHashError):
+        fetch(info, progress=False)
+    assert not hub.exists() or list(hub.iterdir()) == []
+
+
+def test_offline_download_names_the_url_and_where_to_put_the_file(hub: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on: connection refused, as offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+    info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url=url, sha256_prefix="bf2d0c1e",
+                       categories=("__background__", "thing"))  # fmt: skip
+    with pytest.raises(WeightsUnavailableError) as error:
+        fetch(info, progress=False)
+    assert url in str(error.value)
+    assert str(hub / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth") in str(error.value)
+    assert not hub.exists() or list(hub.iterdir()) == []
+
+
+def test_file_placed_by_hand_in_the_cache_is_used_offline(torchvision_state_dict, hub: Path, tmp_path: Path) -> None:
+    source, digest = published_like(torchvision_state_dict, hub, "maskrcnn_resnet50_fpn_coco")
+    categories = REGISTRY["maskrcnn_resnet50_fpn.COCO_V1"].categories
+    info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url="http://127.0.0.1:9/" + source.name,
+                       sha256_prefix=digest[:8], categories=categories)  # fmt: skip
+    assert fetch(info, progress=False).path == source
+
+
+def legacy_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The key names of torchvision's older files (what its load hooks rename)."""
+    legacy = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # FrozenBatchNorm files have none
+        key = key.replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+        for block in ("inner_blocks", "layer_blocks"):
+            for i in range(4):
+                key = key.replace(f"backbone.fpn.{block}.{i}.0.", f"backbone.fpn.{block}.{i}.")
+        for i in range(4):
+            key = key.replace(f"roi_heads.mask_head.{i}.0.", f"roi_heads.mask_head.mask_fcn{i + 1}.")
+        legacy[key] = value
+    return legacy
+
+
+def test_legacy_key_names_load_from_file_and_into_the_module(torchvision_state_dict, tmp_path: Path) -> None:
+    legacy = legacy_layout(torchvision_state_dict)
+    assert "rpn.head.conv.weight" in legacy and "roi_heads.mask_head.mask_fcn1.weight" in legacy
+    assert "backbone.fpn.inner_blocks.0.weight" in legacy
+    path = tmp_path / "legacy.pth"
+    torch.save(legacy, path)
+
+    assert_same_weights(load_model(path, progress=False), torchvision_state_dict)
+    model = build_model("maskrcnn_resnet50_fpn")
+    model.load_state_dict(legacy, strict=True)
+    assert_same_weights(model, torchvision_state_dict)
+
+
+class _RunsCode:
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, ("touch should-not-exist",))
+
+
+def test_pth_that_would_run_code_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with path.open("wb") as f:
+        pickle.dump({"model": {"x": _RunsCode()}}, f, protocol=2)
+    with pytest.raises(ValueError, match="without running code"):
+        read_weights(path)
+    assert not (tmp_path / "should-not-exist").exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_own_checkpoint_round_trips_with_its_config(tmp_path: Path, suffix: str) -> None:
+    model = build_model("maskrcnn_resnet50_fpn", backbone_depth=18, class_names=("__background__", "cat", "dog"),
+                        box_score_thresh=0.3)  # fmt: skip
+    path = save_weights(model, tmp_path / f"run{suffix}")
+    loaded = load_model(path, progress=False)
+    assert loaded.config == model.config
+    assert_same_weights(loaded, model.state_dict())
+    assert loaded.weights_version.startswith(f"run@{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}")
+
+
+def test_fewer_classes_reinitialise_only_the_predictors(torchvision_state_dict, tmp_path: Path) -> None:
+    path = tmp_path / "coco.pth"
+    torch.save(torchvision_state_dict, path)
+    model = load_model(path, num_classes=3, progress=False)
+
+    assert model.config.num_classes == 3
+    own = model.state_dict()
+    state = {k: v for k, v in torchvision_state_dict.items() if not k.endswith("num_batches_tracked")}
+    reinitialised = {k for k, v in state.items() if own[k].shape != v.shape}
+    assert reinitialised == {
+        "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
+        "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
+        "roi_heads.mask_predictor.mask_fcn_logits.weight", "roi_heads.mask_predictor.mask_fcn_logits.bias",
+    }  # fmt: skip
+    for key, value in state.items():
+        if key not in reinitialised:
+            assert torch.equal(own[key], value), key  # conv5_mask (class-agnostic) included
+    assert own["roi_heads.box_predictor.cls_score.weight"].std() > 0
+
+
+def test_other_keypoint_count_reinitialises_only_the_keypoint_predictor(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = tv_detection.keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    path = tmp_path / "keypoints.pth"
+    torch.save(state, path)
+    model = load_model(path, num_keypoints=5, progress=False)
+    own = model.state_dict()
+    assert own["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape == (512, 5, 4, 4)
+    changed = {k for k in state if not k.endswith("num_batches_tracked") and not torch.equal(own[k], state[k])}
+    assert changed == {"roi_heads.keypoint_predictor.kps_score_lowres.weight",
+                       "roi_heads.keypoint_predictor.kps_score_lowres.bias"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn"])
+def test_architecture_is_inferred_from_a_bare_state_dict(name: str) -> None:
+    reference = getattr(tv_detection, name)(weights=None, weights_backbone=None, num_classes=4)
+    config = infer_config(reference.state_dict())
+    assert config == build_model(name, num_classes=4).config
+
+
+def test_registry_weights_config_uses_the_files_label_space_and_eps() -> None:
+    info = REGISTRY["keypointrcnn_resnet50_fpn.COCO_V1"]
+    config = info.config()
+    assert config.class_names == ("no person", "person")
+    assert config.keypoint_names[0] == "nose" and config.keypoint_on and not config.mask_on
+    assert config.frozen_bn_eps == 0.0  # torchvision's v1 files were trained so
+    assert REGISTRY["maskrcnn_resnet50_fpn_v2.COCO_V1"].config().frozen_bn_eps == 1e-5
+    assert info.config(num_classes=3).num_classes == 3
