@@ -5,6 +5,7 @@
     python main.py import PROJECT SOURCE            add a COCO file or a labelme folder
     python main.py export PROJECT OUT.json          write COCO JSON
     python main.py info PROJECT                     review states and instances per category
+    python main.py propose PROJECT [--weights W]    the model's proposals into the project
 
 Thin on purpose: it parses arguments and calls the packages. Bad input ends in one line on stderr
 naming the file and the problem, and exit status 2; nothing already stored is changed.
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-COMMANDS = ("new", "import", "export", "info")
+COMMANDS = ("new", "import", "export", "info", "propose")
 EXIT_BAD_INPUT = 2
 
 
@@ -135,6 +136,61 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_weights() -> str:
+    """The bundled demo model when it is installed, else torchvision's COCO Mask R-CNN."""
+    from resources import DEMO_MODEL
+
+    return str(DEMO_MODEL) if DEMO_MODEL.is_file() else "maskrcnn_resnet50_fpn.COCO_V1"
+
+
+def load_predictor(weights: str, device: str, **options):
+    """A Predictor, with weights problems turned into one-line errors naming the file or URL."""
+    from annotator.errors import InputError
+    from model.predictor import Predictor
+    from model.weights import WeightsHashError, WeightsUnavailableError
+
+    try:
+        return Predictor(weights, device=device, **options)
+    except (WeightsUnavailableError, WeightsHashError) as error:
+        raise InputError(weights, str(error)) from None
+    except FileNotFoundError as error:
+        raise InputError(weights, str(error)) from None
+    except KeyError as error:
+        raise InputError(weights, str(error.args[0])) from None
+    except (ValueError, RuntimeError) as error:  # not a weights file, or another architecture
+        raise InputError(weights, f"cannot load these weights ({error})") from None
+
+
+def cmd_propose(args: argparse.Namespace) -> int:
+    import os
+
+    from annotator.proposals import images_to_propose, propose
+    from annotator.store import Project
+    from model.images import read_image
+
+    # Under torchrun each process takes every WORLD_SIZE-th image on its own GPU; they share the
+    # project file (SQLite serialises the short write transactions).
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = args.device
+    if world > 1 and device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    with Project.open(project_path(args.project)) as project:
+        images = images_to_propose(project, args.unlabeled_only)[rank::world]
+        predictor = load_predictor(args.weights or default_weights(), device, score_threshold=args.score_thresh)
+        with _progress(len(images), "img") as bar:
+            report = propose(project, predictor, images, lambda image: read_image(project.image_path(image)),
+                             on_image=lambda image, count: bar.update())
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    stopped = " (stopped early; everything proposed so far is saved)" if report.stopped else ""
+    print(f"proposed {report.instances} instances on {report.images} images with "
+          f"{predictor.model_version} on {predictor.device}{stopped}")
+    return 130 if report.stopped else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from model.images import DEFAULT_MAX_PIXELS
 
@@ -175,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = command("info", cmd_info, "images per review state and instances per category")
     info.add_argument("project", metavar="PROJECT")
+
+    pro = command("propose", cmd_propose, "run the model over the project's images and store its "
+                                          "proposals (images marked done are left alone)")
+    pro.add_argument("project", metavar="PROJECT")
+    pro.add_argument("--weights", metavar="NAME|PATH",
+                     help="registry name (e.g. maskrcnn_resnet50_fpn.COCO_V1), or a .pth / .safetensors "
+                          "file (default: the bundled demo model)")
+    pro.add_argument("--score-thresh", type=float, default=0.5, metavar="S",
+                     help="keep proposals scoring at least this (default 0.5)")
+    pro.add_argument("--unlabeled-only", action="store_true", help="only images not labelled yet")
+    pro.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     return parser
 
 

@@ -1,0 +1,105 @@
+"""``main.py propose``: the model's proposals go into the store, image by image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import main
+from annotator.proposals import images_to_propose, propose
+from annotator.store import Project, ReviewState, Source
+from model.builders import build_model
+from model.images import read_image
+from model.predictor import Predictor
+from model.weights import save_weights
+from tests.conftest import write_images
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weights Mask R-CNN with mask and keypoint heads, saved as our own self-describing file."""
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_resnet50_fpn", num_classes=3, keypoint_on=True, num_keypoints=2, min_size=96,
+                        max_size=128, box_score_thresh=0.0, box_detections_per_img=5)
+    return save_weights(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    write_images(tmp_path / "images", [(64, 48), (64, 48), (64, 48)])
+    project = Project.create(tmp_path / "p.annot", tmp_path / "images")
+    for name in ("0.png", "1.png", "2.png"):
+        project.add_image(name, 64, 48, "h")
+    project.set_review_state(3, ReviewState.DONE)
+    yield project
+    project.close()
+
+
+def test_propose_stores_scored_model_instances_and_marks_images_proposed(
+        project: Project, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main.main(["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0"]) == 0
+    assert "proposed" in capsys.readouterr().out
+    for image_id in (1, 2):
+        instances = project.instances(image_id)
+        assert 0 < len(instances) <= 5
+        assert all(i.source == Source.MODEL and i.score is not None and i.model_version.startswith("tiny@")
+                   for i in instances)
+        assert project.image(image_id).state == ReviewState.PROPOSED
+    assert project.instances(3) == [] and project.image(3).state == ReviewState.DONE
+    category = project.category(project.instances(1)[0].category_id)
+    assert category.num_keypoints == 2 and len(project.instances(1)[0].keypoints) == 6
+
+
+def test_proposing_again_replaces_untouched_proposals_and_keeps_edited_ones(
+        project: Project, weights: Path) -> None:
+    predictor = Predictor(weights, device="cpu", score_threshold=0.0)
+    images = images_to_propose(project, unlabeled_only=False)
+    reader = lambda image: read_image(project.image_path(image))  # noqa: E731
+    propose(project, predictor, images, reader)
+    first = project.instances(1)
+    edited = project.update_instance(first[0].id, mask=np.ones((48, 64), bool))
+    propose(project, predictor, images_to_propose(project, unlabeled_only=False), reader)
+    again = project.instances(1)
+    assert edited in again
+    assert {i.id for i in again if i.source == Source.MODEL}.isdisjoint(i.id for i in first)
+    assert len([i for i in again if i.source == Source.MODEL]) == len(first)
+
+
+def test_interrupted_run_keeps_every_image_finished_before_it(project: Project, weights: Path) -> None:
+    predictor = Predictor(weights, device="cpu", score_threshold=0.0)
+    calls = []
+
+    def read_then_interrupt(image):
+        calls.append(image.id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl+C while the second image is being read
+        return read_image(project.image_path(image))
+
+    report = propose(project, predictor, images_to_propose(project, unlabeled_only=False), read_then_interrupt)
+    assert report.stopped and report.images == 1
+    assert project.instances(1) and project.image(1).state == ReviewState.PROPOSED
+    assert project.instances(2) == [] and project.image(2).state == ReviewState.UNLABELED
+
+
+def test_unlabeled_only_skips_images_already_proposed(project: Project, weights: Path) -> None:
+    project.set_review_state(2, ReviewState.PROPOSED)
+    assert [i.id for i in images_to_propose(project, unlabeled_only=True)] == [1]
+
+
+def test_missing_weights_file_is_one_line(project: Project, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nothing.pth"
+    assert main.main(["propose", str(project.path), "--weights", str(missing)]) == main.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {missing}: ") and err.count("\n") == 1
+    assert project.instance_count() == 0
+
+
+def test_proposed_masks_are_stored_at_image_resolution(project: Project, weights: Path) -> None:
+    predictor = Predictor(weights, device="cpu", score_threshold=0.0)
+    propose(project, predictor, images_to_propose(project, unlabeled_only=True),
+            lambda image: read_image(project.image_path(image)))
+    masked = [i for i in project.instances(1) if i.rle is not None]
+    assert masked and all(i.mask.shape == (48, 64) and i.area == i.mask.sum() for i in masked)
