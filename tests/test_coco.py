@@ -276,3 +276,15 @@ def test_parallel_export_writes_the_same_file_as_a_single_process(
         export_coco(project, tmp_path / "parallel.json", workers=2)
     assert (tmp_path / "parallel.json").read_text() == (tmp_path / "single.json").read_text()
     assert len(json.loads((tmp_path / "parallel.json").read_text())["annotations"]) == 6
+
+
+def test_export_gets_ordinary_file_permissions(tmp_path: Path, coco_file: Path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with _import(tmp_path, coco_file) as project:
+            export_coco(project, tmp_path / "out.json")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o644
