@@ -3,7 +3,7 @@ names and skeleton of each."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QColorDialog, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout,
                                QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QPlainTextEdit,
@@ -103,12 +103,18 @@ class CategoryPanel(QWidget):
         layout.addWidget(self.list)
         layout.addLayout(row)
         self._updating = False
+        # Counting instances per category scans the whole project (tens of ms at a million
+        # instances): after edits, recount once the user pauses rather than on every stroke.
+        self._recount = QTimer(self)
+        self._recount.setSingleShot(True)
+        self._recount.setInterval(400)
+        self._recount.timeout.connect(self.reload)
 
     def set_session(self, session: Session | None) -> None:
         self.session = session
         if session is not None:
             session.categories_changed.connect(self.reload)
-            session.instances_changed.connect(lambda _: self.reload())
+            session.instances_changed.connect(lambda _: self._recount.start())
             session.current_category_changed.connect(lambda _: self.reload())
         self.reload()
 
