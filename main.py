@@ -6,6 +6,8 @@
     python main.py export PROJECT OUT.json          write COCO JSON
     python main.py info PROJECT                     review states and instances per category
     python main.py propose PROJECT [--weights W]    the model's proposals into the project
+    python main.py train COCO.json --images DIR --out RUN_DIR     fine-tune (or train) the model
+    python main.py evaluate COCO.json --images DIR --weights W    COCO box, mask and keypoint AP
 
 Thin on purpose: it parses arguments and calls the packages. Bad input ends in one line on stderr
 naming the file and the problem, and exit status 2; nothing already stored is changed.
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-COMMANDS = ("new", "import", "export", "info", "propose")
+COMMANDS = ("new", "import", "export", "info", "propose", "train", "evaluate")
 EXIT_BAD_INPUT = 2
 
 
@@ -191,6 +193,79 @@ def cmd_propose(args: argparse.Namespace) -> int:
     return 130 if report.stopped else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from annotator.errors import InputError
+    from model.engine import Distributed, EventLog, SetupError, TrainOptions, prepare_run, train
+
+    distributed = Distributed.from_environment()
+    out = Path(args.out)
+    events = EventLog(enabled=distributed.is_main, tensorboard_dir=out / "tensorboard")
+    started = time.monotonic()
+    options = TrainOptions(iterations=args.iters or 1, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                           val_fraction=args.val_fraction, seed=args.seed, num_workers=args.workers,
+                           checkpoint_period=args.checkpoint_period, eval_period=args.eval_period,
+                           clip_grad_norm=args.clip_grad, amp=args.amp, trainable_backbone_layers=args.trainable_layers,
+                           log_period=args.log_period)  # fmt: skip
+    sizes = {}
+    if args.min_size:
+        sizes["min_size"] = args.min_size[0] if len(args.min_size) == 1 else tuple(args.min_size)
+    if args.max_size:
+        sizes["max_size"] = args.max_size
+    try:
+        try:
+            run = prepare_run(args.coco, args.images, out, options, weights=args.weights or default_weights(),
+                              architecture=args.arch, epochs=None if args.iters else args.epochs, resume=args.resume,
+                              world_size=distributed.world_size, **sizes)  # fmt: skip
+        except SetupError as error:
+            raise InputError(error.path, error.problem) from None
+        device = distributed.device(args.device)
+        distributed.init(device)
+        print(f"rank {distributed.rank}/{distributed.world_size}: {len(run.train_data.images)} training images, "
+              f"{len(run.val_data.images)} held out, {run.options.iterations} iterations of "
+              f"{run.options.batch_size} images on {device}", file=sys.stderr)
+        if distributed.is_main:
+            for line in [f"warning: {w}" for w in run.warnings] + run.notes:
+                print(line, file=sys.stderr)
+        result = train(run.model, run.train_data, run.val_data, out, run.options, device=device,
+                       distributed=distributed, events=events, resume=run.resume,
+                       evaluate_before=args.weights != "none")  # fmt: skip
+        events.emit("done", path=result.weights, checkpoint=result.checkpoint, iterations=result.iterations,
+                    elapsed_s=round(time.monotonic() - started, 1), **result.evaluation)  # fmt: skip
+        return 0
+    except Exception as error:
+        events.emit("error", message=str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        events.close()
+        distributed.close()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from annotator.errors import InputError
+    from model.data import DatasetError, load_coco
+    from model.evaluation import evaluate, format_summary
+
+    try:
+        data = load_coco(args.coco, args.images)
+    except DatasetError as error:
+        raise InputError(args.coco, str(error).removeprefix(f"{args.coco}: ")) from None
+    for warning in data.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    weights = args.weights or default_weights()
+    predictor = load_predictor(weights, args.device, feature_cache_size=0)
+    with _progress(len(data.images), "img") as bar:
+        summary = evaluate(predictor, data, on_image=lambda count: bar.update())
+    print(f"{predictor.model_version} on {len(data.images)} images of {args.coco}")
+    print(format_summary(summary))
+    if args.json:
+        print(json.dumps({"weights": predictor.model_version, "images": len(data.images), **summary}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from model.images import DEFAULT_MAX_PIXELS
 
@@ -242,6 +317,68 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep proposals scoring at least this (default 0.5)")
     pro.add_argument("--unlabeled-only", action="store_true", help="only images not labelled yet")
     pro.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+
+    def sizes_list(text: str) -> list[int]:
+        try:
+            sizes = [int(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected sizes like 640 or 640,672,704, got {text!r}") from None
+        if not all(size > 0 for size in sizes):
+            raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+        return sizes
+
+    def coco_data(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("coco", metavar="COCO.json", help="COCO instances or keypoints file (e.g. from 'export')")
+        sub.add_argument("--images", required=True, metavar="DIR", help="folder that the file's file_name entries are in")
+
+    tra = command("train", cmd_train, "train or fine-tune the model on a COCO file; progress as JSON lines on stdout "
+                                      "(several GPUs: torchrun --nproc-per-node N main.py train ...)")
+    coco_data(tra)
+    tra.add_argument("--out", required=True, metavar="RUN_DIR",
+                     help="folder for checkpoints and the final weights (model_final.safetensors)")
+    tra.add_argument("--weights", metavar="NAME|PATH|none",
+                     help="start from registry weights, a .pth / .safetensors file, or 'none' (random init of "
+                          "--arch); classes and keypoints are matched by name (default: the bundled demo model)")
+    tra.add_argument("--arch", metavar="NAME",
+                     help="architecture for --weights none (default maskrcnn_resnet18_fpn_small)")
+    length = tra.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=12, metavar="N", help="passes over the training images (default 12)")
+    length.add_argument("--iters", type=int, metavar="N", help="optimizer steps (instead of --epochs)")
+    tra.add_argument("--batch-size", type=int, default=2, metavar="B", help="images per step and process (default 2)")
+    tra.add_argument("--lr", type=float, metavar="LR",
+                     help="base learning rate (default: 0.02 x total batch / 16 for SGD, 1e-4 x batch / 16 for AdamW)")
+    tra.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="default sgd (momentum 0.9)")
+    tra.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                     help="fraction of the images held out to report AP before and after (default 0.1; 0: none)")
+    tra.add_argument("--trainable-layers", type=int, choices=range(6), metavar="N",
+                     help="ResNet stages trained, counted from the top (0-5; default: the architecture's, 5 for "
+                          "--weights none)")
+    tra.add_argument("--min-size", type=sizes_list, metavar="N[,N...]",
+                     help="shorter image side in training, one drawn per image (inference uses the last; "
+                          "default: the architecture's)")
+    tra.add_argument("--max-size", type=int, metavar="N", help="longest image side (default: the architecture's)")
+    tra.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm to this")
+    tra.add_argument("--checkpoint-period", type=int, default=500, metavar="N", help="checkpoint every N steps (default 500)")
+    tra.add_argument("--eval-period", type=int, default=0, metavar="N", help="also evaluate every N steps")
+    tra.add_argument("--seed", type=int, default=0, help="seed of the split, the data order and the initialisation")
+    tra.add_argument("--log-period", type=int, default=20, metavar="N", help="a progress event every N steps (default 20)")
+    tra.add_argument("--workers", type=int, default=1, metavar="N", help="data-loading processes (default 1)")
+    amp = tra.add_mutually_exclusive_group()
+    amp.add_argument("--amp", action="store_true", default=None,
+                     help="mixed precision: float16 on CUDA (the default there), bfloat16 on the CPU (faster on "
+                          "CPUs with native bfloat16, e.g. AVX512-BF16 or AMX)")
+    amp.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision")
+    tra.add_argument("--device", default="auto",
+                     help="auto (CUDA, else CPU; under torchrun each rank its GPU), cpu, cuda, cuda:1")
+    tra.add_argument("--resume", action="store_true",
+                     help="continue the run in RUN_DIR from its last checkpoint, with that run's settings")
+
+    eva = command("evaluate", cmd_evaluate, "COCO box, mask and keypoint AP of a model on a COCO file")
+    coco_data(eva)
+    eva.add_argument("--weights", metavar="NAME|PATH", help="registry name or weights file, e.g. RUN_DIR/model_final."
+                                                            "safetensors (default: the bundled demo model)")
+    eva.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+    eva.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     return parser
 
 

@@ -6,6 +6,7 @@ Module and parameter names follow torchvision's ``BackboneWithFPN`` (``body.laye
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -55,14 +56,21 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 class ResNetBody(nn.Module):
-    """ResNet without its classifier: returns C2..C5 (strides 4, 8, 16, 32)."""
+    """ResNet without its classifier: returns C2..C5 (strides 4, 8, 16, 32).
 
-    def __init__(self, depth: int, norm_layer: Callable[[int], nn.Module]) -> None:
+    ``width`` is the channel count of the stem and the first stage (64 in the paper's ResNets; the
+    stages double it); narrower bodies keep torchvision's module names and structure.
+    """
+
+    def __init__(self, depth: int, norm_layer: Callable[[int], nn.Module], zero_init_residual: bool = False,
+                 width: int = 64) -> None:  # fmt: skip
         super().__init__()
         if depth not in _RESNET_LAYOUTS:
             raise ValueError(f"ResNet depth must be one of {sorted(_RESNET_LAYOUTS)}, got {depth}")
         block, layers = _RESNET_LAYOUTS[depth]
-        resnet = ResNet(block, layers, norm_layer=norm_layer)
+        resnet = ResNet(block, layers, norm_layer=norm_layer, zero_init_residual=zero_init_residual)
+        if width != 64:
+            _narrow(resnet, block, layers, width, norm_layer, zero_init_residual)
         self.conv1 = resnet.conv1
         self.bn1 = resnet.bn1
         self.layer1 = resnet.layer1
@@ -70,7 +78,7 @@ class ResNetBody(nn.Module):
         self.layer3 = resnet.layer3
         self.layer4 = resnet.layer4
         expansion = block.expansion
-        self.out_channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        self.out_channels = [width * expansion * 2**i for i in range(4)]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -82,15 +90,55 @@ class ResNetBody(nn.Module):
         return [c2, c3, c4, c5]
 
 
+def _narrow(resnet: ResNet, block: type[BasicBlock] | type[Bottleneck], layers: list[int], width: int,
+            norm_layer: Callable[[int], nn.Module], zero_init_residual: bool) -> None:  # fmt: skip
+    """Rebuild ``resnet``'s stem and stages with ``width`` channels in place of 64 (torchvision's
+    ``ResNet`` fixes 64), initialised as torchvision initialises them."""
+    resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    resnet.bn1 = norm_layer(width)
+    resnet.inplanes = width
+    resnet.base_width = 64  # torchvision's Bottleneck width factor, not the stage width
+    for index, blocks in enumerate(layers):
+        stage = resnet._make_layer(block, width * 2**index, blocks, stride=1 if index == 0 else 2)
+        setattr(resnet, f"layer{index + 1}", stage)
+    for m in resnet.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    if zero_init_residual:
+        for m in resnet.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.constant_(m.bn3.weight, 0)
+            elif isinstance(m, BasicBlock):
+                nn.init.constant_(m.bn2.weight, 0)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (Wu & He 2018), fewer for narrow layers."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``"bn"``: BatchNorm2d, ``"gn"``: GroupNorm."""
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return group_norm(channels)
+    raise ValueError(f"unknown normalisation {kind!r}")
+
+
 def conv_norm(
-    in_channels: int, out_channels: int, kernel_size: int, norm: bool, relu: bool
+    in_channels: int, out_channels: int, kernel_size: int, norm: str, relu: bool
 ) -> nn.Sequential:
-    """conv (bias only without norm) -> [BatchNorm] -> [ReLU], as torchvision's Conv2dNormActivation."""
+    """conv (bias only without norm) -> [norm: "bn" or "gn"; "" for none] -> [ReLU], as
+    torchvision's Conv2dNormActivation."""
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not norm)
     ]
     if norm:
-        layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(norm_layer(norm, out_channels))
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -100,7 +148,7 @@ class FeaturePyramid(nn.Module):
     """FPN (Lin et al. 2017): 1x1 lateral convs, nearest top-down upsampling, 3x3 output convs,
     and P6 as a stride-2 subsampling of P5 (used by the RPN only)."""
 
-    def __init__(self, in_channels: list[int], out_channels: int = 256, norm: bool = False) -> None:
+    def __init__(self, in_channels: list[int], out_channels: int = 256, norm: str = "") -> None:
         super().__init__()
         self.inner_blocks = nn.ModuleList(conv_norm(c, out_channels, 1, norm, relu=False) for c in in_channels)
         self.layer_blocks = nn.ModuleList(
@@ -127,14 +175,27 @@ class FeaturePyramid(nn.Module):
 
 
 class BackboneWithFPN(nn.Module):
-    """ResNet body (FrozenBatchNorm) + FPN with 256 channels."""
+    """ResNet body (FrozenBatchNorm, or GroupNorm when trained from scratch) + FPN."""
 
-    out_channels = 256
-
-    def __init__(self, depth: int = 50, fpn_norm: bool = False, frozen_bn_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        depth: int = 50,
+        fpn_norm: str = "",
+        frozen_bn_eps: float = 1e-5,
+        body_norm: str = "frozen_bn",
+        out_channels: int = 256,
+        body_width: int = 64,
+    ) -> None:
         super().__init__()
-        self.body = ResNetBody(depth, partial(FrozenBatchNorm2d, eps=frozen_bn_eps))
-        self.fpn = FeaturePyramid(self.body.out_channels, self.out_channels, norm=fpn_norm)
+        if body_norm == "frozen_bn":
+            self.body = ResNetBody(depth, partial(FrozenBatchNorm2d, eps=frozen_bn_eps), width=body_width)
+        elif body_norm == "gn":
+            # zero-initialised last norm of each residual block: every block starts as the identity
+            self.body = ResNetBody(depth, group_norm, zero_init_residual=True, width=body_width)
+        else:
+            raise ValueError(f"unknown backbone normalisation {body_norm!r}")
+        self.out_channels = out_channels
+        self.fpn = FeaturePyramid(self.body.out_channels, out_channels, norm=fpn_norm)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """(N, 3, H, W) normalised, padded images -> [P2..P6]."""

@@ -89,3 +89,104 @@ def top_per_image(
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(order.shape[0], device=order.device) - starts[image_sorted]
     return order[rank < k], counts.clamp(max=k).tolist()
+
+
+def encode_boxes(targets: Tensor, references: Tensor, weights: tuple[float, float, float, float]) -> Tensor:
+    """The deltas ``(dx, dy, dw, dh)`` that ``decode_boxes`` turns ``references`` into ``targets``.
+
+    Args:
+        targets, references: (R, 4) boxes, paired row by row.
+        weights: multipliers of ``(dx, dy, dw, dh)`` (the divisors of ``decode_boxes``).
+    Returns:
+        (R, 4) regression targets.
+    """
+    widths = references[:, 2] - references[:, 0]
+    heights = references[:, 3] - references[:, 1]
+    ctr_x = references[:, 0] + 0.5 * widths
+    ctr_y = references[:, 1] + 0.5 * heights
+    target_widths = targets[:, 2] - targets[:, 0]
+    target_heights = targets[:, 3] - targets[:, 1]
+    target_x = targets[:, 0] + 0.5 * target_widths
+    target_y = targets[:, 1] + 0.5 * target_heights
+    wx, wy, ww, wh = weights
+    return torch.stack(
+        (
+            wx * (target_x - ctr_x) / widths,
+            wy * (target_y - ctr_y) / heights,
+            ww * torch.log(target_widths / widths),
+            wh * torch.log(target_heights / heights),
+        ),
+        dim=1,
+    )
+
+
+def _intersection(a: Tensor, b: Tensor) -> Tensor:
+    top_left = torch.max(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.min(a[:, None, 2:], b[None, :, 2:])
+    return (bottom_right - top_left).clamp(min=0).prod(dim=2)
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """(A, 4), (B, 4) -> (A, B) intersection over union."""
+    inter = _intersection(a, b)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+def pairwise_ioa(a: Tensor, b: Tensor) -> Tensor:
+    """(A, 4), (B, 4) -> (A, B) intersection over the area of each box of ``a``."""
+    return _intersection(a, b) / box_area(a)[:, None].clamp(min=torch.finfo(a.dtype).tiny)
+
+
+# match_boxes' verdicts for a box that matched no ground truth
+BACKGROUND = -1  # quality below the low threshold
+IGNORED = -2  # between the thresholds, or covered by a crowd region
+
+
+def match_boxes(quality: Tensor, high: float, low: float, allow_low_quality_matches: bool) -> Tensor:
+    """Assign each box its best ground truth (Faster R-CNN's matching).
+
+    Args:
+        quality: (G, P) IoU of G ground-truth boxes with P boxes (anchors or proposals).
+        high: a box matches at IoU >= ``high``.
+        low: a box is background below ``low``; in between it is ``IGNORED``.
+        allow_low_quality_matches: each ground truth also takes the boxes that overlap it most,
+            whatever the IoU (so that every ground truth has at least one positive anchor).
+    Returns:
+        (P,) int64: the matched ground truth index, ``BACKGROUND`` or ``IGNORED``.
+    """
+    num_boxes = quality.shape[1]
+    if quality.shape[0] == 0:
+        return torch.full((num_boxes,), BACKGROUND, dtype=torch.int64, device=quality.device)
+    best, matches = quality.max(dim=0)
+    verdict = matches.clone()
+    verdict[best < high] = IGNORED
+    verdict[best < low] = BACKGROUND
+    if allow_low_quality_matches:
+        # every box tied for the best IoU of some ground truth (ties included, as Detectron)
+        best_per_gt = quality.max(dim=1, keepdim=True).values
+        _, boxes = ((quality == best_per_gt) & (best_per_gt > 0)).nonzero(as_tuple=True)
+        verdict[boxes] = matches[boxes]
+    return verdict
+
+
+def sample_balanced(labels: Tensor, batch_size: int, positive_fraction: float) -> tuple[Tensor, Tensor]:
+    """Draw at most ``batch_size`` boxes, up to ``positive_fraction`` of them positive, the rest
+    negative, uniformly at random (the global torch generator).
+
+    Args:
+        labels: (P,) 1 positive, 0 negative, -1 neither.
+    Returns:
+        Indices of the sampled positives and of the sampled negatives.
+    """
+    positive = (labels == 1).nonzero().squeeze(1)
+    negative = (labels == 0).nonzero().squeeze(1)
+    num_positive = min(positive.numel(), int(batch_size * positive_fraction))
+    num_negative = min(negative.numel(), batch_size - num_positive)
+    positive = positive[torch.randperm(positive.numel(), device=labels.device)[:num_positive]]
+    negative = negative[torch.randperm(negative.numel(), device=labels.device)[:num_negative]]
+    return positive, negative

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from model import synthetic
 from model.config import (
     COCO_PERSON_CATEGORY_NAMES,
     COCO_PERSON_FLIP_MAP,
@@ -26,6 +27,36 @@ ARCHITECTURES: dict[str, ModelConfig] = {
         mask_on=False,
         keypoint_on=True,
         min_size=(640, 672, 704, 736, 768, 800),
+    ),
+    # Small and fast, trained from random init (docs/decisions/0007-training.md): ResNet-18 at half
+    # width with GroupNorm, a 64-channel FPN with GroupNorm, narrow heads, masks and keypoints,
+    # about 320 px; 4.2 M parameters.
+    # Its default label space is the synthetic shapes' (model.synthetic), as the demo model's.
+    "maskrcnn_resnet18_fpn_small": ModelConfig(
+        class_names=("__background__", *synthetic.CATEGORY_NAMES),
+        keypoint_names=synthetic.KEYPOINT_NAMES,
+        keypoint_skeleton=tuple((a - 1, b - 1) for a, b in synthetic.SKELETON),
+        keypoint_flip_map=synthetic.FLIP_MAP,
+        keypoint_on=True,
+        backbone_depth=18,
+        backbone_norm="gn",
+        head_norm="gn",
+        trainable_backbone_layers=5,
+        backbone_width=32,
+        fpn_channels=64,
+        box_head_dim=256,
+        mask_head_channels=64,
+        keypoint_head_channels=64,
+        keypoint_head_convs=4,
+        min_size=(224, 256, 288, 320),
+        max_size=533,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=500,
+        rpn_post_nms_top_n_test=300,
+        box_batch_size_per_image=64,
+        box_detections_per_img=50,
     ),
 }
 
@@ -84,8 +115,8 @@ def config_for(name: str, **kwargs: Any) -> ModelConfig:
 
 
 def build_model(name: str, weights: str | None = None, **kwargs: Any) -> MaskRCNN:
-    """Build ``maskrcnn_resnet50_fpn``, ``maskrcnn_resnet50_fpn_v2`` or
-    ``keypointrcnn_resnet50_fpn`` (torchvision's names and keyword arguments: ``num_classes``,
+    """Build ``maskrcnn_resnet50_fpn``, ``maskrcnn_resnet50_fpn_v2``, ``keypointrcnn_resnet50_fpn``
+    or our ``maskrcnn_resnet18_fpn_small``, with torchvision's keyword arguments (``num_classes``,
     ``num_keypoints``, ``min_size``, ``max_size``, ``box_score_thresh``, ``rpn_*``, ...).
 
     The module loads the state dict of torchvision's model of the same name (``strict=True``).

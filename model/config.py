@@ -67,6 +67,21 @@ class ModelConfig:
     keypoint_on: bool = False
     # FrozenBatchNorm epsilon of the backbone: torchvision's v1 COCO files were trained with 0.
     frozen_bn_eps: float = 1e-5
+    # Normalisation of the ResNet body: "frozen_bn" (fixed statistics, for pretrained weights) or
+    # "gn" (GroupNorm, trained; for training from random init, independent of the batch size).
+    backbone_norm: Literal["frozen_bn", "gn"] = "frozen_bn"
+    # Normalisation after the convs of FPN, box head (v2) and mask head: None is the variant's
+    # ("" for v1, "bn" for v2).
+    head_norm: Literal["", "bn", "gn"] | None = None
+
+    # widths: ResNet stem and first stage (the stages double it), FPN (also the RPN head), box head
+    # representation, mask and keypoint heads
+    backbone_width: int = 64
+    fpn_channels: int = 256
+    box_head_dim: int = 1024
+    mask_head_channels: int = 256
+    keypoint_head_channels: int = 512
+    keypoint_head_convs: int = 8
 
     min_size: int | tuple[int, ...] = 800
     max_size: int = 1333
@@ -106,6 +121,13 @@ class ModelConfig:
     @property
     def num_keypoints(self) -> int:
         return len(self.keypoint_names)
+
+    @property
+    def norm(self) -> Literal["", "bn", "gn"]:
+        """Normalisation of FPN and heads."""
+        if self.head_norm is not None:
+            return self.head_norm
+        return "bn" if self.variant == "v2" else ""
 
     @property
     def test_min_size(self) -> int:

@@ -42,9 +42,13 @@ class MaskRCNN(nn.Module):
         # provenance of the loaded weights (registry name or file stem + hash); "" if none
         self.weights_version = ""
         v2 = config.variant == "v2"
-        channels = BackboneWithFPN.out_channels
+        channels = config.fpn_channels
+        norm = config.norm
 
-        self.backbone = BackboneWithFPN(config.backbone_depth, fpn_norm=v2, frozen_bn_eps=config.frozen_bn_eps)
+        self.backbone = BackboneWithFPN(
+            config.backbone_depth, fpn_norm=norm, frozen_bn_eps=config.frozen_bn_eps,
+            body_norm=config.backbone_norm, out_channels=channels, body_width=config.backbone_width,
+        )  # fmt: skip
         self.backbone.freeze_stages(config.trainable_backbone_layers)
 
         anchors = AnchorGenerator(config.anchor_sizes, config.anchor_aspect_ratios)
@@ -55,20 +59,35 @@ class MaskRCNN(nn.Module):
             post_nms_top_n={"training": config.rpn_post_nms_top_n_train, "testing": config.rpn_post_nms_top_n_test},
             nms_thresh=config.rpn_nms_thresh,
             score_thresh=config.rpn_score_thresh,
+            fg_iou_thresh=config.rpn_fg_iou_thresh,
+            bg_iou_thresh=config.rpn_bg_iou_thresh,
+            batch_size_per_image=config.rpn_batch_size_per_image,
+            positive_fraction=config.rpn_positive_fraction,
         )
 
-        box_head: nn.Module = ConvFCBoxHead(channels, 7) if v2 else MLPBoxHead(channels * 7 * 7)
+        box_head: nn.Module = (
+            ConvFCBoxHead(channels, 7, conv_channels=channels, representation_size=config.box_head_dim, norm=norm or "bn")
+            if v2 else MLPBoxHead(channels * 7 * 7, config.box_head_dim)
+        )  # fmt: skip
+        mask_channels = config.mask_head_channels
+        keypoint_channels = config.keypoint_head_channels
         self.roi_heads = RoIHeads(
             box_head,
-            BoxPredictor(1024, config.num_classes),
+            BoxPredictor(config.box_head_dim, config.num_classes),
             bbox_reg_weights=config.bbox_reg_weights,
             score_thresh=config.box_score_thresh,
             nms_thresh=config.box_nms_thresh,
             detections_per_img=config.box_detections_per_img,
-            mask_head=MaskHead(channels, norm=v2) if config.mask_on else None,
-            mask_predictor=MaskPredictor(256, 256, config.num_classes) if config.mask_on else None,
-            keypoint_head=KeypointHead(channels) if config.keypoint_on else None,
-            keypoint_predictor=KeypointPredictor(512, config.num_keypoints) if config.keypoint_on else None,
+            mask_head=MaskHead(channels, (mask_channels,) * 4, norm=norm) if config.mask_on else None,
+            mask_predictor=MaskPredictor(mask_channels, mask_channels, config.num_classes) if config.mask_on else None,
+            keypoint_head=(
+                KeypointHead(channels, (keypoint_channels,) * config.keypoint_head_convs) if config.keypoint_on else None
+            ),
+            keypoint_predictor=KeypointPredictor(keypoint_channels, config.num_keypoints) if config.keypoint_on else None,
+            fg_iou_thresh=config.box_fg_iou_thresh,
+            bg_iou_thresh=config.box_bg_iou_thresh,
+            batch_size_per_image=config.box_batch_size_per_image,
+            positive_fraction=config.box_positive_fraction,
         )
         self.register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook)
 
@@ -123,14 +142,64 @@ class MaskRCNN(nn.Module):
             results.append(result)
         return results
 
+    # -- training ---------------------------------------------------------------------------
+
+    def losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The training losses of a batch (the module in training mode).
+
+        Args:
+            images: (3, H_i, W_i) float in [0, 1].
+            targets: per image, in that image's pixels (continuous coordinates): ``boxes``
+                (G, 4) ``x1, y1, x2, y2``; ``labels`` (G,) int64 in 1..C-1; ``masks`` (G, H_i, W_i)
+                (mask head); ``keypoints`` (G, K, 3) ``(x, y, v)``, v > 0 labelled (keypoint
+                head); optional ``crowd_boxes`` (C, 4), regions where nothing is sampled.
+        Returns:
+            ``loss_objectness``, ``loss_rpn_box_reg`` (RPN), ``loss_classifier``, ``loss_box_reg``
+            (box head), ``loss_mask``, ``loss_keypoint`` (the heads that are on); scalars.
+        """
+        c = self.config
+        sizes = c.min_size if isinstance(c.min_size, tuple) else (c.min_size,)
+        # multi-scale training: each image's shorter side drawn from the config's sizes
+        choice = torch.randint(len(sizes), (len(images),)).tolist()
+        batch = preprocess(images, [sizes[i] for i in choice], c.max_size, c.image_mean, c.image_std, c.size_divisible)
+        device = batch.tensor.device
+        scaled = []
+        for target, size, original in zip(targets, batch.sizes, batch.original_sizes):
+            scale = rescale_ratios(original, size, device)  # (x, y) input pixels per image pixel
+            boxes = target["boxes"].to(device)
+            crowd = target.get("crowd_boxes")
+            item = {
+                "boxes": rescale_boxes(boxes.float(), scale),
+                "labels": target["labels"].to(device),
+                "crowd_boxes": rescale_boxes(crowd.to(device).float(), scale) if crowd is not None else boxes.new_zeros(0, 4).float(),
+                "scale": scale,
+            }  # fmt: skip
+            if c.mask_on:
+                item["masks"] = target["masks"].to(device)
+            if c.keypoint_on:
+                item["keypoints"] = rescale_keypoints(target["keypoints"].to(device).float(), scale)
+            scaled.append(item)
+        features = self.extract_features(batch)
+        proposals, losses = self.rpn.forward_train(
+            features, batch.image_sizes, batch.padded_size, [t["boxes"] for t in scaled], [t["crowd_boxes"] for t in scaled]
+        )
+        losses.update(self.roi_heads.forward_train(features, proposals, scaled))
+        return losses
+
     # -- inference --------------------------------------------------------------------------
 
-    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """Images (3, H_i, W_i), float in [0, 1], any sizes -> per image a dict with ``boxes``
-        (N, 4), ``labels`` (N,), ``scores`` (N,), and ``masks`` (N, 1, H_i, W_i) probabilities,
-        ``keypoints`` (N, K, 3), ``keypoints_scores`` (N, K) when those heads are on."""
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> list[dict[str, Tensor]] | dict[str, Tensor]:
+        """Inference (eval mode): images (3, H_i, W_i), float in [0, 1], any sizes -> per image a
+        dict with ``boxes`` (N, 4), ``labels`` (N,), ``scores`` (N,), and ``masks`` (N, 1, H_i, W_i)
+        probabilities, ``keypoints`` (N, K, 3), ``keypoints_scores`` (N, K) when those heads are on.
+
+        Training mode: ``targets`` in, the dict of ``losses`` out."""
         if self.training:
-            raise RuntimeError("MaskRCNN.forward is inference: call .eval() first")
+            if targets is None:
+                raise RuntimeError("in training mode MaskRCNN needs targets; call .eval() for inference")
+            return self.losses(images, targets)
         batch = self.preprocess(images)
         features = self.extract_features(batch)
         detections = self.detect(features, batch)

@@ -1,11 +1,14 @@
 """The RoI heads of Mask R-CNN: box (classification + class-specific regression), mask (FCN,
 per-class sigmoid) and keypoint (FCN, softmax over locations), run on RoIAlign features.
 
-Each head is a small module; its inference step is a plain function beside it (its loss will sit
-beside it too). ``RoIHeads`` composes them. Parameter names follow torchvision's ``roi_heads.*``.
+Each head is a small module; its inference step and its loss are plain functions beside it.
+``RoIHeads`` composes them, and in training also matches and samples the RoIs. Parameter names
+follow torchvision's ``roi_heads.*``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +17,19 @@ from torchvision.ops import batched_nms
 
 import ops
 from model.backbone import conv_norm
-from model.box_ops import clip_boxes, decode_boxes, nonempty_boxes, top_per_image
+from model.box_ops import (
+    BACKGROUND,
+    clip_boxes,
+    decode_boxes,
+    encode_boxes,
+    match_boxes,
+    nonempty_boxes,
+    pairwise_ioa,
+    pairwise_iou,
+    sample_balanced,
+    top_per_image,
+)
+from model.rpn import CROWD_IOA_THRESH, SMOOTH_L1_BETA
 from model.structures import Detections
 
 # P2..P5: the RoI heads pool from these; P6 only feeds the RPN
@@ -50,11 +65,11 @@ class ConvFCBoxHead(nn.Sequential):
     """v2 box head: 4 x (3x3 conv 256 + BatchNorm + ReLU), then one FC of 1024 with ReLU."""
 
     def __init__(self, in_channels: int, resolution: int, conv_channels: int = 256, num_convs: int = 4,
-                 representation_size: int = 1024) -> None:  # fmt: skip
+                 representation_size: int = 1024, norm: str = "bn") -> None:  # fmt: skip
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(num_convs):
-            layers.append(conv_norm(channels, conv_channels, 3, norm=True, relu=True))
+            layers.append(conv_norm(channels, conv_channels, 3, norm=norm, relu=True))
             channels = conv_channels
         layers += [nn.Flatten(), nn.Linear(channels * resolution**2, representation_size), nn.ReLU(inplace=True)]
         super().__init__(*layers)
@@ -124,6 +139,31 @@ def fast_rcnn_inference(
     return Detections(boxes=boxes[keep], scores=scores[keep], labels=labels[keep], counts=counts)
 
 
+def fast_rcnn_losses(
+    class_logits: Tensor, box_deltas: Tensor, labels: Tensor, regression_targets: Tensor
+) -> dict[str, Tensor]:
+    """The box head's losses over the sampled RoIs of all images.
+
+    Args:
+        class_logits: (R, C) logits, column 0 the background.
+        box_deltas: (R, 4C) class-specific deltas.
+        labels: (R,) int64 ground-truth class of each RoI, 0 for background.
+        regression_targets: (R, 4) encoded deltas to each RoI's ground truth (used for
+            foreground RoIs only).
+    Returns:
+        ``loss_classifier``: softmax cross-entropy, mean over RoIs; ``loss_box_reg``: smooth-L1
+        of the ground-truth class's deltas of the foreground RoIs, summed, divided by R.
+    """
+    num_rois = class_logits.shape[0]
+    class_logits, box_deltas = class_logits.float(), box_deltas.float()
+    foreground = (labels > 0).nonzero().squeeze(1)
+    deltas = box_deltas.view(num_rois, -1, 4)[foreground, labels[foreground]]
+    box_loss = F.smooth_l1_loss(
+        deltas, regression_targets[foreground].to(deltas.dtype), beta=SMOOTH_L1_BETA, reduction="sum"
+    ) / max(num_rois, 1)
+    return {"loss_classifier": F.cross_entropy(class_logits, labels), "loss_box_reg": box_loss}
+
+
 # ---------------------------------------------------------------------------------------------
 # mask head
 
@@ -186,6 +226,47 @@ def mask_rcnn_inference(mask_logits: Tensor, labels: Tensor) -> Tensor:
     if mask_logits.shape[1] > 1:
         mask_logits = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels][:, None]
     return mask_logits.sigmoid()
+
+
+def mask_targets(gt_masks: Tensor, gt_index: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Ground-truth masks cropped to RoIs, resampled to ``size`` x ``size`` and thresholded.
+
+    Args:
+        gt_masks: (G, H, W) masks of one image's ground truth, any dtype, in that image's pixels.
+        gt_index: (R,) the ground truth each RoI is matched to.
+        boxes: (R, 4) RoIs in the same pixels as the masks (continuous coordinates: pixel (i, j)
+            covers [j, j+1) x [i, i+1), hence ``aligned=True``).
+    Returns:
+        (R, size, size) float32 in {0, 1}: each bin the mean of its 2 x 2 bilinear samples, at
+        least 0.5 (Detectron2's binary targets; the blur of resampling a binary mask would
+        otherwise soften every edge).
+    """
+    if boxes.shape[0] == 0:
+        return gt_masks.new_zeros((0, size, size), dtype=torch.float32)
+    rois = torch.cat((gt_index[:, None].to(boxes.dtype), boxes), dim=1).float()
+    # 2 x 2 samples a bin: ops' adaptive sampling (ceil(side / size)^2) is 10x slower on the CPU
+    resampled = ops.roi_align(gt_masks[:, None].float(), rois, size, 1.0, sampling_ratio=2, aligned=True)[:, 0]
+    return (resampled >= 0.5).float()
+
+
+def mask_rcnn_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """Per-pixel sigmoid binary cross-entropy on the mask of each RoI's ground-truth class only:
+    the other classes' masks get no gradient (the paper's decoupling of masks and classes).
+
+    Args:
+        mask_logits: (R, C, M, M) logits of all classes, or (R, 1, M, M) of the ground-truth class.
+        labels: (R,) ground-truth class of each (foreground) RoI.
+        targets: (R, M, M) mask targets in [0, 1] (``mask_targets``).
+    Returns:
+        Scalar, mean over RoIs and pixels (0, still attached to the graph, for R = 0).
+    """
+    if mask_logits.shape[0] == 0:
+        return mask_logits.sum() * 0
+    if mask_logits.shape[1] > 1:
+        mask_logits = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
+    else:
+        mask_logits = mask_logits[:, 0]
+    return F.binary_cross_entropy_with_logits(mask_logits.float(), targets.to(torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +393,55 @@ def keypoint_rcnn_inference(keypoint_logits: Tensor, boxes: Tensor) -> tuple[Ten
     return heatmaps_to_keypoints(keypoint_logits, boxes)
 
 
+def keypoints_to_heatmap(keypoints: Tensor, rois: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """The one-hot heatmap target of each keypoint: the cell of the ``size`` x ``size`` grid over
+    its RoI that the keypoint falls in (the inverse of ``heatmaps_to_keypoints``, which returns
+    cell centres).
+
+    Args:
+        keypoints: (R, K, 3) ``(x, y, v)`` in continuous input coordinates, v > 0 labelled.
+        rois: (R, 4) boxes in the same coordinates.
+    Returns:
+        (R, K) int64 flat cell index ``y * size + x``, and (R, K) bool: labelled and inside the RoI.
+    """
+    x1, y1, x2, y2 = (rois[:, i, None] for i in range(4))
+    x = ((keypoints[..., 0] - x1) * (size / (x2 - x1).clamp(min=1e-6))).floor().long()
+    y = ((keypoints[..., 1] - y1) * (size / (y2 - y1).clamp(min=1e-6))).floor().long()
+    # a keypoint exactly on the right or bottom edge belongs to the last cell
+    x = torch.where(keypoints[..., 0] == x2, size - 1, x)
+    y = torch.where(keypoints[..., 1] == y2, size - 1, y)
+    valid = (keypoints[..., 2] > 0) & (x >= 0) & (y >= 0) & (x < size) & (y < size)
+    return (y * size + x) * valid, valid
+
+
+def keypoint_rcnn_loss(keypoint_logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """Cross-entropy of each labelled keypoint over the spatial softmax of its heatmap.
+
+    Args:
+        keypoint_logits: (R, K, S, S) heatmap logits.
+        targets: (R, K) flat index of the target cell.
+        valid: (R, K) bool: the keypoints that count.
+    Returns:
+        Scalar, mean over valid keypoints (0, still attached to the graph, when there are none).
+    """
+    num_rois, num_keypoints, height, width = keypoint_logits.shape
+    if not bool(valid.any()):
+        return keypoint_logits.sum() * 0
+    logits = keypoint_logits.float().reshape(num_rois * num_keypoints, height * width)
+    valid = valid.reshape(-1)
+    return F.cross_entropy(logits[valid], targets.reshape(-1)[valid])
+
+
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampledRoIs:
+    """The RoIs of one image drawn for a training step: foreground first."""
+
+    boxes: Tensor  # (R, 4) input pixels
+    labels: Tensor  # (R,) ground-truth class, 0 for background
+    gt_index: Tensor  # (R,) matched ground truth (0 for background RoIs: meaningless there)
 
 
 class RoIHeads(nn.Module):
@@ -330,8 +459,16 @@ class RoIHeads(nn.Module):
         mask_predictor: MaskPredictor | None = None,
         keypoint_head: KeypointHead | None = None,
         keypoint_predictor: KeypointPredictor | None = None,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
     ) -> None:
         super().__init__()
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
         self.box_head = box_head
         self.box_predictor = box_predictor
         self.bbox_reg_weights = bbox_reg_weights
@@ -369,6 +506,78 @@ class RoIHeads(nn.Module):
         if self.has_keypoint:
             detections.keypoints, detections.keypoint_scores = self.predict_keypoints(features, boxes)
         return detections
+
+    def forward_train(
+        self, features: list[Tensor], proposals: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """The losses of the box head and, when on, of the mask and keypoint heads.
+
+        Args:
+            features: [P2..P6] of the batch.
+            proposals: per image (P_i, 4) RPN proposals in input pixels.
+            targets: per image, in input pixels: ``boxes`` (G, 4), ``labels`` (G,),
+                ``crowd_boxes`` (C, 4), and for the heads that are on ``masks`` (G, H0, W0) in
+                the original image's pixels with ``scale`` (2,) = input / original pixels
+                ``(x, y)``, and ``keypoints`` (G, K, 3).
+        """
+        sampled = [self.sample_rois(p, t) for p, t in zip(proposals, targets)]
+        boxes = [s.boxes for s in sampled]
+        labels = torch.cat([s.labels for s in sampled])
+        regression = torch.cat([
+            encode_boxes(t["boxes"][s.gt_index], s.boxes, self.bbox_reg_weights) if t["boxes"].numel()
+            else torch.zeros_like(s.boxes) for s, t in zip(sampled, targets)
+        ])  # fmt: skip
+        class_logits, box_deltas = self.classify(features, boxes)
+        losses = fast_rcnn_losses(class_logits, box_deltas, labels, regression)
+
+        # the mask and keypoint heads train on the foreground RoIs of the sample
+        foreground = [s.labels > 0 for s in sampled]
+        fg_boxes = [s.boxes[f] for s, f in zip(sampled, foreground)]
+        fg_gt = [s.gt_index[f] for s, f in zip(sampled, foreground)]
+        if self.has_mask:
+            assert self.mask_head is not None and self.mask_predictor is not None
+            fg_labels = labels[labels > 0]
+            x = roi_align_fpn(features, fg_boxes, 14)
+            logits = self.mask_predictor(self.mask_head(x), fg_labels)
+            mask_size = logits.shape[-1]
+            gt_masks = torch.cat([
+                mask_targets(t["masks"], g, b / t["scale"].to(b.dtype).repeat(2), mask_size)
+                for b, g, t in zip(fg_boxes, fg_gt, targets)
+            ])  # fmt: skip
+            losses["loss_mask"] = mask_rcnn_loss(logits, fg_labels, gt_masks)
+        if self.has_keypoint:
+            assert self.keypoint_head is not None and self.keypoint_predictor is not None
+            # only RoIs whose ground truth has labelled keypoints
+            keypoints, kp_boxes = [], []
+            for b, g, t in zip(fg_boxes, fg_gt, targets):
+                points = t["keypoints"][g]
+                labelled = (points[..., 2] > 0).any(dim=1)
+                keypoints.append(points[labelled])
+                kp_boxes.append(b[labelled])
+            x = roi_align_fpn(features, kp_boxes, 14)
+            logits = self.keypoint_predictor(self.keypoint_head(x))
+            heatmap_targets, valid = keypoints_to_heatmap(torch.cat(keypoints), torch.cat(kp_boxes), logits.shape[-1])
+            losses["loss_keypoint"] = keypoint_rcnn_loss(logits, heatmap_targets, valid)
+        return losses
+
+    def sample_rois(self, proposals: Tensor, target: dict[str, Tensor]) -> SampledRoIs:
+        """Match one image's proposals (and its ground-truth boxes, added as proposals) to the
+        ground truth and draw ``batch_size_per_image`` RoIs, ``positive_fraction`` foreground."""
+        gt_boxes = target["boxes"].to(proposals.dtype)
+        candidates = torch.cat((proposals.detach(), gt_boxes))
+        match = match_boxes(pairwise_iou(gt_boxes, candidates), self.fg_iou_thresh, self.bg_iou_thresh, False)
+        label = torch.full_like(match, -1)
+        label[match >= 0] = 1
+        label[match == BACKGROUND] = 0
+        crowd = target["crowd_boxes"]
+        if crowd.numel():
+            in_crowd = pairwise_ioa(candidates, crowd.to(candidates.dtype)).max(dim=1).values >= CROWD_IOA_THRESH
+            label[in_crowd & (label == 0)] = -1
+        positive, negative = sample_balanced(label, self.batch_size_per_image, self.positive_fraction)
+        keep = torch.cat((positive, negative))
+        gt_index = match[keep].clamp(min=0)
+        labels = torch.cat((target["labels"][gt_index[: positive.numel()]], match.new_zeros(negative.numel())))
+        return SampledRoIs(boxes=candidates[keep], labels=labels, gt_index=gt_index)
 
     def classify(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Box head on RoIs: class logits (R, C) and class-specific deltas (R, 4C)."""

@@ -9,13 +9,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from model.box_ops import clip_boxes, decode_boxes, nonempty_boxes, top_per_image
+from model.box_ops import (
+    BACKGROUND,
+    clip_boxes,
+    decode_boxes,
+    encode_boxes,
+    match_boxes,
+    nonempty_boxes,
+    pairwise_ioa,
+    pairwise_iou,
+    sample_balanced,
+    top_per_image,
+)
 
 # proposals with a side below this (input pixels) are dropped before NMS
 _MIN_PROPOSAL_SIZE = 1e-3
+# an anchor or proposal this much inside a crowd region (intersection over its own area) is
+# neither positive nor negative (Detectron's crowd filter)
+CROWD_IOA_THRESH = 0.7
+# smooth-L1 turns from quadratic to linear at this regression error (Fast R-CNN in FPN's setting)
+SMOOTH_L1_BETA = 1 / 9
 
 
 class AnchorGenerator(nn.Module):
@@ -109,9 +126,72 @@ def flatten_level(objectness: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
     return objectness, deltas
 
 
+def label_anchors(
+    anchors: Tensor,
+    gt_boxes: list[Tensor],
+    crowd_boxes: list[Tensor],
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
+) -> tuple[Tensor, Tensor]:
+    """RPN training targets: match anchors to ground truth, then sample a balanced minibatch.
+
+    Args:
+        anchors: (A, 4) anchors of all levels, shared by the images.
+        gt_boxes: per image (G_i, 4) ground-truth boxes in input pixels.
+        crowd_boxes: per image (C_i, 4) crowd regions: anchors inside them are not sampled.
+    Returns:
+        labels (N, A): 1 sampled positive, 0 sampled negative, -1 not sampled; and matched
+        boxes (N, A, 4), the ground truth of each positive (anything for the others).
+    """
+    labels, matched = [], []
+    for boxes, crowd in zip(gt_boxes, crowd_boxes):
+        match = match_boxes(pairwise_iou(boxes, anchors), fg_iou_thresh, bg_iou_thresh, True)
+        label = torch.full_like(match, -1)
+        label[match >= 0] = 1
+        label[match == BACKGROUND] = 0
+        if crowd.numel():
+            in_crowd = pairwise_ioa(anchors, crowd).max(dim=1).values >= CROWD_IOA_THRESH
+            label[in_crowd & (label == 0)] = -1
+        positive, negative = sample_balanced(label, batch_size_per_image, positive_fraction)
+        label = torch.full_like(match, -1)
+        label[positive], label[negative] = 1, 0
+        labels.append(label)
+        matched.append(boxes[match.clamp(min=0)] if boxes.numel() else torch.zeros_like(anchors))
+    return torch.stack(labels), torch.stack(matched)
+
+
+def rpn_losses(
+    objectness: Tensor, deltas: Tensor, anchors: Tensor, labels: Tensor, matched_boxes: Tensor
+) -> dict[str, Tensor]:
+    """The RPN's two losses over the sampled anchors of all images.
+
+    Args:
+        objectness: (N, A) logits, anchors of all levels in ``AnchorGenerator`` order.
+        deltas: (N, A, 4) predicted box deltas.
+        anchors: (A, 4).
+        labels: (N, A) from ``label_anchors``: 1 positive, 0 negative, -1 not sampled.
+        matched_boxes: (N, A, 4) ground truth of the positives.
+    Returns:
+        ``loss_objectness``: binary cross-entropy, mean over sampled anchors;
+        ``loss_rpn_box_reg``: smooth-L1 of the positives' deltas (unit weights), summed and
+        divided by the number of sampled anchors.
+    """
+    sampled = labels >= 0
+    positive = labels == 1
+    _, anchor_index = positive.nonzero(as_tuple=True)
+    targets = encode_boxes(matched_boxes[positive], anchors[anchor_index].to(matched_boxes.dtype), (1.0, 1.0, 1.0, 1.0))
+    num_sampled = sampled.sum().clamp(min=1)
+    box_loss = F.smooth_l1_loss(deltas[positive], targets, beta=SMOOTH_L1_BETA, reduction="sum") / num_sampled
+    objectness_loss = F.binary_cross_entropy_with_logits(
+        objectness[sampled], labels[sampled].to(objectness.dtype), reduction="sum"
+    ) / num_sampled
+    return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
+
+
 class RegionProposalNetwork(nn.Module):
-    """Anchors + head + proposal selection (inference only; the training targets and losses
-    belong beside it)."""
+    """Anchors + head + proposal selection; in training also the anchors' targets and losses."""
 
     def __init__(
         self,
@@ -121,6 +201,10 @@ class RegionProposalNetwork(nn.Module):
         post_nms_top_n: dict[str, int],
         nms_thresh: float,
         score_thresh: float = 0.0,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
     ) -> None:
         super().__init__()
         self.anchor_generator = anchor_generator
@@ -129,6 +213,10 @@ class RegionProposalNetwork(nn.Module):
         self.post_nms_top_n = post_nms_top_n
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
 
     def forward(
         self, features: list[Tensor], image_sizes: Tensor, padded_size: tuple[int, int]
@@ -142,6 +230,38 @@ class RegionProposalNetwork(nn.Module):
             Per image, proposals (P_i, 4) in input pixels, best first, and their objectness
             probabilities (P_i,).
         """
+        objectness, deltas, anchors = self._predict(features, padded_size)
+        return self.select_proposals(objectness, deltas, anchors, image_sizes)
+
+    def forward_train(
+        self,
+        features: list[Tensor],
+        image_sizes: Tensor,
+        padded_size: tuple[int, int],
+        gt_boxes: list[Tensor],
+        crowd_boxes: list[Tensor],
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Proposals (per image (P_i, 4), detached) and the losses of ``rpn_losses``.
+
+        ``gt_boxes`` and ``crowd_boxes`` are per image, in input pixels."""
+        objectness, deltas, anchors = self._predict(features, padded_size)
+        proposals, _ = self.select_proposals(objectness, deltas, anchors, image_sizes)
+        flat = [flatten_level(o, d) for o, d in zip(objectness, deltas)]
+        all_anchors = torch.cat(anchors)
+        with torch.no_grad():
+            labels, matched = label_anchors(
+                all_anchors, gt_boxes, crowd_boxes, self.fg_iou_thresh, self.bg_iou_thresh,
+                self.batch_size_per_image, self.positive_fraction,
+            )  # fmt: skip
+        losses = rpn_losses(
+            torch.cat([o for o, _ in flat], dim=1), torch.cat([d for _, d in flat], dim=1), all_anchors, labels, matched
+        )
+        return proposals, losses
+
+    def _predict(
+        self, features: list[Tensor], padded_size: tuple[int, int]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per level: objectness (N, A, H, W), deltas (N, 4A, H, W) and anchors (H*W*A, 4)."""
         objectness, deltas = self.head(features)
         # boxes in float32 even when the features are float16 (mixed precision)
         box_dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
@@ -150,7 +270,7 @@ class RegionProposalNetwork(nn.Module):
         anchors = self.anchor_generator(
             [tuple(f.shape[-2:]) for f in features], padded_size, box_dtype, features[0].device
         )
-        return self.select_proposals(objectness, deltas, anchors, image_sizes)
+        return objectness, deltas, anchors
 
     def select_proposals(
         self, objectness: list[Tensor], deltas: list[Tensor], anchors: list[Tensor], image_sizes: Tensor

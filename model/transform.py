@@ -3,6 +3,7 @@ masks back to each original image on the way out."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
 
 def preprocess(
     images: list[Tensor],
-    min_size: int,
+    min_size: int | Sequence[int],
     max_size: int,
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
@@ -39,18 +40,21 @@ def preprocess(
 ) -> ImageBatch:
     """(3, H_i, W_i) float images in [0, 1] -> one normalised batch.
 
+    ``min_size`` is the shorter side of every image, or one per image (multi-scale training).
+
     Resizing is bilinear with the output size ``floor(side * scale)`` (torchvision's
     ``recompute_scale_factor=True``). Normalisation is affine per channel and bilinear weights sum
     to one, so the two commute: it runs at whichever resolution is smaller.
     """
     resized: list[Tensor] = []
-    for image in images:
+    sides = [min_size] * len(images) if isinstance(min_size, int) else list(min_size)
+    for image, side in zip(images, sides):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
         if not image.is_floating_point():
             raise TypeError(f"expected a float image in [0, 1], got {image.dtype}")
         h, w = image.shape[-2:]
-        scale = resize_scale(h, w, min_size, max_size)
+        scale = resize_scale(h, w, side, max_size)
         mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device)[:, None, None]
         std_t = torch.as_tensor(std, dtype=image.dtype, device=image.device)[:, None, None]
         if scale >= 1:

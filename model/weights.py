@@ -251,10 +251,13 @@ def read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        config = json.loads(metadata["config"]) if "config" in metadata else None
-        return load_file(str(path)), config
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            config = json.loads(metadata["config"]) if "config" in metadata else None
+            return load_file(str(path)), config
+        except Exception as error:  # safetensors raises its own error type for a damaged file
+            raise ValueError(f"{path} is not a readable .safetensors file: {error}") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a pickle that needs code, or not a torch file
@@ -266,11 +269,17 @@ def read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     return dict(data), None
 
 
-def save_weights(model: MaskRCNN, path: Path) -> Path:
-    """Write the model's weights and config: ``.safetensors`` (config in the metadata) or ``.pth``."""
+def save_weights(model: MaskRCNN, path: Path | str, dtype: torch.dtype | None = None) -> Path:
+    """Write the model's weights and config: ``.safetensors`` (config in the metadata) or ``.pth``.
+
+    ``dtype`` stores the floating-point tensors in that type (e.g. ``torch.float16``, half the
+    size); loading casts them back to the model's.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     config = model.config.to_dict()
     partial = path.with_name(f".{path.name}.partial")
     if path.suffix == ".safetensors":
@@ -279,6 +288,10 @@ def save_weights(model: MaskRCNN, path: Path) -> Path:
         save_file(state, str(partial), metadata={"config": json.dumps(config)})
     else:
         torch.save({"model": state, "config": config}, partial)
+    # safetensors creates its file private (0600): give it the permissions of any file of the user's
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)
     os.replace(partial, path)
     return path
 
@@ -412,3 +425,105 @@ def _apply_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelCon
         for key in ("keypoint_names", "keypoint_skeleton", "keypoint_flip_map"):
             fields.pop(key, None)
     return config_for(name, **{**fields, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# another label space (fine-tuning on a data set whose classes or keypoints differ)
+
+_HEADS = ("roi_heads.mask_head.", "roi_heads.mask_predictor.", "roi_heads.keypoint_head.", "roi_heads.keypoint_predictor.")
+# predictor tensors indexed by class (dim, rows per class) or by keypoint (dim)
+_CLASS_ROWS = {
+    "roi_heads.box_predictor.cls_score.weight": 1,
+    "roi_heads.box_predictor.cls_score.bias": 1,
+    "roi_heads.box_predictor.bbox_pred.weight": 4,
+    "roi_heads.box_predictor.bbox_pred.bias": 4,
+    "roi_heads.mask_predictor.mask_fcn_logits.weight": 1,
+    "roi_heads.mask_predictor.mask_fcn_logits.bias": 1,
+}
+_KEYPOINT_DIM = {"roi_heads.keypoint_predictor.kps_score_lowres.weight": 1, "roi_heads.keypoint_predictor.kps_score_lowres.bias": 0}
+
+
+@dataclass
+class TransferReport:
+    """What ``load_transferred`` carried over from the source weights and what starts fresh."""
+
+    kept_classes: list[str] = field(default_factory=list)
+    new_classes: list[str] = field(default_factory=list)
+    kept_keypoints: list[str] = field(default_factory=list)
+    new_keypoints: list[str] = field(default_factory=list)
+    new_heads: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.new_classes:
+            out.append(f"classes starting fresh: {', '.join(self.new_classes)} "
+                       f"(carried over: {', '.join(self.kept_classes) or 'none'})")  # fmt: skip
+        if self.new_keypoints:
+            out.append(f"keypoints starting fresh: {', '.join(self.new_keypoints)}")
+        if self.new_heads:
+            out.append(f"heads starting fresh: {', '.join(self.new_heads)}")
+        return out
+
+
+def _remap(own: Tensor, source: Tensor, pairs: list[tuple[int, int]], dim: int, rows: int) -> Tensor:
+    """``own`` with the slices ``target`` taken from ``source``'s slices ``origin`` along ``dim``
+    (``rows`` consecutive entries per class)."""
+    out = own.clone()
+    for target, origin in pairs:
+        out.narrow(dim, target * rows, rows).copy_(source.narrow(dim, origin * rows, rows))
+    return out
+
+
+def load_transferred(model: MaskRCNN, state_dict: dict[str, Tensor], source: ModelConfig) -> TransferReport:
+    """Load weights saved from a model of config ``source`` into ``model``, whose classes,
+    keypoints or heads may differ: predictor rows of a class (or keypoint) the two share by name
+    are carried over, those of new ones keep the model's initialisation; heads the source lacks
+    start fresh, heads the model lacks are ignored. The rest must fit exactly.
+    """
+    target = model.config
+    state = upgrade_legacy_keys(state_dict)
+    own = model.state_dict()
+    report = TransferReport()
+    source_classes = {name: i for i, name in reversed(list(enumerate(source.class_names)))}
+    class_pairs = [(0, 0)]
+    for j, name in enumerate(target.class_names[1:], start=1):
+        if name in source_classes and source_classes[name] > 0:
+            class_pairs.append((j, source_classes[name]))
+            report.kept_classes.append(name)
+        else:
+            report.new_classes.append(name)
+    source_keypoints = {name: k for k, name in enumerate(source.keypoint_names)} if source.keypoint_on else {}
+    keypoint_pairs = []
+    if target.keypoint_on:
+        for k, name in enumerate(target.keypoint_names):
+            if name in source_keypoints:
+                keypoint_pairs.append((k, source_keypoints[name]))
+                report.kept_keypoints.append(name)
+            else:
+                report.new_keypoints.append(name)
+
+    for head in _HEADS:
+        if any(k.startswith(head) for k in own) and not any(k.startswith(head) for k in state):
+            report.new_heads.append(head[len("roi_heads."):-1])
+    loaded: dict[str, Tensor] = {}
+    for key, value in own.items():
+        if key not in state:
+            if any(key.startswith(head) for head in _HEADS):
+                loaded[key] = value
+                continue
+            raise ValueError(f"the weights have no {key}")
+        source_value = state[key]
+        if key in _CLASS_ROWS:
+            rows = _CLASS_ROWS[key]
+            if source_value.shape[1:] != value.shape[1:]:
+                raise ValueError(f"{key}: shape {tuple(source_value.shape)} in the file, {tuple(value.shape)} in the model")
+            loaded[key] = _remap(value, source_value, class_pairs, 0, rows)
+        elif key in _KEYPOINT_DIM and key.startswith("roi_heads.keypoint_predictor."):
+            dim = _KEYPOINT_DIM[key]
+            loaded[key] = _remap(value, source_value, keypoint_pairs, dim, 1)
+        elif source_value.shape != value.shape:
+            raise ValueError(f"{key}: shape {tuple(source_value.shape)} in the file, {tuple(value.shape)} in the model")
+        else:
+            loaded[key] = source_value
+    model.load_state_dict(loaded, strict=True)
+    return report

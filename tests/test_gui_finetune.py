@@ -24,14 +24,14 @@ FAKE_TRAIN = textwrap.dedent("""
         print(json.dumps(fields), flush=True)
     data = json.load(open(coco))
     print("loading", len(data["images"]), "images", flush=True)
-    event(event="eval", stage="before", mask_ap=10.5, box_ap=12.0)
+    event(event="eval", stage="before", iteration=0, segm={"AP": 0.105}, bbox={"AP": 0.12})
     if slow:  # a grandchild, as data-loader workers are; cancel must end it too
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         (out / "grandchild.pid").write_text(str(child.pid))
     for i in range(1, 6):
         event(event="progress", epoch=1, iteration=i, total=5, loss=2.0 / i)
         time.sleep(2 if slow else 0.02)
-    event(event="eval", stage="after", mask_ap=31.25, box_ap=33.0)
+    event(event="eval", stage="after", iteration=5, segm={"AP": 0.3125}, bbox={"AP": 0.33})
     (out / "model_final.safetensors").write_bytes(b"weights")
     event(event="done", path=str(out / "model_final.safetensors"))
 """)
@@ -58,6 +58,19 @@ def _done_project(path: Path):
     project.add_instance(1, 1, mask=mask)
     project.set_review_state(1, ReviewState.DONE)
     return project
+
+
+def test_train_command_is_a_command_line_that_main_py_train_accepts(tmp_path):
+    from annotator.gui.training import TrainingRequest, train_command
+    from main import build_parser, cmd_train
+
+    request = TrainingRequest("base.pth", 3, 0.2, "cpu", tmp_path / "run")
+    command = train_command(request, tmp_path / "train.json", tmp_path / "images")
+    assert Path(command[2]).name == "main.py"
+    args = build_parser().parse_args(command[3:])
+    assert args.handler is cmd_train
+    assert (args.weights, args.epochs, args.val_fraction, args.device) == ("base.pth", 3, 0.2, "cpu")
+    assert Path(args.out) == tmp_path / "run" and Path(args.images) == tmp_path / "images"
 
 
 def test_parse_event_takes_json_lines_with_an_event_field_only():

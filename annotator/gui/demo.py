@@ -1,10 +1,11 @@
 """``python main.py --demo``: the bundled demo project and small model, so that a new user sees
 proposals offline with one command.
 
-The bundled files (``resources/demo/``: ``demo.annot`` with its ``images/``, and ``model.*``) come
-from the training issue. The project is copied to the user's data folder on first use, so that the
-installed copy stays pristine. Until the bundled project exists, a demo project of synthetic shapes
-(``model.synthetic``) is generated there instead.
+The bundle (``resources/demo/``) holds ``model.safetensors``, the small model trained on synthetic
+shapes (README: "The demo model"), and ``images/``, unlabelled synthetic images of the same shapes.
+On first use a project over a copy of those images, with the shapes' categories and keypoints, is
+made in the user's data folder, so that the installed copy stays pristine. A bundled ``demo.annot``
+would be copied instead; without bundled images, synthetic ones are generated there.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 from PySide6.QtCore import QStandardPaths
 
 from annotator.store import Project
+from resources import DEMO_DIR
 
-BUNDLED = Path(__file__).resolve().parents[2] / "resources" / "demo"
+BUNDLED = DEMO_DIR
 MODEL_NAMES = ("model.safetensors", "model.pth", "model.pt")
 DEMO_IMAGES = 12
 
@@ -40,16 +42,22 @@ def demo_project_path(target: Path | None = None) -> Path:
     if (BUNDLED / "demo.annot").is_file():
         shutil.copytree(BUNDLED, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*MODEL_NAMES))
         return project_file
+    from model.images import is_image_file, probe_image
     from model.synthetic import coco_categories, generate
-    from model.images import probe_image
 
-    generate(target / "data", DEMO_IMAGES, seed=7, size=(360, 480))
     images = target / "data" / "images"
+    if (BUNDLED / "images").is_dir():
+        images.mkdir(parents=True, exist_ok=True)
+        for file in sorted((BUNDLED / "images").iterdir()):
+            if is_image_file(file):
+                shutil.copy2(file, images / file.name)
+    else:
+        generate(target / "data", DEMO_IMAGES, seed=7, size=(360, 480))
     with Project.create(project_file, images) as project, project.transaction():
         for category in coco_categories():
             project.add_category(category["name"], category["supercategory"], keypoints=category["keypoints"],
                                  skeleton=[tuple(pair) for pair in category["skeleton"]])
-        for file in sorted(images.iterdir()):
+        for file in sorted(f for f in images.iterdir() if is_image_file(f)):
             info = probe_image(file)
             project.add_image(file.name, info.width, info.height, info.sha256)
     return project_file

@@ -64,8 +64,10 @@ class LossPlot(QWidget):
 
 
 def _ap_text(event: dict) -> str:
-    parts = [f"{key.replace('_', ' ')} {value:.1f}" for key, value in event.items()
-             if key not in ("event", "stage") and isinstance(value, (int, float))]
+    """"mask 61.2, box 70.3, keypoints 55.0": the COCO APs of an eval event, in percent."""
+    names = {"segm": "mask", "bbox": "box", "keypoints": "keypoints"}
+    parts = [f"{label} {100 * event[key]['AP']:.1f}" for key, label in names.items()
+             if isinstance(event.get(key), dict) and isinstance(event[key].get("AP"), (int, float))]
     return ", ".join(parts) or "—"
 
 

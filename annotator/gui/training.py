@@ -29,11 +29,14 @@ class TrainingRequest:
 
 
 def train_command(request: TrainingRequest, coco_file: Path, image_root: Path) -> list[str]:
-    """The command line of ``main.py train`` for a request (the contract with the training issue)."""
+    """The command line of ``main.py train`` for a request. Its events: ``progress`` (iteration,
+    total, epoch, loss, each loss term, lr, eta_s), ``eval`` (stage ``before`` / ``during`` /
+    ``after``; ``bbox``, ``segm``, ``keypoints`` each with ``AP`` as a fraction), ``checkpoint``
+    (path), ``done`` (path of the final weights), ``error`` (message)."""
     return [sys.executable, "-u", str(MAIN_PY), "train", str(coco_file), "--images", str(image_root),
             "--weights", request.base_weights, "--epochs", str(request.epochs),
-            "--holdout", f"{request.holdout:g}", "--device", request.device,
-            "--out", str(request.run_dir), "--json-events"]
+            "--val-fraction", f"{request.holdout:g}", "--device", request.device,
+            "--out", str(request.run_dir)]
 
 
 def parse_event(line: str) -> dict | None:

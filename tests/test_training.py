@@ -1,0 +1,368 @@
+"""Training: data, losses, the engine (overfit, resume, a torchrun run), evaluation and the CLI.
+
+Everything runs on the CPU on synthetic shapes (``model.synthetic``) at 128 pixels with the small
+architecture, so that the training tests together take a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+import main
+from model.box_ops import decode_boxes, encode_boxes
+from model.builders import config_for
+from model.data import CocoDataset, TrainingBatches, infer_flip_map, load_coco
+from model.detector import MaskRCNN
+from model.engine import EventLog, TrainOptions, build_training_model, train
+from model.evaluation import coco_evaluate
+from model.roi_heads import heatmaps_to_keypoints, keypoints_to_heatmap, mask_targets
+from model.rpn import label_anchors
+from model.synthetic import generate
+from model.weights import load_transferred, save_weights
+from tests.conftest import write_images, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+# the small architecture at the tests' image size
+TINY = {"min_size": 128, "max_size": 128}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four 128 x 128 synthetic images with masks and keypoints: ``annotations.json`` + ``images/``."""
+    return generate(tmp_path_factory.mktemp("shapes"), 4, seed=3, size=(128, 128), min_shapes=2, max_shapes=3)
+
+
+def tiny_model(seed: int = 0, **changes) -> MaskRCNN:
+    torch.manual_seed(seed)
+    return MaskRCNN(config_for("maskrcnn_resnet18_fpn_small", trainable_backbone_layers=5, **TINY, **changes))
+
+
+def events_of(stream: io.StringIO | str) -> list[dict]:
+    text = stream.getvalue() if isinstance(stream, io.StringIO) else stream
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def square_coco(tmp_path: Path, annotations: list[dict], keypoints: list[str] | None = None, images: int = 2) -> Path:
+    names = write_images(tmp_path / "images", [(40, 30)] * images)
+    categories = [{"id": 7, "name": "thing"}, {"id": 3, "name": "other"}]
+    if keypoints:
+        for category in categories:
+            category["keypoints"] = keypoints
+            category["skeleton"] = [[1, 2]]
+    return write_json(tmp_path / "coco.json", {
+        "images": [{"id": i + 1, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(names)],
+        "annotations": annotations,
+        "categories": categories,
+    })
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def test_dataset_reads_polygons_and_both_kinds_of_rle_with_contiguous_labels(tmp_path):
+    square = np.zeros((30, 40), np.uint8)
+    square[5:15, 10:30] = 1
+    compressed = mask_utils.encode(np.asfortranarray(square))
+    runs, value, count = [], 0, 0
+    for pixel in square.flatten(order="F"):
+        if pixel != value:
+            runs.append(count)
+            value, count = pixel, 0
+        count += 1
+    runs.append(count)
+    coco = square_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
+         "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10],
+         "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode()}},
+        {"id": 3, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
+         "segmentation": {"size": [30, 40], "counts": runs}},
+    ])  # fmt: skip
+    data = load_coco(coco, tmp_path / "images")
+    assert data.labels.class_names == ("__background__", "other", "thing")  # categories in id order
+    _, target = CocoDataset(data)[0]
+    assert target["labels"].tolist() == [2, 1, 2]
+    assert target["boxes"].tolist() == [[10, 5, 30, 15]] * 3
+    for mask in target["masks"]:
+        assert np.array_equal(mask.numpy(), square)
+
+
+def test_images_without_annotations_stay_as_negatives(tmp_path):
+    coco = square_coco(tmp_path, [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}], images=3)
+    dataset = CocoDataset(load_coco(coco, tmp_path / "images"))
+    assert len(dataset) == 3
+    image, target = dataset[2]
+    assert image.shape == (3, 30, 40)
+    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 30, 40)
+
+
+def test_crowd_regions_are_not_ground_truth_but_crowd_boxes(tmp_path):
+    coco = square_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
+        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [20, 10, 15, 12], "iscrowd": 1},
+    ])  # fmt: skip
+    _, target = CocoDataset(load_coco(coco, tmp_path / "images"))[0]
+    assert target["boxes"].tolist() == [[1, 1, 6, 6]]
+    assert target["crowd_boxes"].tolist() == [[20, 10, 35, 22]]
+
+
+def test_crowd_regions_keep_anchors_out_of_the_negatives():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [52, 52, 58, 58], [100, 100, 110, 110]])
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    crowd = torch.tensor([[45.0, 45, 65, 65]])
+    labels, _ = label_anchors(anchors, [gt], [crowd], 0.7, 0.3, 256, 0.5)
+    assert labels[0].tolist() == [1, -1, -1, 0]
+
+
+def test_degenerate_boxes_are_dropped_with_one_warning_naming_them(tmp_path):
+    coco = square_coco(tmp_path, [
+        {"id": 11, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
+        {"id": 12, "image_id": 1, "category_id": 7, "bbox": [3, 3, 0, 5]},
+        {"id": 13, "image_id": 2, "category_id": 3, "bbox": [3, 3, 4, 0.2]},
+        {"id": 14, "image_id": 2, "category_id": 3, "bbox": [45, 3, 4, 4]},  # outside the image
+    ])  # fmt: skip
+    data = load_coco(coco, tmp_path / "images")
+    assert [len(record.boxes) for record in data.images] == [1, 0]
+    assert len(data.warnings) == 1
+    assert "12, 13, 14" in data.warnings[0] and "11" not in data.warnings[0].split("id ")[-1]
+
+
+def test_horizontal_flip_mirrors_pixels_masks_boxes_and_swaps_left_and_right(tmp_path):
+    coco = square_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
+         "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
+         "keypoints": [12.5, 6.5, 2, 28.0, 14.0, 2, 20, 10, 1, 0, 0, 0]},
+    ], keypoints=["left_hand", "right_hand", "nose", "left_foot"])  # fmt: skip
+    dataset = CocoDataset(load_coco(coco, tmp_path / "images"))
+    image, target = dataset[0]
+    flipped, mirrored = dataset[(0, True)]
+    assert torch.equal(flipped, image.flip(-1))
+    assert torch.equal(mirrored["masks"], target["masks"].flip(-1))
+    assert mirrored["boxes"].tolist() == [[10, 5, 30, 15]]  # a centred box stays put
+    # x -> 40 - x, and the left hand takes the right hand's place; unlabelled keypoints stay (0, 0, 0)
+    assert mirrored["keypoints"][0].tolist() == [[12.0, 14.0, 2], [27.5, 6.5, 2], [20, 10, 1], [0, 0, 0]]
+
+
+def test_flip_map_pairs_keypoint_names_that_differ_by_left_and_right():
+    assert infer_flip_map(["nose", "left_eye", "right_eye", "l_knee", "r_knee", "left", "right"]) == (
+        ("left_eye", "right_eye"), ("l_knee", "r_knee"), ("left", "right"),
+    )  # fmt: skip
+
+
+def test_training_batches_are_a_function_of_seed_and_iteration():
+    stream = iter(TrainingBatches(10, 3, seed=5))
+    batches = [next(stream) for _ in range(7)]
+    resumed = iter(TrainingBatches(10, 3, seed=5, start_iteration=4))
+    assert [next(resumed) for _ in range(3)] == batches[4:]
+    # an epoch visits every image once; two ranks split each step's images
+    first_epoch = [i for batch in batches for i, _ in batch][:10]
+    assert sorted(first_epoch) == list(range(10))
+    ranks = [iter(TrainingBatches(10, 3, seed=5, rank=r, world_size=2)) for r in range(2)]
+    assert next(ranks[0]) + next(ranks[1]) == batches[0] + batches[1]
+
+
+# -- losses --------------------------------------------------------------------------------------
+
+
+def test_box_encoding_inverts_decoding():
+    references = torch.tensor([[10.0, 20, 50, 60], [0, 0, 8, 30]])
+    targets = torch.tensor([[12.0, 18, 55, 70], [1, 2, 5, 20]])
+    deltas = encode_boxes(targets, references, (10.0, 10.0, 5.0, 5.0))
+    assert torch.allclose(decode_boxes(deltas, references, (10.0, 10.0, 5.0, 5.0))[:, 0], targets, atol=1e-4)
+
+
+def test_mask_targets_are_the_ground_truth_inside_each_roi():
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 16:48, 8:40] = 1
+    exact = mask_targets(masks, torch.tensor([0]), torch.tensor([[8.0, 16, 40, 48]]), 28)
+    assert torch.all(exact == 1)
+    wider = mask_targets(masks, torch.tensor([0]), torch.tensor([[8.0, 16, 72, 48]]), 28)
+    assert torch.all(wider[:, :, :14] == 1) and torch.all(wider[:, :, 14:] == 0)
+
+
+def test_keypoint_heatmap_targets_decode_back_to_their_keypoints():
+    rois = torch.tensor([[10.0, 20, 66, 132]])
+    keypoints = torch.tensor([[[30.3, 40.2, 2], [65.9, 131.5, 1], [5.0, 30, 2], [40, 50, 0]]])
+    targets, valid = keypoints_to_heatmap(keypoints, rois, 56)
+    assert valid.tolist() == [[True, True, False, False]]  # outside the RoI or unlabelled: no target
+    logits = torch.full((1, 4, 56, 56), -10.0)
+    logits.view(1, 4, -1)[0, torch.arange(4), targets[0]] = 10.0
+    decoded, _ = heatmaps_to_keypoints(logits, rois)
+    # within one heatmap cell (1 x 2 pixels here)
+    assert torch.all((decoded[0, :2, :2] - keypoints[0, :2, :2]).abs() <= torch.tensor([1.0, 2.0]))
+
+
+def test_an_image_without_annotations_has_zero_box_mask_and_keypoint_losses():
+    model = tiny_model().train()
+    image = torch.rand(3, 128, 128)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+             "masks": torch.zeros(0, 128, 128, dtype=torch.uint8), "keypoints": torch.zeros(0, 5, 3)}  # fmt: skip
+    losses = model([image], [empty])
+    assert {k: float(v.detach()) for k, v in losses.items() if k in ("loss_rpn_box_reg", "loss_box_reg", "loss_mask",
+                                                              "loss_keypoint")} == {
+        "loss_rpn_box_reg": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0, "loss_keypoint": 0.0}  # fmt: skip
+    assert losses["loss_objectness"] > 0 and losses["loss_classifier"] > 0
+    sum(losses.values()).backward()
+    # every trainable parameter takes part (DistributedDataParallel relies on it)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_classes_and_keypoints_are_carried_over_by_name_to_another_label_space():
+    source = tiny_model(class_names=("__background__", "a", "b", "c"))
+    target = tiny_model(seed=1, class_names=("__background__", "c", "new", "a"),
+                        keypoint_names=("top", "extra", "centre"))  # fmt: skip
+    fresh = target.roi_heads.box_predictor.cls_score.weight.detach().clone()
+    report = load_transferred(target, source.state_dict(), source.config)
+    assert report.kept_classes == ["c", "a"] and report.new_classes == ["new"]
+    assert report.kept_keypoints == ["top", "centre"] and report.new_keypoints == ["extra"]
+    ours, theirs = target.roi_heads, source.roi_heads
+    assert torch.equal(ours.box_predictor.cls_score.weight[[0, 1, 3]], theirs.box_predictor.cls_score.weight[[0, 3, 1]])
+    assert torch.equal(ours.box_predictor.cls_score.weight[2], fresh[2])
+    assert torch.equal(ours.box_predictor.bbox_pred.weight[4:8], theirs.box_predictor.bbox_pred.weight[12:16])
+    assert torch.equal(ours.mask_predictor.mask_fcn_logits.weight[3], theirs.mask_predictor.mask_fcn_logits.weight[1])
+    kp_ours = ours.keypoint_predictor.kps_score_lowres.weight
+    kp_theirs = theirs.keypoint_predictor.kps_score_lowres.weight
+    assert torch.equal(kp_ours[:, [0, 2]], kp_theirs[:, [1, 0]])  # top, centre
+    assert torch.equal(target.backbone.body.conv1.weight, source.backbone.body.conv1.weight)
+
+
+def test_training_from_weights_takes_the_data_sets_categories(shapes, tmp_path):
+    base = tiny_model(class_names=("__background__", "star", "ellipse"), keypoint_on=False)
+    path = save_weights(base, tmp_path / "base.safetensors")
+    data = load_coco(shapes, shapes.parent / "images")
+    model, notes = build_training_model(path, None, data.labels)
+    assert model.config.class_names == ("__background__", "ellipse", "rectangle", "triangle", "star")
+    assert model.config.keypoint_on and model.config.keypoint_flip_map == (("left", "right"),)
+    assert any("rectangle, triangle" in note for note in notes) and any("keypoint" in note for note in notes)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+def test_the_ground_truth_as_predictions_scores_ap_one(shapes):
+    ground_truth = load_coco(shapes, shapes.parent / "images").ground_truth()
+    results = [{**a, "score": 1.0} for a in ground_truth["annotations"]]
+    summary = coco_evaluate(ground_truth, results, ("bbox", "segm", "keypoints"), ("c", "t", "r", "b", "l"))
+    for iou_type in ("bbox", "segm", "keypoints"):
+        assert summary[iou_type]["AP"] == pytest.approx(1.0)
+        assert all(ap in (None, pytest.approx(1.0)) for ap in summary[iou_type]["per_class"].values())
+
+
+def test_evaluate_prints_the_ap_figures_as_json_on_its_last_line(shapes, tmp_path, capsys):
+    weights = save_weights(tiny_model(), tmp_path / "model.safetensors")
+    status = main.main(["evaluate", str(shapes), "--images", str(shapes.parent / "images"), "--weights",
+                        str(weights), "--json", "--device", "cpu"])  # fmt: skip
+    assert status == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for iou_type in ("segm", "bbox", "keypoints"):
+        assert 0 <= last[iou_type]["AP"] <= 1
+        assert set(last[iou_type]["per_class"]) == {"ellipse", "rectangle", "triangle", "star"}
+
+
+# -- the engine ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_overfitting_four_images_drives_the_loss_down_and_mask_ap_up(shapes, tmp_path):
+    data = load_coco(shapes, shapes.parent / "images")
+    model = tiny_model()
+    options = TrainOptions(iterations=300, batch_size=4, lr=0.02, clip_grad_norm=10.0, warmup_iterations=20,
+                           steps=(0.8,), log_period=10, checkpoint_period=1000, num_workers=0,
+                           flip_probability=0.0)  # fmt: skip
+    stream = io.StringIO()
+    result = train(model, data, data, tmp_path / "run", options, device=torch.device("cpu"),
+                   events=EventLog(stream, progress_bar=False), evaluate_before=False)  # fmt: skip
+    losses = [e["loss"] for e in events_of(stream) if e["event"] == "progress"]
+    assert losses[0] >= 5 * losses[-1], losses
+    assert result.evaluation["segm"]["AP"] >= 0.8, result.evaluation
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped_and_reported(shapes, tmp_path):
+    data = load_coco(shapes, shapes.parent / "images")
+    model = tiny_model()
+    losses_of = model.losses
+    steps = []
+
+    def poisoned(images, targets):
+        losses = losses_of(images, targets)
+        steps.append(len(steps) + 1)
+        if steps[-1] == 2:
+            losses["loss_mask"] = losses["loss_mask"] * float("nan")
+        return losses
+
+    model.losses = poisoned
+    stream = io.StringIO()
+    options = TrainOptions(iterations=3, batch_size=2, log_period=1, checkpoint_period=100, num_workers=0)
+    train(model, data, None, tmp_path / "run", options, device=torch.device("cpu"),
+          events=EventLog(stream, progress_bar=False), evaluate_before=False)  # fmt: skip
+    events = events_of(stream)
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert [(w["iteration"], w["losses"]["loss_mask"]) for w in warnings] == [(2, None)]
+    assert [("loss" in e) for e in events if e["event"] == "progress"] == [True, False, True]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _train_args(shapes: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", str(shapes), "--images", str(shapes.parent / "images"), "--out", str(out), "--weights", "none",
+            "--min-size", "128", "--max-size", "128", "--batch-size", "2", "--val-fraction", "0", "--workers", "0",
+            "--device", "cpu", *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_next_step_loss_as_an_uninterrupted_run(shapes, tmp_path, capsys):
+    common = ("--iters", "4", "--checkpoint-period", "2", "--log-period", "1")
+    assert main.main(_train_args(shapes, tmp_path / "whole", *common)) == 0
+    whole = [e for e in events_of(capsys.readouterr().out) if e["event"] == "progress"]
+
+    # a run stopped after its checkpoint at step 2: only that checkpoint is left
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(tmp_path / "whole" / "checkpoint_0000002.pth", stopped)
+    assert main.main(_train_args(shapes, stopped, *common, "--resume")) == 0
+    resumed = [e for e in events_of(capsys.readouterr().out) if e["event"] == "progress"]
+    assert [e["iteration"] for e in resumed] == [3, 4]
+    assert resumed[0]["loss"] == pytest.approx(whole[2]["loss"], rel=1e-6)
+    assert resumed[1]["loss"] == pytest.approx(whole[3]["loss"], rel=1e-6)
+
+
+def test_train_reports_bad_input_as_an_error_event_and_exit_status_2(tmp_path, capsys):
+    status = main.main(_train_args(tmp_path / "missing.json", tmp_path / "run"))
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert events_of(out)[-1]["event"] == "error" and "missing.json" in events_of(out)[-1]["message"]
+    assert err.startswith("error:") and "no such file" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_under_torchrun_train_and_only_rank_0_writes(shapes, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(_free_port()), str(ROOT / "main.py"),
+               *_train_args(shapes, out, "--iters", "5", "--checkpoint-period", "5", "--batch-size", "1")]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0/2" in done.stderr and "rank 1/2" in done.stderr
+    events = [e for e in events_of(done.stdout) if e["event"] != "progress"]
+    assert [e["event"] for e in events] == ["checkpoint", "done"]
+    assert events[1]["iterations"] == 5 and events[0]["path"].endswith("checkpoint_0000005.pth")
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "checkpoint_0000005.pth", "last_checkpoint", "model_final.safetensors"]  # fmt: skip
