@@ -117,3 +117,11 @@ def test_ranks_under_torchrun_share_the_images_without_overlap(
                           "--device", "cpu"]) == 0
         seen.append({i.id for i in project.images() if project.instances(i.id)} - before)
     assert seen == [{1, 3}, {2}]
+
+
+def test_damaged_weights_file_is_one_line(project: Project, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    assert main.main(["propose", str(project.path), "--weights", str(damaged)]) == main.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {damaged}: cannot load these weights") and err.count("\n") == 1
