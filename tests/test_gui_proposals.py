@@ -70,9 +70,30 @@ def test_accept_all_above_threshold_and_mark_done_moves_to_the_next_unlabeled(qt
     sources = sorted((i.score, i.source) for i in _stored(window))
     assert [s for _, s in sources] == [Source.MODEL, Source.HUMAN]
     first = window.session.image_id
+    accepted = [i.id for i in _stored(window) if i.source == Source.HUMAN]
     key(window, Qt.Key.Key_Space)
     assert window.session.project.image(first).state == ReviewState.DONE
     assert window.session.image_id == first + 1
+    # done: the proposal under the threshold is discarded, nothing is left unreviewed
+    assert [i.id for i in window.session.project.instances(first)] == accepted
+
+
+def test_marking_done_accepts_proposals_shown_and_discards_those_under_the_threshold(
+        qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    load_model(qtbot, window)
+    window.propose_current()
+    qtbot.waitUntil(lambda: len(_stored(window)) == 2 and not window.proposals.busy, timeout=10000)
+    weaker, stronger = sorted(_stored(window), key=lambda i: i.score)
+    window.instances.threshold.setValue(80)  # between the two scores
+    first = window.session.image_id
+    window.mark_done_and_next()
+    (kept,) = window.session.project.instances(first)
+    assert kept.id == stronger.id and kept.source == Source.HUMAN and kept.score == stronger.score
+    for _ in range(3):  # the review state, the accept, the discard
+        window.undo()
+    assert window.session.project.image(first).state == ReviewState.PROPOSED
+    assert sorted(i.id for i in window.session.project.instances(first)) == sorted([weaker.id, stronger.id])
 
 
 def test_propose_all_reports_progress_and_can_be_cancelled(qtbot, blob_project, settings):

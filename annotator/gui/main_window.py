@@ -363,9 +363,19 @@ class MainWindow(QMainWindow):
         self.show_image(ids[target])
 
     def mark_done_and_next(self) -> None:
+        """Done means the image holds what the user sees: proposals at or above the score threshold
+        are accepted, those under it (hidden) are discarded, so an export of done images never
+        carries unreviewed low-score guesses. Locked instances are left as they are."""
         session = self.session
         if session is None or not session.image_id:
             return
+        pending = [i for i in session.instances() if i.source == Source.MODEL and i.id not in session.locked]
+        below = [i.id for i in pending if not session.passes_threshold(i)]
+        above = [i.id for i in pending if session.passes_threshold(i)]
+        if below:
+            session.history.delete(below, f"Discard {len(below)} proposals under the threshold")
+        if above:
+            session.history.accept(above, f"Accept {len(above)} proposals")
         session.set_review_state(session.image_id, ReviewState.DONE)
         ids = [r.id for r in session.project.iter_images() if r.state in TO_REVIEW]
         later = [i for i in ids if i > session.image_id] or ids
