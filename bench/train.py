@@ -55,13 +55,24 @@ def torchvision_model(config: ModelConfig) -> nn.Module:
         body = torchvision.models.resnet.__dict__[f"resnet{config.backbone_depth}"](
             norm_layer=partial(torchvision.ops.FrozenBatchNorm2d, eps=config.frozen_bn_eps)
         )
+    if config.backbone_width != 64:
+        # torchvision's ResNet has fixed widths; rebuild its stages at ours with its own _make_layer
+        w = config.backbone_width
+        body.inplanes = w
+        body.conv1 = nn.Conv2d(3, w, kernel_size=7, stride=2, padding=3, bias=False)
+        body.bn1 = body._norm_layer(w)
+        block = type(body.layer1[0])
+        blocks = [len(getattr(body, f"layer{i}")) for i in range(1, 5)]
+        for i, (scale, count) in enumerate(zip((1, 2, 4, 8), blocks), start=1):
+            setattr(body, f"layer{i}", body._make_layer(block, w * scale, count, stride=1 if i == 1 else 2))
     fpn_norm = group_norm if config.norm == "gn" else None
     stages = ["layer4", "layer3", "layer2", "layer1", "conv1"][: config.trainable_backbone_layers]
     if config.trainable_backbone_layers == 5:
         stages.append("bn1")
     for name, parameter in body.named_parameters():
         parameter.requires_grad_(any(name.startswith(stage) for stage in stages))
-    widths = [64, 128, 256, 512] if config.backbone_depth < 50 else [256, 512, 1024, 2048]
+    expansion = 1 if config.backbone_depth < 50 else 4
+    widths = [config.backbone_width * scale * expansion for scale in (1, 2, 4, 8)]
     backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, widths, config.fpn_channels,
                                norm_layer=fpn_norm)  # fmt: skip
     channels = config.fpn_channels
