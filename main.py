@@ -337,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--out", required=True, metavar="RUN_DIR",
                      help="folder for checkpoints and the final weights (model_final.safetensors)")
     tra.add_argument("--weights", metavar="NAME|PATH|none",
-                     help="start from registry weights, a .pth / .safetensors file, or 'none' (random init of "
-                          "--arch); classes and keypoints are matched by name (default: the bundled demo model)")
+                     help="start from registry weights (a COCO model, or an ImageNet backbone such as "
+                          "resnet50.IMAGENET1K_V1 for --arch), a .pth / .safetensors file, or 'none' (random init "
+                          "of --arch); classes and keypoints are matched by name (default: the bundled demo model)")
     tra.add_argument("--arch", metavar="NAME",
                      help="architecture for --weights none (default maskrcnn_resnet18_fpn_small)")
     length = tra.add_mutually_exclusive_group()

@@ -292,12 +292,23 @@ def build_training_model(weights: str | Path, architecture: str | None, labels: 
                          trainable_backbone_layers: int | None = None, **overrides: Any) -> tuple[MaskRCNN, list[str]]:  # fmt: skip
     """The model to train on data of label space ``labels``, and notes for the log.
 
-    ``weights``: ``"none"`` (random init of ``architecture``), a registry name or a weights file
-    (its architecture; classes and keypoints carried over by name, see ``load_transferred``).
+    ``weights``: ``"none"`` (random init of ``architecture``), an ImageNet backbone of
+    ``model.weights.BACKBONES`` (the ResNet body of ``architecture``, the rest fresh), a registry
+    name or a weights file (its architecture; classes and keypoints carried over by name, see
+    ``load_transferred``).
     ``overrides``: ``ModelConfig`` fields such as ``min_size`` and ``max_size``.
     """
-    from model.weights import fetch, infer_config, load_transferred, read_weights
+    from model.weights import BACKBONES, fetch, infer_config, load_backbone, load_transferred, read_weights
 
+    if str(weights) in BACKBONES:
+        info = BACKBONES[str(weights)]
+        name = architecture or info.architecture
+        if name not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        model = MaskRCNN(training_config(config_for(name), labels, trainable_backbone_layers, **overrides))
+        file = fetch(info)
+        load_backbone(model, read_weights(file.path)[0])
+        return model, [f"{name} with its ResNet body from {file.version}; FPN and heads start fresh"]
     if str(weights) == "none":
         name = architecture or DEFAULT_ARCHITECTURE
         if name not in ARCHITECTURES:

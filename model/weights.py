@@ -126,6 +126,23 @@ REGISTRY: dict[str, WeightsInfo] = {
 }
 DEFAULT_WEIGHTS: dict[str, str] = {info.architecture: info.name for info in REGISTRY.values()}
 
+# ImageNet classification weights of torchvision's ResNets: a starting point for training the
+# detector's backbone (``load_backbone``), not a detector; their FPN and heads start fresh.
+BACKBONES: dict[str, WeightsInfo] = {
+    info.name: info
+    for info in (
+        WeightsInfo(
+            name="resnet50.IMAGENET1K_V1",
+            architecture="maskrcnn_resnet50_fpn",
+            url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+            sha256_prefix="0676ba61",
+            categories=(),
+            num_params=25_557_032,
+            file_size_mb=97.781,
+        ),
+    )
+}
+
 
 def lookup(name: str) -> WeightsInfo:
     """A registry entry by its name, or the default weights of an architecture name."""
@@ -472,6 +489,17 @@ def _remap(own: Tensor, source: Tensor, pairs: list[tuple[int, int]], dim: int, 
     for target, origin in pairs:
         out.narrow(dim, target * rows, rows).copy_(source.narrow(dim, origin * rows, rows))
     return out
+
+
+def load_backbone(model: MaskRCNN, state_dict: dict[str, Tensor]) -> None:
+    """A ResNet classifier's weights (torchvision's layout: ``conv1.weight``, ``layer1.0.bn1.running_mean``,
+    ... ``fc.weight``) into the model's ResNet body; the classifier is dropped, FPN and heads keep
+    their initialisation. The body must match exactly (depth, width)."""
+    body = {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
+    try:
+        model.backbone.body.load_state_dict(body, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"these are not weights of the model's ResNet body: {error}") from None
 
 
 def load_transferred(model: MaskRCNN, state_dict: dict[str, Tensor], source: ModelConfig) -> TransferReport:

@@ -248,6 +248,36 @@ def test_training_from_weights_takes_the_data_sets_categories(shapes, tmp_path):
     assert any("rectangle, triangle" in note for note in notes) and any("keypoint" in note for note in notes)
 
 
+def test_an_imagenet_backbone_from_the_registry_initialises_only_the_resnet_body(
+    shapes, tmp_path, monkeypatch
+):
+    import hashlib
+
+    import torchvision
+
+    from model import weights
+
+    torch.manual_seed(0)
+    classifier = torchvision.models.resnet50(weights=None).state_dict()
+    staging = tmp_path / "server" / "resnet50.pth"
+    staging.parent.mkdir()
+    torch.save(classifier, staging)
+    digest = hashlib.sha256(staging.read_bytes()).hexdigest()
+    published = staging.rename(staging.with_name(f"resnet50-{digest[:8]}.pth"))
+    info = weights.WeightsInfo(name="resnet50.TEST", architecture="maskrcnn_resnet50_fpn", url=published.as_uri(),
+                               sha256_prefix=digest[:8], categories=())  # fmt: skip
+    monkeypatch.setitem(weights.BACKBONES, "resnet50.TEST", info)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    data = load_coco(shapes, shapes.parent / "images")
+
+    model, notes = build_training_model("resnet50.TEST", None, data.labels)
+    body = model.backbone.body.state_dict()
+    assert all(torch.equal(body[k], v) for k, v in classifier.items() if k in body)
+    assert model.config.class_names[1:] == ("ellipse", "rectangle", "triangle", "star")
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / published.name).is_file()  # downloaded into the hub cache
+    assert "resnet50.TEST@" in notes[0]
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 
 
@@ -278,7 +308,7 @@ def test_evaluate_prints_the_ap_figures_as_json_on_its_last_line(shapes, tmp_pat
 def test_overfitting_four_images_drives_the_loss_down_and_mask_ap_up(shapes, tmp_path):
     data = load_coco(shapes, shapes.parent / "images")
     model = tiny_model()
-    options = TrainOptions(iterations=300, batch_size=4, lr=0.02, clip_grad_norm=10.0, warmup_iterations=20,
+    options = TrainOptions(iterations=200, batch_size=4, lr=0.02, clip_grad_norm=10.0, warmup_iterations=10,
                            steps=(0.8,), log_period=10, checkpoint_period=1000, num_workers=0,
                            flip_probability=0.0)  # fmt: skip
     stream = io.StringIO()
