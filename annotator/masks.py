@@ -145,18 +145,14 @@ def _outlines_in_quarter_pixels(rle: RLE) -> list[np.ndarray]:
     return [(2 * c.reshape(-1, 2).astype(np.int64) + offset).reshape(-1) for c in contours if len(c) >= 3]
 
 
-def to_polygons(rle: RLE) -> list[Polygon]:
-    """Outer contours of the mask as polygons (holes are not representable and are dropped);
-    they rasterise back to the same pixels. Parts smaller than a triangle are left out."""
-    return [(outline / 4.0).tolist() for outline in _outlines_in_quarter_pixels(rle)]
-
-
 _quarter_text = np.array([], dtype=object)
 
 
 def polygons_json(rle: RLE) -> str:
-    """``json.dumps(to_polygons(rle))`` without separators' spaces, several times faster: the
-    coordinates are multiples of 0.25, so their text is looked up rather than formatted."""
+    """The mask's outer contours as COCO polygons in compact JSON (holes are not representable
+    and are dropped; parts smaller than a triangle are left out). Rasterised again, the polygons
+    give back the mask's pixels with its holes filled. The coordinates are multiples of 0.25, so their text is looked up rather
+    than formatted: several times faster than ``json.dumps`` for large exports."""
     global _quarter_text
     outlines = _outlines_in_quarter_pixels(rle)
     largest = max((int(o.max()) for o in outlines), default=0)
