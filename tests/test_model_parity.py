@@ -1,13 +1,10 @@
 """Our Mask R-CNN against torchvision's, the reference: same weights, same images, float64.
 
-torchvision's models get random weights from a fixed seed, with BatchNorm statistics randomised
-(so that they matter) and the classifier / mask logits scaled so that scores and masks are spread
-rather than saturated (ties would make the ranking of detections arbitrary on both sides).
+torchvision's models get calibrated random weights from a fixed seed (tests/reference.py).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torchvision.models.detection as tv_detection
@@ -16,57 +13,13 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_pa
 
 from model import build_model
 from model.roi_heads import heatmaps_to_keypoints
-from model.synthetic import make_sample
 from model.transform import paste_masks_in_image
+from tests.reference import synthetic_images, torchvision_reference
 
 ARCHITECTURES = ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn"]
 # small inputs and few RoIs keep float64 on two CPU cores to a few seconds per architecture
 SETTINGS = {"min_size": 160, "max_size": 256, "rpn_post_nms_top_n_test": 300}
 DETECTIONS = {"maskrcnn_resnet50_fpn": 12, "maskrcnn_resnet50_fpn_v2": 12, "keypointrcnn_resnet50_fpn": 6}
-
-
-def synthetic_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[torch.Tensor]:
-    """Overlapping shapes on textured backgrounds, (3, H, W) float64 in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    images = [make_sample(rng, h, w, min_shapes=3, max_shapes=6)[0] for h, w in sizes]
-    return [torch.from_numpy(im).permute(2, 0, 1).double() / 255 for im in images]
-
-
-def torchvision_reference(name: str, **kwargs: object) -> torch.nn.Module:
-    torch.manual_seed(0)
-    reference = getattr(tv_detection, name)(weights=None, weights_backbone=None, **kwargs).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in reference.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                c = module.num_features
-                module.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(c, generator=generator))
-                module.weight.copy_(0.5 + torch.rand(c, generator=generator))
-                module.bias.copy_(0.1 * torch.randn(c, generator=generator))
-
-    heads = reference.roi_heads
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [heads.box_predictor.register_forward_pre_hook(lambda m, a: inputs.__setitem__("box", a[0]))]
-    if heads.has_mask():
-        hooks.append(heads.mask_predictor.mask_fcn_logits.register_forward_pre_hook(
-            lambda m, a: inputs.__setitem__("mask", a[0])))  # fmt: skip
-    with torch.inference_mode():
-        reference([image.float() for image in synthetic_images([(160, 200)], seed=5)])
-    for hook in hooks:
-        hook.remove()
-
-    def rescale(layer: torch.nn.Module, features: torch.Tensor, std: float) -> None:
-        rms = float(features.pow(2).mean().sqrt())
-        with torch.no_grad():
-            layer.weight.normal_(0, std / (rms * features.shape[1] ** 0.5), generator=generator)
-            layer.bias.zero_()
-
-    rescale(heads.box_predictor.cls_score, inputs["box"], 2.0)
-    rescale(heads.box_predictor.bbox_pred, inputs["box"], 1.0)
-    if "mask" in inputs:
-        rescale(heads.mask_predictor.mask_fcn_logits, inputs["mask"], 3.0)
-    return reference
 
 
 @pytest.mark.slow
