@@ -8,6 +8,7 @@ A weights file never runs code: ``.pth`` files are read with ``torch.load(weight
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,14 @@ class WeightsUnavailableError(RuntimeError):
 
 class WeightsHashError(RuntimeError):
     """A file's SHA-256 does not match the registry's."""
+
+
+class DownloadCancelled(Exception):
+    """Raised by a download's ``on_progress`` callback to stop it; nothing is left in the cache."""
+
+
+# on_progress(bytes downloaded, total bytes or None): see ``download``
+ProgressCallback = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -185,12 +194,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(weights: str | Path | WeightsInfo, *, progress: bool = True, directory: Path | None = None) -> WeightsFile:
+def fetch(weights: str | Path | WeightsInfo, *, progress: bool = True, directory: Path | None = None,
+          on_progress: ProgressCallback | None = None) -> WeightsFile:
     """Resolve weights to a verified file on disk, downloading registry weights once.
 
     ``weights`` is a registry name, a ``WeightsInfo``, or a path to a ``.pth`` /
     ``.safetensors`` file. A registry file is looked for in ``directory`` (default: torch.hub's
-    cache), downloaded there if absent, and its hash checked either way.
+    cache), downloaded there if absent, and its hash checked either way. ``progress`` shows a bar
+    on stderr; ``on_progress`` is called as the bytes arrive (see ``download``); neither is used
+    when the file is already there.
     """
     if isinstance(weights, str) and (weights in REGISTRY or weights in DEFAULT_WEIGHTS):
         weights = lookup(weights)
@@ -205,7 +217,7 @@ def fetch(weights: str | Path | WeightsInfo, *, progress: bool = True, directory
     info = weights
     path = (directory or cache_dir()) / info.filename
     if not path.is_file():
-        download(info.url, path, info.sha256_prefix, progress=progress)
+        download(info.url, path, info.sha256_prefix, progress=progress, on_progress=on_progress)
     digest = sha256_of(path)
     if not digest.startswith(info.sha256_prefix):
         raise WeightsHashError(
@@ -215,9 +227,16 @@ def fetch(weights: str | Path | WeightsInfo, *, progress: bool = True, directory
     return WeightsFile(path=path, sha256=digest, info=info)
 
 
-def download(url: str, destination: Path, sha256_prefix: str | None = None, *, progress: bool = True) -> None:
+def download(url: str, destination: Path, sha256_prefix: str | None = None, *, progress: bool = True,
+             on_progress: ProgressCallback | None = None) -> None:
     """Download ``url`` to ``destination`` atomically: into a temporary file beside it, hash
-    checked, then renamed. A failed or corrupt download leaves nothing at ``destination``."""
+    checked, then renamed. A failed, corrupt or cancelled download leaves nothing at
+    ``destination`` and no temporary file.
+
+    ``progress`` shows a bar on stderr. ``on_progress(done, total)`` gets the bytes written so far
+    and the size the server announced (None if it did not), once before the first chunk and after
+    each; raising ``DownloadCancelled`` in it stops the download between two chunks.
+    """
     from tqdm.auto import tqdm
 
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -238,12 +257,21 @@ def download(url: str, destination: Path, sha256_prefix: str | None = None, *, p
         with response, os.fdopen(fd, "wb") as out:
             fd = -1
             length = response.headers.get("Content-Length")
-            with tqdm(total=int(length) if length else None, unit="B", unit_scale=True, unit_divisor=1024,
+            total = int(length) if length else None
+            report = on_progress or (lambda done, total: None)
+            done = 0
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                       desc=destination.name, disable=not progress) as bar:  # fmt: skip
-                while chunk := response.read(1 << 20):
+                report(done, total)
+                # 256 KiB: a cancel waits for one chunk, a quarter of a second at 1 MB/s
+                while chunk := _read_chunk(response, url, destination, done, 1 << 18):
                     out.write(chunk)
                     digest.update(chunk)
+                    done += len(chunk)
                     bar.update(len(chunk))
+                    report(done, total)
+            if total is not None and done < total:  # the server closed the connection early
+                raise _broke_off(url, destination, done, "connection closed")
             out.flush()
             os.fsync(out.fileno())
         hexdigest = digest.hexdigest()
@@ -256,6 +284,21 @@ def download(url: str, destination: Path, sha256_prefix: str | None = None, *, p
         if fd != -1:
             os.close(fd)
         partial.unlink(missing_ok=True)
+
+
+def _read_chunk(response: Any, url: str, destination: Path, done: int, size: int) -> bytes:
+    """The next chunk of a download; a connection that breaks off is the offline error too."""
+    try:
+        return response.read(size)
+    except (OSError, http.client.HTTPException) as error:
+        raise _broke_off(url, destination, done, repr(error)) from error
+
+
+def _broke_off(url: str, destination: Path, done: int, reason: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"the download of {url} broke off after {done / 2**20:.1f} MB ({reason}).\n"
+        f"Try again, or fetch that file on another machine and place it at:\n    {destination}"
+    )
 
 
 def read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
@@ -400,14 +443,16 @@ def load_weights(model: MaskRCNN, state_dict: dict[str, Tensor]) -> list[str]:
 
 
 def load_model(
-    weights: str | Path | WeightsInfo, *, architecture: str | None = None, progress: bool = True, **overrides: Any
+    weights: str | Path | WeightsInfo, *, architecture: str | None = None, progress: bool = True,
+    on_progress: ProgressCallback | None = None, **overrides: Any
 ) -> MaskRCNN:
     """A model with its weights: from the registry (downloaded once) or a local file.
 
-    ``overrides`` are ``build_model`` keyword arguments (``num_classes``, ``box_score_thresh``, ...).
-    The model's ``weights_version`` names the file for provenance.
+    ``progress`` and ``on_progress`` report a download as in ``download``. ``overrides`` are
+    ``build_model`` keyword arguments (``num_classes``, ``box_score_thresh``, ...). The model's
+    ``weights_version`` names the file for provenance.
     """
-    file = fetch(weights, progress=progress)
+    file = fetch(weights, progress=progress, on_progress=on_progress)
     state_dict, saved_config = read_weights(file.path)
     if file.info is not None:
         if architecture is not None and architecture != file.info.architecture:

@@ -1,18 +1,28 @@
 """Proposals from the model thread: stored as source=model with score and version, filtered by the
 threshold slider, accepted and rejected from the keyboard, proposed for all images with progress
-and cancel; and the UI's event loop never stalls while the model computes."""
+and cancel; the UI's event loop never stalls while the model computes; registry weights download
+with a progress dialog that can cancel, and offline the user learns where to put the file."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import torch
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
+from PySide6.QtWidgets import QApplication, QPushButton
 
 from annotator.gui.proposals import ModelChoice
 from annotator.store import ReviewState, Source
+from model.weights import REGISTRY, WeightsInfo
 from tests.test_gui_fixtures import (BLOBS, BlobPredictor, blob_project, key, load_model, make_window,  # noqa: F401
                                      open_and_wait, settings, window)
+from tests.test_weights import few_megabytes_published, hub, unreachable_url  # noqa: F401
 
 
 def _stored(window):
@@ -165,20 +175,98 @@ def test_the_event_loop_never_stalls_over_50_ms_during_a_proposal(qtbot, blob_pr
         window.close()
 
 
-def test_a_model_that_cannot_be_fetched_says_so_clearly(qtbot, settings, blob_project):
-    class WeightsUnavailableError(RuntimeError):
-        pass
+def test_registry_weights_download_under_a_progress_dialog_then_the_model_loads(
+        qtbot, window, blob_project, hub, tmp_path, monkeypatch):
+    info, source = few_megabytes_published(tmp_path / "server")
+    monkeypatch.setitem(REGISTRY, info.name, info)
+    seen = []  # what the user saw at each report: dialog shown, window blocked, label
+    window.proposals.download_progress.connect(lambda name, done, total: seen.append(
+        (window.downloads.isVisible(), QApplication.activeModalWidget() is window.downloads,
+         window.downloads.labelText())))
+    open_and_wait(qtbot, window, blob_project)
 
-    def factory(choice, device):
-        raise WeightsUnavailableError("https://download.pytorch.org/models/x.pth: no network")
+    window.load_model(ModelChoice("registry", info.name), "cpu")
+    qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=10000)
 
-    window = make_window(qtbot, settings)
-    window.proposals.worker.factory = factory
+    megabytes = f"{source.stat().st_size / 2**20:.1f}"
+    assert seen and all(shown and modal for shown, modal, _ in seen)
+    assert seen[-1][2] == f"Downloading {info.name} — {megabytes} of {megabytes} MB"
+    assert not window.downloads.isVisible()
+    assert (hub / source.name).read_bytes() == source.read_bytes()
+    assert window.status.model.text() == "blob-net@test on cpu"
+
+    seen.clear()  # the second time the cached file is used: no download, no dialog
+    window.load_model(ModelChoice("registry", info.name), "cpu")
+    qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)
+    assert seen == [] and window.proposals.has_model
+
+
+@contextmanager
+def served_until_stalled(path: Path, resume: threading.Event) -> Iterator[str]:
+    """A local HTTP server for ``path`` that sends its first megabyte, then waits for ``resume``:
+    a slow network that the user gives up on. Yields the file's URL."""
+    data = path.read_bytes()
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:1 << 20])
+            self.wfile.flush()
+            resume.wait(20)
+            try:
+                self.wfile.write(data[1 << 20:])
+            except ConnectionError:
+                pass  # the client stopped reading: cancelled
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        open_and_wait(qtbot, window, blob_project)
-        window.load_model(ModelChoice("registry", "maskrcnn_resnet50_fpn.COCO_V1"), "cpu")
-        qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)
-        assert "offline" in window.last_error and "local file" in window.last_error
-        assert not window.proposals.has_model
+        yield f"http://127.0.0.1:{server.server_port}/{path.name}"
     finally:
-        window.close()
+        resume.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_cancelling_a_download_leaves_nothing_in_the_cache_and_the_app_usable(
+        qtbot, window, blob_project, hub, tmp_path, monkeypatch):
+    info, source = few_megabytes_published(tmp_path / "server")
+    resume = threading.Event()
+    open_and_wait(qtbot, window, blob_project)
+    with served_until_stalled(source, resume) as url:
+        monkeypatch.setitem(REGISTRY, info.name, dataclasses.replace(info, url=url))
+        window.load_model(ModelChoice("registry", info.name), "cpu")
+        qtbot.waitUntil(window.downloads.isVisible, timeout=10000)
+        window.downloads.findChild(QPushButton).click()
+        resume.set()
+        qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)
+
+    assert not window.downloads.isVisible()
+    assert not hub.exists() or list(hub.iterdir()) == []  # neither the file nor a partial one
+    assert not window.proposals.has_model
+    assert window.status.model.text() == "no model (Model → Choose model)"  # not "loading…"
+    assert getattr(window, "last_error", "") == ""  # a cancel is not an error
+    load_model(qtbot, window)
+    window.propose_current()
+    qtbot.waitUntil(lambda: len(_stored(window)) == 2, timeout=10000)
+
+
+def test_offline_registry_weights_say_so_and_where_to_put_the_file(qtbot, window, blob_project, hub, monkeypatch):
+    url = unreachable_url("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    info = WeightsInfo(name="offline.TEST", architecture="maskrcnn_resnet50_fpn", url=url,
+                       sha256_prefix="bf2d0c1e", categories=("__background__", "thing"))  # fmt: skip
+    monkeypatch.setitem(REGISTRY, info.name, info)
+    open_and_wait(qtbot, window, blob_project)
+
+    window.load_model(ModelChoice("registry", info.name), "cpu")
+    qtbot.waitUntil(lambda: not window.proposals.busy, timeout=20000)
+
+    assert "offline" in window.last_error and "local file" in window.last_error
+    assert url in window.last_error and str(hub / info.filename) in window.last_error
+    assert "Traceback" not in window.last_error
+    assert not window.proposals.has_model and not window.downloads.isVisible()

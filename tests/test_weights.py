@@ -7,6 +7,8 @@ import hashlib
 import os
 import pickle
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import torchvision.models.detection as tv_detection
 from model import build_model
 from model.weights import (
     REGISTRY,
+    DownloadCancelled,
     WeightsHashError,
     WeightsInfo,
     WeightsUnavailableError,
@@ -108,11 +111,16 @@ def test_download_with_wrong_hash_leaves_nothing_in_cache(torchvision_state_dict
     assert not hub.exists() or list(hub.iterdir()) == []
 
 
-def test_offline_download_names_the_url_and_where_to_put_the_file(hub: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on: connection refused, as offline
+def unreachable_url(filename: str) -> str:
+    """A URL on a port nobody listens on: the connection is refused, as offline."""
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+    return f"http://127.0.0.1:{port}/models/{filename}"
+
+
+def test_offline_download_names_the_url_and_where_to_put_the_file(hub: Path) -> None:
+    url = unreachable_url("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
     info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url=url, sha256_prefix="bf2d0c1e",
                        categories=("__background__", "thing"))  # fmt: skip
     with pytest.raises(WeightsUnavailableError) as error:
@@ -120,6 +128,72 @@ def test_offline_download_names_the_url_and_where_to_put_the_file(hub: Path) -> 
     assert url in str(error.value)
     assert str(hub / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth") in str(error.value)
     assert not hub.exists() or list(hub.iterdir()) == []
+
+
+def few_megabytes_published(folder: Path) -> tuple[WeightsInfo, Path]:
+    """A 4 MB weights file named like torchvision's and a registry entry whose URL is file://."""
+    source, digest = published_like({"weight": torch.randn(1 << 20)}, folder, "few_megabytes")
+    info = WeightsInfo(name="few_megabytes.TEST", architecture="maskrcnn_resnet50_fpn", url=source.as_uri(),
+                       sha256_prefix=digest[:8], categories=("__background__", "thing"))  # fmt: skip
+    return info, source
+
+
+def test_download_reports_growing_byte_counts_up_to_the_file_size_beside_the_bar(
+        hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    info, source = few_megabytes_published(tmp_path / "server")
+    size = source.stat().st_size
+    reports: list[tuple[int, int | None]] = []
+
+    fetch(info, progress=True, on_progress=lambda done, total: reports.append((done, total)))
+
+    done = [d for d, _ in reports]
+    assert done[0] == 0 and done[-1] == size and len(done) > 3
+    assert all(a < b for a, b in zip(done, done[1:]))
+    assert {total for _, total in reports} == {size}
+    assert (hub / source.name).read_bytes() == source.read_bytes()
+    assert source.name in capsys.readouterr().err  # the command line's bar, fed by the same loop
+
+
+def test_cancelled_download_leaves_neither_the_file_nor_a_partial_one(hub: Path, tmp_path: Path) -> None:
+    info, source = few_megabytes_published(tmp_path / "server")
+    reports: list[int] = []
+
+    def cancel_after_a_megabyte(done: int, total: int | None) -> None:
+        reports.append(done)
+        if done >= 1 << 20:
+            raise DownloadCancelled(info.url)
+
+    with pytest.raises(DownloadCancelled):
+        fetch(info, progress=False, on_progress=cancel_after_a_megabyte)
+    assert 0 < reports[-1] < source.stat().st_size  # stopped mid-way
+    assert list(hub.iterdir()) == []
+
+
+def test_download_that_breaks_off_says_so_and_leaves_nothing(hub: Path) -> None:
+    class BreaksOff(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # announces 2 MB, sends 1 MB, closes the connection
+            self.send_response(200)
+            self.send_header("Content-Length", str(2 << 20))
+            self.end_headers()
+            self.wfile.write(b"\0" * (1 << 20))
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BreaksOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+    info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url=url, sha256_prefix="bf2d0c1e",
+                       categories=("__background__", "thing"))  # fmt: skip
+    try:
+        with pytest.raises(WeightsUnavailableError) as error:
+            fetch(info, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "broke off after 1.0 MB" in str(error.value) and url in str(error.value)
+    assert str(hub / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth") in str(error.value)
+    assert list(hub.iterdir()) == []
 
 
 def test_file_placed_by_hand_in_the_cache_is_used_offline(torchvision_state_dict, hub: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from annotator.gui.category_panel import CategoryPanel
 from annotator.gui.help_dialog import HelpDialog
 from annotator.gui.image_list import ImageListPanel
 from annotator.gui.instance_list import InstanceListPanel
+from annotator.gui.model_picker import DownloadProgressDialog
 from annotator.gui.project_files import create_folder_project, project_path_for_folder, scan_folder
 from annotator.gui.proposals import ModelChoice, PredictorLike, ProposalResult, ProposalService
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
@@ -70,6 +71,9 @@ class MainWindow(QMainWindow):
         self.proposals.failed.connect(lambda text: self._error("Model", text))
         self.proposals.model_failed.connect(self._on_model_failed)
         self.proposals.model_loaded.connect(self._on_model_loaded)
+        self.proposals.load_cancelled.connect(lambda: self.status.set_model(self.proposals.model_version,
+                                                                            self.proposals.device))
+        self.downloads = DownloadProgressDialog(self.proposals, self)
         self.proposals.status.connect(lambda text: self.status.showMessage(text, 4000))
         self.proposals.busy_changed.connect(self._on_model_busy)
         self.status.cancel_button.clicked.connect(self.proposals.cancel)

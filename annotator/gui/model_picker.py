@@ -1,15 +1,17 @@
 """Choosing the proposal model: published weights from the registry, a local weights file, or a
-fine-tuned run of this project; and the device."""
+fine-tuned run of this project; and the device. Registry weights not yet in the cache are
+downloaded once, with a progress dialog that can cancel the download."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel,
-                               QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
+                               QListWidget, QListWidgetItem, QProgressBar, QProgressDialog, QPushButton,
+                               QVBoxLayout, QWidget)
 from PySide6.QtCore import Qt
 
-from annotator.gui.proposals import ModelChoice
+from annotator.gui.proposals import ModelChoice, ProposalService
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -100,3 +102,46 @@ class ModelPickerDialog(QDialog):
     def selection(self) -> tuple[ModelChoice | None, str]:
         item = self.list.currentItem()
         return (item.data(Qt.ItemDataRole.UserRole) if item else None), self.device.currentText()
+
+
+class DownloadProgressDialog(QProgressDialog):
+    """The model thread's download of registry weights: "Downloading NAME — X of Y MB" and a
+    Cancel button that stops it between chunks. Modal to the window, but shown rather than run
+    (``exec``): the event loop goes on, and the dialog goes away when the download ends."""
+
+    def __init__(self, service: ProposalService, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Downloading weights")
+        self.setWindowModality(Qt.WindowModality.WindowModal)
+        self.setAutoReset(False)
+        self.setAutoClose(False)
+        # the bar is set directly: QProgressDialog.setValue runs the event loop inside the slot
+        self.bar = QProgressBar()
+        self.setBar(self.bar)
+        self._cancelled = False  # reports already on their way after Cancel are dropped
+        self.canceled.connect(self._cancel)
+        self.service = service
+        service.download_progress.connect(self.show_progress)
+        service.download_finished.connect(self._finish)
+
+    def show_progress(self, name: str, done: int, total: int | None) -> None:
+        if self._cancelled:
+            return
+        megabytes = f"{done / 2**20:.1f} of {total / 2**20:.1f} MB" if total else f"{done / 2**20:.1f} MB"
+        self.setLabelText(f"Downloading {name} — {megabytes}")
+        if total:
+            self.bar.setRange(0, 1000)  # per mille: byte counts overflow a Qt int past 2 GB
+            self.bar.setValue(done * 1000 // total)
+        else:
+            self.bar.setRange(0, 0)  # size unknown: a busy bar
+        if not self.isVisible():
+            self.show()
+
+    def _cancel(self) -> None:
+        self._cancelled = True
+        self.service.cancel()
+
+    def _finish(self) -> None:
+        self._cancelled = False
+        self.reset()
+        self.hide()

@@ -7,6 +7,10 @@ The GUI depends on the predictor through :class:`PredictorLike` only: ``predict(
 ``scores``, ``labels``, ``label_names``, ``masks`` N x H x W bool, ``keypoints`` N x K x 3), and
 ``model_version`` names the weights. A ``cancel()`` method, when present, is called on cancel so
 that a long prediction can stop between stages.
+
+Registry weights that are not in the cache yet are downloaded by the worker before the factory
+runs (``model.weights.fetch``), so that the UI can show the bytes as they arrive and cancel the
+download between chunks.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -23,6 +28,8 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from annotator.proposals import Proposal, to_proposals
 from model.images import read_image
+
+DOWNLOAD_REPORT_INTERVAL_S = 0.1  # a fast local download must not flood the UI's event loop
 
 
 class PredictorLike(Protocol):
@@ -67,6 +74,9 @@ class ProposalWorker(QObject):
 
     model_loaded = Signal(str, str)  # model version, device
     model_failed = Signal(str)
+    load_cancelled = Signal()
+    download_progress = Signal(str, object, object)  # weights name, bytes done, total bytes or None
+    download_finished = Signal()
     result = Signal(object)  # ProposalResult
     progress = Signal(int, int)  # done, total
     failed = Signal(str)
@@ -88,18 +98,47 @@ class ProposalWorker(QObject):
 
     @Slot(object, str)
     def load(self, choice: ModelChoice, device: str) -> None:
+        self.cancel_event.clear()
         self.job_started.emit(f"Loading {choice.title}")
         _leave_a_core_for_the_ui()
         try:
+            if choice.kind == "registry":
+                self._download(choice.name)
             self.predictor = self.factory(choice, device)
             self._last_prediction = None
             version = str(getattr(self.predictor, "model_version", "") or choice.title)
             actual = str(getattr(self.predictor, "device", device))
             self.model_loaded.emit(version, actual)
         except Exception as error:
-            self.model_failed.emit(_explain(error))
+            if _is_cancellation(error):
+                self.load_cancelled.emit()
+            else:
+                self.model_failed.emit(_explain(error))
         finally:
             self.job_finished.emit()
+
+    def _download(self, name: str) -> None:
+        """Registry weights into the cache, unless there already. ``download_progress`` reports
+        the bytes (the first and last report always, others at most every 0.1 s);
+        ``download_finished`` follows a download that started, however it ended."""
+        from model.weights import DownloadCancelled, fetch  # imports torch: in the model thread only
+
+        started, last_report = False, 0.0
+
+        def report(done: int, total: int | None) -> None:
+            nonlocal started, last_report
+            if self.cancel_event.is_set():
+                raise DownloadCancelled(name)
+            now = time.monotonic()
+            if not started or done == total or now - last_report >= DOWNLOAD_REPORT_INTERVAL_S:
+                started, last_report = True, now
+                self.download_progress.emit(name, done, total)
+
+        try:
+            fetch(name, progress=False, on_progress=report)
+        finally:
+            if started:
+                self.download_finished.emit()
 
     @Slot(list)
     def propose(self, jobs: list) -> None:
@@ -183,8 +222,9 @@ def _leave_a_core_for_the_ui() -> None:
 
 
 def _is_cancellation(error: Exception) -> bool:
-    """``model.predictor.PredictionCancelled``: the user cancelled; not an error to show."""
-    return type(error).__name__ == "PredictionCancelled"
+    """``model.predictor.PredictionCancelled`` or ``model.weights.DownloadCancelled``: the user
+    cancelled; not an error to show."""
+    return type(error).__name__ in ("PredictionCancelled", "DownloadCancelled")
 
 
 def _explain(error: Exception) -> str:
@@ -206,6 +246,9 @@ class ProposalService(QObject):
 
     model_loaded = Signal(str, str)  # version, device
     model_failed = Signal(str)
+    load_cancelled = Signal()  # the model in use, if any, stays
+    download_progress = Signal(str, object, object)  # weights name, bytes done, total bytes or None
+    download_finished = Signal()
     result = Signal(object)  # ProposalResult
     progress = Signal(int, int)
     failed = Signal(str)
@@ -225,6 +268,9 @@ class ProposalService(QObject):
         self._segment_point.connect(self.worker.segment_point)
         self.worker.model_loaded.connect(self._on_loaded)
         self.worker.model_failed.connect(self.model_failed)
+        self.worker.load_cancelled.connect(self._on_load_cancelled)
+        self.worker.download_progress.connect(self.download_progress)
+        self.worker.download_finished.connect(self.download_finished)
         self.worker.result.connect(self.result)
         self.worker.progress.connect(self.progress)
         self.worker.failed.connect(self.failed)
@@ -260,6 +306,10 @@ class ProposalService(QObject):
     def _on_loaded(self, version: str, device: str) -> None:
         self.model_version, self.device = version, device
         self.model_loaded.emit(version, device)
+
+    def _on_load_cancelled(self) -> None:
+        self.status.emit("Download cancelled")
+        self.load_cancelled.emit()
 
     def load(self, choice: ModelChoice, device: str = "auto") -> bool:
         if not self._start():
