@@ -194,52 +194,21 @@ def cmd_propose(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import time
-
     from annotator.errors import InputError
-    from model.engine import Distributed, EventLog, SetupError, TrainOptions, prepare_run, train
+    from model.engine import SetupError, TrainOptions, run_training
 
-    distributed = Distributed.from_environment()
-    out = Path(args.out)
-    events = EventLog(enabled=distributed.is_main, tensorboard_dir=out / "tensorboard")
-    started = time.monotonic()
-    options = TrainOptions(iterations=args.iters or 1, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+    options = TrainOptions(batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                            val_fraction=args.val_fraction, seed=args.seed, num_workers=args.workers,
                            checkpoint_period=args.checkpoint_period, eval_period=args.eval_period,
                            clip_grad_norm=args.clip_grad, amp=args.amp, trainable_backbone_layers=args.trainable_layers,
                            log_period=args.log_period)  # fmt: skip
-    sizes = {}
-    if args.min_size:
-        sizes["min_size"] = args.min_size[0] if len(args.min_size) == 1 else tuple(args.min_size)
-    if args.max_size:
-        sizes["max_size"] = args.max_size
     try:
-        try:
-            run = prepare_run(args.coco, args.images, out, options, weights=args.weights or default_weights(),
-                              architecture=args.arch, epochs=None if args.iters else args.epochs, resume=args.resume,
-                              world_size=distributed.world_size, **sizes)  # fmt: skip
-        except SetupError as error:
-            raise InputError(error.path, error.problem) from None
-        device = distributed.device(args.device)
-        distributed.init(device)
-        print(f"rank {distributed.rank}/{distributed.world_size}: {len(run.train_data.images)} training images, "
-              f"{len(run.val_data.images)} held out, {run.options.iterations} iterations of "
-              f"{run.options.batch_size} images on {device}", file=sys.stderr)
-        if distributed.is_main:
-            for line in [f"warning: {w}" for w in run.warnings] + run.notes:
-                print(line, file=sys.stderr)
-        result = train(run.model, run.train_data, run.val_data, out, run.options, device=device,
-                       distributed=distributed, events=events, resume=run.resume,
-                       evaluate_before=args.weights != "none")  # fmt: skip
-        events.emit("done", path=result.weights, checkpoint=result.checkpoint, iterations=result.iterations,
-                    elapsed_s=round(time.monotonic() - started, 1), **result.evaluation)  # fmt: skip
-        return 0
-    except Exception as error:
-        events.emit("error", message=str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}")
-        raise
-    finally:
-        events.close()
-        distributed.close()
+        run_training(args.coco, args.images, Path(args.out), options, weights=args.weights or default_weights(),
+                     architecture=args.arch, iterations=args.iters, epochs=args.epochs, min_size=args.min_size,
+                     max_size=args.max_size, resume=args.resume, device=args.device)  # fmt: skip
+    except SetupError as error:
+        raise InputError(error.path, error.problem) from None
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -248,17 +217,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from annotator.errors import InputError
     from model.data import DatasetError, load_coco
     from model.evaluation import evaluate, format_summary
+    from model.images import ImageReadError
 
     try:
         data = load_coco(args.coco, args.images)
-    except DatasetError as error:
-        raise InputError(args.coco, str(error).removeprefix(f"{args.coco}: ")) from None
-    for warning in data.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    weights = args.weights or default_weights()
-    predictor = load_predictor(weights, args.device, feature_cache_size=0)
-    with _progress(len(data.images), "img") as bar:
-        summary = evaluate(predictor, data, on_image=lambda count: bar.update())
+        for warning in data.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        predictor = load_predictor(args.weights or default_weights(), args.device, feature_cache_size=0)
+        with _progress(len(data.images), "img") as bar:
+            summary = evaluate(predictor, data, on_image=lambda count: bar.update())
+    except (DatasetError, ImageReadError) as error:  # the COCO file, or an image (one that fails to decode)
+        raise InputError(error.path, error.problem) from None
     print(f"{predictor.model_version} on {len(data.images)} images of {args.coco}")
     print(format_summary(summary))
     if args.json:

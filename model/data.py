@@ -27,17 +27,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from model.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from model.images import DEFAULT_MAX_PIXELS, ImageReadError, probe_image, read_image
 
 # a box side below this (pixels) makes an annotation degenerate
 MIN_BOX_SIDE = 1.0
 
 
 class DatasetError(ValueError):
-    """A COCO file or image that cannot be used for training; the message names the file and entry."""
+    """A COCO file or image that cannot be used for training: ``path`` names the file, ``problem``
+    says what is wrong (and, for the COCO file, in which entry)."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled with its fields: it crosses from a data-loader worker as an item (``collate``)
+        return type(self), (self.path, self.problem)
 
 
 @dataclass(frozen=True)
@@ -168,7 +179,36 @@ class CocoData:
 
 
 def _error(path: Path, where: str, problem: str) -> DatasetError:
-    return DatasetError(f"{path}: {where}: {problem}" if where else f"{path}: {problem}")
+    return DatasetError(path, f"{where}: {problem}" if where else problem)
+
+
+def _size_mismatch(path: Path, width: int, height: int, record: ImageRecord) -> DatasetError:
+    return DatasetError(path, f"the image is {width}x{height} but the COCO file says {record.width}x{record.height}")
+
+
+def check_image(path: Path, record: ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuses an image file that is missing, unreadable, too large or of another size than
+    ``record`` says, from its header alone: decoding every image before training would cost as
+    much as an epoch. Data that is truncated after a good header is found when the image is
+    decoded (``CocoDataset``).
+
+    Raises:
+        DatasetError: naming the image file.
+    """
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+        # an EXIF orientation of a quarter turn swaps the sides; CocoDataset checks the exact size
+        if sorted((width, height)) == sorted((record.width, record.height)) and width * height <= max_pixels:
+            return
+    except Exception:  # PIL raises several types; probe_image says what is wrong, in the project's words
+        pass
+    try:
+        info = probe_image(path, max_pixels)
+    except ImageReadError as error:
+        raise DatasetError(error.path, error.problem) from None
+    if (info.width, info.height) != (record.width, record.height):
+        raise _size_mismatch(path, info.width, info.height, record)
 
 
 def _label_space(path: Path, categories: list[dict[str, Any]]) -> LabelSpace:
@@ -219,18 +259,19 @@ def _rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
 
 
 def load_coco(path: Path | str, image_root: Path | str) -> CocoData:
-    """Read a COCO file for training or evaluation; every image file must exist.
+    """Read a COCO file for training or evaluation; every image file must pass ``check_image``.
 
     Raises:
-        DatasetError: the file is not COCO JSON, an entry is malformed, or an image is missing.
+        DatasetError: the file is not COCO JSON or an entry is malformed (naming the COCO file), or
+            an image is missing, unreadable or of another size than the file says (naming the image).
     """
     path, image_root = Path(path), Path(image_root)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
+        raise DatasetError(path, "no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetError(f"{path}: not a readable JSON file ({error})") from None
+        raise DatasetError(path, f"not a readable JSON file ({error})") from None
     if not isinstance(raw, dict):
         raise _error(path, "", "not a COCO file (the top level is not an object)")
     for key in ("images", "categories"):
@@ -259,13 +300,12 @@ def load_coco(path: Path | str, image_root: Path | str) -> CocoData:
             raise _error(path, f"images[{index}]", "needs 'id', 'file_name', 'width' and 'height'") from None
         if image_id in records:
             raise _error(path, f"images[{index}]", f"duplicate image id {image_id}")
-        if not (image_root / file_name).is_file():
-            raise _error(path, f"images[{index}]", f"image file {image_root / file_name} not found")
         records[image_id] = ImageRecord(
             image_id, file_name, width, height, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
             segmentations=[], keypoints=np.zeros((0, num_keypoints, 3), np.float32),
             crowd_boxes=np.zeros((0, 4), np.float32),
         )  # fmt: skip
+        check_image(image_root / file_name, records[image_id])
 
     grouped: dict[int, list[tuple[list[float], int, Any, np.ndarray]]] = {i: [] for i in records}
     crowd: dict[int, list[list[float]]] = {i: [] for i in records}
@@ -327,29 +367,39 @@ class CocoDataset(torch.utils.data.Dataset):
     the target holds ``boxes`` (G, 4) float32, ``labels`` (G,) int64, ``masks`` (G, H, W) uint8,
     ``keypoints`` (G, K, 3) float32, ``crowd_boxes`` (C, 4) float32 and ``image_id``, all in
     the image's pixels after the flip.
+
+    An image that cannot be used raises ``DatasetError`` naming it; with ``errors_as_items`` the
+    error is returned as the item instead, for a ``DataLoader`` (see ``collate``).
     """
 
-    def __init__(self, data: CocoData, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, data: CocoData, max_pixels: int = DEFAULT_MAX_PIXELS, *, errors_as_items: bool = False) -> None:
         self.data = data
         self.max_pixels = max_pixels
+        self.errors_as_items = errors_as_items
         self.flip_order = data.labels.flip_permutation()
 
     def __len__(self) -> int:
         return len(self.data.images)
 
-    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Tensor]]:
+    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Tensor]] | DatasetError:
+        try:
+            return self._item(key)
+        except DatasetError as error:
+            if self.errors_as_items:
+                return error
+            raise
+
+    def _item(self, key: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Tensor]]:
         index, flip = key if isinstance(key, tuple) else (key, False)
         record = self.data.images[index]
         path = self.data.image_root / record.file_name
         try:
             pixels = read_image(path, self.max_pixels)
         except ImageReadError as error:
-            raise DatasetError(str(error)) from None
+            raise DatasetError(error.path, error.problem) from None
         height, width = pixels.shape[:2]
         if (height, width) != (record.height, record.width):
-            raise DatasetError(
-                f"{path}: the image is {width}x{height} but the COCO file says {record.width}x{record.height}"
-            )
+            raise _size_mismatch(path, width, height, record)
         masks = np.zeros((len(record.boxes), height, width), np.uint8)
         for i, segmentation in enumerate(record.segmentations):
             if segmentation is None:  # a box without a mask: the box is the best mask there is
@@ -411,6 +461,15 @@ class TrainingBatches(torch.utils.data.Sampler[list[tuple[int, bool]]]):
             iteration += 1
 
 
-def collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-    """Images and targets as two lists (images keep their own sizes)."""
+def collate(
+    batch: list[tuple[Tensor, dict[str, Tensor]] | DatasetError],
+) -> tuple[list[Tensor], list[dict[str, Tensor]]] | DatasetError:
+    """Images and targets as two lists (images keep their own sizes), or, when an item is a
+    ``DatasetError`` (``CocoDataset(errors_as_items=True)``), that error, for the training loop to
+    raise. An exception raised in a data-loader worker reaches the main process as a new one whose
+    message is the worker's whole traceback, without its fields; a returned error crosses intact.
+    """
+    for item in batch:
+        if isinstance(item, DatasetError):
+            return item
     return [image for image, _ in batch], [target for _, target in batch]

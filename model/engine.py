@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -28,6 +29,7 @@ from model.builders import ARCHITECTURES, config_for
 from model.config import ModelConfig
 from model.data import CocoData, CocoDataset, DatasetError, LabelSpace, TrainingBatches, collate, load_coco
 from model.detector import MaskRCNN
+from model.images import ImageReadError
 
 CHECKPOINT_PREFIX = "checkpoint_"
 LAST_CHECKPOINT = "last_checkpoint"  # a text file naming the newest checkpoint (Detectron2's habit)
@@ -374,7 +376,7 @@ def prepare_run(coco_file: Path | str, image_root: Path | str, run_dir: Path, op
     model config are used. ``overrides`` are ``ModelConfig`` fields (``min_size``, ``max_size``).
 
     Raises:
-        SetupError: naming the data file, the weights or the run folder.
+        SetupError: naming the data file, an image, the weights or the run folder.
     """
     checkpoint = None
     if resume:
@@ -386,8 +388,8 @@ def prepare_run(coco_file: Path | str, image_root: Path | str, run_dir: Path, op
     try:
         data = load_coco(coco_file, image_root)
         train_data, val_data = data.split(options.val_fraction, options.seed)
-    except DatasetError as error:
-        raise SetupError(coco_file, str(error).removeprefix(f"{coco_file}: ")) from None
+    except DatasetError as error:  # naming the COCO file, or an image
+        raise SetupError(error.path, error.problem) from None
     except ValueError as error:
         raise SetupError(coco_file, str(error)) from None
     if not train_data.images:
@@ -548,7 +550,11 @@ def train(
 
     ``resume`` is a loaded checkpoint: the model, optimizer, scheduler, scaler, iteration and
     random generators continue from it. ``events`` receives ``progress``, ``eval``,
-    ``checkpoint``, ``warning`` and ``done``.
+    ``checkpoint`` and ``warning``.
+
+    Raises:
+        DatasetError: naming a training image that turned out unusable when it was decoded (in a
+            data-loader worker or not); the checkpoints written before stay.
     """
     events = events or EventLog(enabled=False)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -584,7 +590,7 @@ def train(
     else:
         torch.manual_seed(options.seed * 1000 + distributed.rank)
 
-    dataset = CocoDataset(train_data)
+    dataset = CocoDataset(train_data, errors_as_items=True)
     sampler = TrainingBatches(
         len(dataset), options.batch_size, seed=options.seed, start_iteration=start, rank=distributed.rank,
         world_size=distributed.world_size, flip_probability=options.flip_probability,
@@ -620,7 +626,10 @@ def train(
     data = iter(loader)
     try:
         for iteration in range(start + 1, options.iterations + 1):
-            images, targets = next(data)
+            batch = next(data)
+            if isinstance(batch, DatasetError):  # carried out of the data-loader worker by ``collate``
+                raise batch
+            images, targets = batch
             images = [image.to(device, non_blocking=True).float().div_(255) for image in images]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 losses = train_model(images, targets)
@@ -689,3 +698,63 @@ def train(
 
         weights = save_weights(model, run_dir / FINAL_WEIGHTS)
     return TrainResult(weights=weights, checkpoint=checkpoint, iterations=iteration, evaluation=summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def run_training(coco_file: Path | str, image_root: Path | str, run_dir: Path | str, options: TrainOptions, *,
+                 weights: str, architecture: str | None = None, iterations: int | None = None,
+                 epochs: float | None = None, min_size: Sequence[int] | None = None, max_size: int | None = None,
+                 resume: bool = False, device: str = "auto") -> TrainResult:  # fmt: skip
+    """``main.py train``: this process's part of a run (one rank under ``torchrun``), from the COCO
+    file to ``run_dir/model_final.safetensors``. Events go to stdout (rank 0 only) and end in
+    ``done`` or ``error``; notes for people go to stderr.
+
+    The run is ``iterations`` steps when given, else ``epochs`` passes over the training images;
+    ``resume`` continues the run in ``run_dir`` with that run's settings. ``min_size``: one shorter
+    image side, or several drawn per image in training (default: the architecture's).
+
+    Raises:
+        SetupError: naming the file that cannot be used (the COCO file, an image, the weights, the
+            run folder), found before training or during it; checkpoints already written stay.
+    """
+    distributed = Distributed.from_environment()
+    run_dir = Path(run_dir)
+    events = EventLog(enabled=distributed.is_main, tensorboard_dir=run_dir / "tensorboard")
+    started = time.monotonic()
+    if iterations:
+        options, epochs = dataclasses.replace(options, iterations=iterations), None
+    overrides: dict[str, Any] = {}
+    if min_size:
+        overrides["min_size"] = min_size[0] if len(min_size) == 1 else tuple(min_size)
+    if max_size:
+        overrides["max_size"] = max_size
+    try:
+        try:
+            run = prepare_run(coco_file, image_root, run_dir, options, weights=weights, architecture=architecture,
+                              epochs=epochs, resume=resume, world_size=distributed.world_size, **overrides)  # fmt: skip
+            chosen = distributed.device(device)
+            distributed.init(chosen)
+            print(f"rank {distributed.rank}/{distributed.world_size}: {len(run.train_data.images)} training images, "
+                  f"{len(run.val_data.images)} held out, {run.options.iterations} iterations of "
+                  f"{run.options.batch_size} images on {chosen}", file=sys.stderr)  # fmt: skip
+            if distributed.is_main:
+                for line in [f"warning: {w}" for w in run.warnings] + run.notes:
+                    print(line, file=sys.stderr)
+            # AP before training says something only of weights that were trained
+            result = train(run.model, run.train_data, run.val_data, run_dir, run.options, device=chosen,
+                           distributed=distributed, events=events, resume=run.resume,
+                           evaluate_before=weights != "none")  # fmt: skip
+        except (DatasetError, ImageReadError) as error:  # an image that failed to decode: in training, or evaluation
+            raise SetupError(error.path, error.problem) from None
+        events.emit("done", path=result.weights, checkpoint=result.checkpoint, iterations=result.iterations,
+                    elapsed_s=round(time.monotonic() - started, 1), **result.evaluation)  # fmt: skip
+        return result
+    except Exception as error:
+        events.emit("error", message=str(error) if isinstance(error, SetupError) else f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        events.close()
+        distributed.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 import main
@@ -25,7 +26,7 @@ from model.box_ops import decode_boxes, encode_boxes
 from model.builders import config_for
 from model.data import CocoDataset, TrainingBatches, infer_flip_map, load_coco
 from model.detector import MaskRCNN
-from model.engine import EventLog, TrainOptions, build_training_model, train
+from model.engine import EventLog, TrainOptions, build_training_model, latest_checkpoint, load_checkpoint, train
 from model.evaluation import coco_evaluate
 from model.roi_heads import heatmaps_to_keypoints, keypoints_to_heatmap, mask_targets
 from model.rpn import label_anchors
@@ -373,6 +374,96 @@ def test_train_reports_bad_input_as_an_error_event_and_exit_status_2(tmp_path, c
     assert status == 2
     assert events_of(out)[-1]["event"] == "error" and "missing.json" in events_of(out)[-1]["message"]
     assert err.startswith("error:") and "no such file" in err
+
+
+@pytest.fixture
+def jpeg_shapes(tmp_path: Path) -> Path:
+    """Four 64 x 64 synthetic JPEGs of the test's own, to damage."""
+    return generate(tmp_path / "jpeg", 4, seed=3, size=(64, 64), min_shapes=1, max_shapes=2, image_format="jpg")
+
+
+def _image_file(coco: Path, index: int) -> Path:
+    return coco.parent / "images" / json.loads(coco.read_text())["images"][index]["file_name"]
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header stays: only decoding finds it
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_fails_to_decode_in_training_ends_in_one_error_line_and_keeps_the_checkpoints(
+    jpeg_shapes, tmp_path, workers
+):
+    # the image of the third step (one image a step, no hold-out, seed 0), after two checkpoints
+    batches = iter(TrainingBatches(4, 1, seed=0))
+    third = [next(batches) for _ in range(3)][2][0][0]
+    broken = _image_file(jpeg_shapes, third)
+    _truncate(broken)
+    out = tmp_path / "run"
+    # a real process: a data-loader worker's traceback would reach stderr past pytest's capture
+    command = [sys.executable, str(ROOT / "main.py"),
+               *_train_args(jpeg_shapes, out, "--iters", "6", "--batch-size", "1", "--checkpoint-period", "1",
+                            "--workers", str(workers))]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+
+    assert done.returncode == main.EXIT_BAD_INPUT
+    (error,) = _error_lines(done.stderr)
+    assert error.startswith(f"error: {broken}: image data is truncated or corrupt")
+    events = events_of(done.stdout)
+    assert events[-1] == {"event": "error", "message": error.removeprefix("error: ")}
+    assert [e["iteration"] for e in events if e["event"] == "checkpoint"] == [1, 2]
+    assert latest_checkpoint(out) == out / "checkpoint_0000002.pth"
+    assert load_checkpoint(out / "checkpoint_0000002.pth")["iteration"] == 2
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+def _resize(path: Path) -> None:
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(path, format="JPEG")
+
+
+def _not_an_image(path: Path) -> None:
+    path.write_text("not an image")
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_delete, "image file not found"),
+    (_resize, "the image is 80x64 but the COCO file says 64x64"),
+    (_not_an_image, "not a readable image"),
+])  # fmt: skip
+def test_a_missing_unreadable_or_resized_image_is_refused_before_training_starts(
+    jpeg_shapes, tmp_path, capsys, damage, problem
+):
+    broken = _image_file(jpeg_shapes, 2)
+    damage(broken)
+    out = tmp_path / "run"
+    status = main.main(_train_args(jpeg_shapes, out, "--iters", "2", "--workers", "1"))
+    stdout, err = capsys.readouterr()
+    assert status == main.EXIT_BAD_INPUT
+    (error,) = _error_lines(err)
+    assert error.startswith(f"error: {broken}: {problem}")
+    assert events_of(stdout) == [{"event": "error", "message": error.removeprefix("error: ")}]
+    assert not out.exists()
+
+
+def test_evaluate_reports_an_image_that_fails_to_decode_in_one_line(jpeg_shapes, tmp_path, capsys):
+    weights = save_weights(tiny_model(), tmp_path / "model.safetensors")
+    broken = _image_file(jpeg_shapes, 1)
+    _truncate(broken)
+    status = main.main(["evaluate", str(jpeg_shapes), "--images", str(broken.parent), "--weights", str(weights),
+                        "--device", "cpu"])  # fmt: skip
+    assert status == main.EXIT_BAD_INPUT
+    (error,) = _error_lines(capsys.readouterr().err)
+    assert error.startswith(f"error: {broken}: image data is truncated or corrupt")
 
 
 def _free_port() -> int:
