@@ -242,6 +242,8 @@ def test_cancelling_a_download_leaves_nothing_in_the_cache_and_the_app_usable(
         monkeypatch.setitem(REGISTRY, info.name, dataclasses.replace(info, url=url))
         window.load_model(ModelChoice("registry", info.name), "cpu")
         qtbot.waitUntil(window.downloads.isVisible, timeout=10000)
+        # the stalled download shows the megabyte that did arrive, not the first report's 0
+        qtbot.waitUntil(lambda: "— 1.0 of" in window.downloads.labelText(), timeout=10000)
         window.downloads.findChild(QPushButton).click()
         resume.set()
         qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)

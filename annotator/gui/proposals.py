@@ -29,7 +29,12 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 from annotator.proposals import Proposal, to_proposals
 from model.images import read_image
 
-DOWNLOAD_REPORT_INTERVAL_S = 0.1  # a fast local download must not flood the UI's event loop
+# A download reports after 0.1 s or 1 % of the file (1 MB when the size is unknown), whichever
+# comes first: a fast local download does not flood the UI's event loop, and a stalled one shows
+# the bytes that did arrive (a report only ever follows a chunk).
+DOWNLOAD_REPORT_INTERVAL_S = 0.1
+DOWNLOAD_REPORT_FRACTION = 0.01
+DOWNLOAD_REPORT_BYTES_UNKNOWN_SIZE = 1 << 20
 
 
 class PredictorLike(Protocol):
@@ -119,19 +124,21 @@ class ProposalWorker(QObject):
 
     def _download(self, name: str) -> None:
         """Registry weights into the cache, unless there already. ``download_progress`` reports
-        the bytes (the first and last report always, others at most every 0.1 s);
+        the bytes (the first and last report always, others as DOWNLOAD_REPORT_* say);
         ``download_finished`` follows a download that started, however it ended."""
         from model.weights import DownloadCancelled, fetch  # imports torch: in the model thread only
 
-        started, last_report = False, 0.0
+        started, last_time, last_done = False, 0.0, 0
 
         def report(done: int, total: int | None) -> None:
-            nonlocal started, last_report
+            nonlocal started, last_time, last_done
             if self.cancel_event.is_set():
                 raise DownloadCancelled(name)
             now = time.monotonic()
-            if not started or done == total or now - last_report >= DOWNLOAD_REPORT_INTERVAL_S:
-                started, last_report = True, now
+            step = total * DOWNLOAD_REPORT_FRACTION if total else DOWNLOAD_REPORT_BYTES_UNKNOWN_SIZE
+            if (not started or done == total or now - last_time >= DOWNLOAD_REPORT_INTERVAL_S
+                    or done - last_done >= step):
+                started, last_time, last_done = True, now, done
                 self.download_progress.emit(name, done, total)
 
         try:
