@@ -1,5 +1,6 @@
 """The window as a whole: opening a folder or a project, recent projects and settings, the review
-filter, the shortcut help, import and export with clear errors, and reopening after a crash."""
+filter, the shortcut help, import and export with clear errors, reopening after a crash, and
+auto-propose on opening an image."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt
 
 from annotator.gui.help_dialog import HelpDialog, shortcut_rows
-from annotator.store import Project, ReviewState
-from tests.test_gui_fixtures import (blob_project, key, make_window, open_and_wait, settings,  # noqa: F401
-                                     wait_for_image, window, write_blob_images)
+from annotator.store import Project, ReviewState, Source
+from tests.test_gui_fixtures import (BlobPredictor, blob_project, key, load_model, make_window,  # noqa: F401
+                                     open_and_wait, settings, wait_for_image, window, write_blob_images)
 
 
 def test_opening_a_folder_creates_its_project_and_remembers_it(qtbot, window, tmp_path, settings):
@@ -95,6 +96,67 @@ def test_export_writes_coco_and_a_bad_import_leaves_the_project_unchanged(qtbot,
     assert window.session.project.instance_count() == before
 
 
+def test_auto_propose_runs_the_model_on_opening_an_unlabeled_image_and_is_remembered(
+        qtbot, blob_project, settings):
+    window = make_window(qtbot, settings)
+    try:
+        auto = window.actions_by_name["auto_propose"]
+        assert auto.isCheckable() and not auto.isChecked()  # off by default
+        model_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Model")
+        assert auto in model_menu.actions()
+        open_and_wait(qtbot, window, blob_project)
+        load_model(qtbot, window)
+        project = window.session.project
+        first = window.session.image_id
+        assert window.predictor.calls == 0 and project.instances(first) == []  # off: nothing ran
+
+        project.set_review_state(first + 1, ReviewState.DONE)
+        auto.trigger()  # on: the image in view is unlabeled, so it is proposed at once
+        qtbot.waitUntil(lambda: project.image(first).state == ReviewState.PROPOSED, timeout=10000)
+        assert [(i.source, i.model_version) for i in project.instances(first)] == [(Source.MODEL, "blob-net@test")] * 2
+
+        key(window, Qt.Key.Key_D)  # done: opened, not proposed
+        wait_for_image(qtbot, window, first + 1)
+        key(window, Qt.Key.Key_D)  # unlabeled: proposed
+        wait_for_image(qtbot, window, first + 2)
+        qtbot.waitUntil(lambda: project.image(first + 2).state == ReviewState.PROPOSED, timeout=10000)
+        key(window, Qt.Key.Key_A)
+        wait_for_image(qtbot, window, first + 1)
+        qtbot.wait(100)
+        assert not window.proposals.busy
+        assert window.predictor.calls == 2
+        assert project.image(first + 1).state == ReviewState.DONE and project.instances(first + 1) == []
+    finally:
+        window.close()
+    again = make_window(qtbot, settings)  # the setting persists
+    assert again.actions_by_name["auto_propose"].isChecked()
+    again.close()
+
+
+def test_auto_propose_skips_images_left_before_their_turn_and_runs_one_job_at_a_time(
+        qtbot, blob_project, settings):
+    window = make_window(qtbot, settings, BlobPredictor(delay=0.5))
+    try:
+        open_and_wait(qtbot, window, blob_project)
+        load_model(qtbot, window)
+        project = window.session.project
+        first = window.session.image_id
+        requests, propose = [], window.proposals.propose
+        window.proposals.propose = lambda ids: requests.append(list(ids)) or propose(ids)
+        window.actions_by_name["auto_propose"].trigger()  # the first image's job starts
+        key(window, Qt.Key.Key_D)  # and the user moves on at once, twice
+        key(window, Qt.Key.Key_D)
+        qtbot.waitUntil(lambda: project.image(first + 2).state == ReviewState.PROPOSED, timeout=10000)
+        qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)
+        assert requests == [[first], [first + 2]]  # one job at a time, the passed-over image skipped
+        assert window.predictor.calls == 2
+        for image_id in (first, first + 1):  # the first image's job was cancelled once it had started
+            assert project.image(image_id).state == ReviewState.UNLABELED and project.instances(image_id) == []
+        assert len(project.instances(first + 2)) == 2
+    finally:
+        window.close()
+
+
 CRASHING_SESSION = textwrap.dedent("""
     import os, signal, sys
     from PySide6.QtCore import QPointF, QSettings, Qt
@@ -144,24 +206,40 @@ def test_reopening_after_a_crash_loses_no_edit(qtbot, blob_project, tmp_path, se
     window.close()
 
 
-def test_run_app_opens_the_annotation_window_on_a_project(qtbot, blob_project, monkeypatch, tmp_path):
+RUN_APP = textwrap.dedent("""
+    import sys
+    from pathlib import Path
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
-
     from annotator.app import run_app
-    from annotator.gui import main_window
+    from annotator.gui.main_window import MainWindow
+    app = QApplication(sys.argv[:1])  # run_app takes it over; timers need it before exec
+    def look(tries=[0]):
+        windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
+        tries[0] += 1
+        if windows and not windows[0].image_ready and tries[0] < 400:
+            QTimer.singleShot(50, look)
+            return
+        for window in windows:
+            print("window", window.session.project.image_count(), window.image_ready, window.windowTitle(),
+                  flush=True)
+            window.close()  # the last window closed ends app.exec()
+    QTimer.singleShot(0, look)
+    print("exit", run_app(Path(sys.argv[1])), flush=True)
+""")
 
-    monkeypatch.setattr(main_window, "app_settings",
-                        lambda: QSettings(str(tmp_path / "app.ini"), QSettings.Format.IniFormat))
-    seen = []
 
-    def look() -> None:
-        for widget in QApplication.topLevelWidgets():
-            if isinstance(widget, main_window.MainWindow) and widget.isVisible():
-                seen.append((widget.session.project.image_count(), widget.windowTitle()))
-                widget.close()
-        QApplication.instance().quit()
-
-    QTimer.singleShot(200, look)
-    assert run_app(blob_project) == 0
-    assert seen == [(3, "blobs.annot — Mask R-CNN annotator")]
+def test_run_app_opens_the_annotation_window_on_a_project(blob_project, tmp_path):
+    # In a process of its own: app.exec() in the test process would leave a second quit request
+    # (the last window closing posts one) to be delivered after exec returns, which stops every
+    # later event loop of the test session at once.
+    repo = Path(__file__).resolve().parents[1]
+    config = tmp_path / "config"  # QSettings' native store on Linux: not the user's own
+    result = subprocess.run([sys.executable, "-c", RUN_APP, str(blob_project)], cwd=repo, capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(repo), "QT_QPA_PLATFORM": "offscreen",
+                                 "XDG_CONFIG_HOME": str(config)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["window 3 True blobs.annot — Mask R-CNN annotator", "exit 0"], result.stderr
+    saved = QSettings(str(config / "maskrcnn-annotator" / "annotator.conf"), QSettings.Format.IniFormat)
+    assert saved.value("recent/projects") == str(blob_project.resolve())

@@ -5,8 +5,8 @@ Coordinates: image coordinates are continuous pixels as in COCO, pixel ``(row i,
 (``scale`` in screen pixels per image pixel). Tools receive image coordinates only.
 
 Painting is a fixed order of layers (background, image, masks, keypoints, highlight, tool); the
-image layer draws the visible part of one pyramid level, so a frame costs about the window's size
-whatever the image's (docs/decisions/0005-canvas.md).
+image and mask layers draw only what is visible, at the resolution of one pyramid level, so a
+frame costs about the window's size whatever the image's or the masks' (docs/decisions/0005-canvas.md).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ MIN_SCALE, MAX_SCALE = 1 / 256, 64.0
 MASK_OPACITY = 0.40
 HIGHLIGHT_OPACITY = 0.60
 KEYPOINT_RADIUS = 4.0  # screen pixels
+OUTLINE_WIDTH = 1.5  # screen pixels
+OUTLINE_DASHES = [4.0, 2.0]  # proposals' outlines: dash, gap, in outline widths
+OUTLINE_MARGIN = 4.0  # screen pixels around the view in which outlines are still drawn
 LABEL_ALL_BELOW = 25  # instances; above, only the selected and hovered get a name tag
 WHEEL_STEP = 1.0015  # zoom factor per 1/8 degree of wheel rotation: 120 units (one notch) ~ x1.2
 
@@ -186,13 +189,20 @@ class Canvas(QWidget):
         painter = QPainter(self)
         self._paint_background(painter)
         if self.pyramid is not None:
-            self._paint_image(painter)
+            self.last_level = level = self.pyramid.level_for_scale(self.scale)
+            visible = QRectF(self.widget_to_image(QPointF(0, 0)),
+                             self.widget_to_image(QPointF(self.width(), self.height())))
+            self._paint_image(painter, level, visible)
             painter.save()
             painter.translate(self.offset)
             painter.scale(self.scale, self.scale)
-            self._paint_masks(painter)
-            self._paint_highlight(painter)
+            # outlines reach past the view by their width, so a margin of a few screen pixels
+            margin = OUTLINE_MARGIN / self.scale
+            visible.adjust(-margin, -margin, margin, margin)
+            self._paint_masks(painter, level, visible)
+            self._paint_highlight(painter, level, visible)
             painter.restore()
+            self._overlays.end_frame()
             self._paint_keypoints(painter)
             self._paint_labels(painter)
             if self.tool is not None:
@@ -206,13 +216,9 @@ class Canvas(QWidget):
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
                              "Open a folder of images or a project (File menu)")
 
-    def _paint_image(self, painter: QPainter) -> None:
-        top_left = self.widget_to_image(QPointF(0, 0))
-        bottom_right = self.widget_to_image(QPointF(self.width(), self.height()))
-        level = self.pyramid.level_for_scale(self.scale)
-        self.last_level = level
-        image, (x, y, w, h) = self.pyramid.region(level, top_left.x(), top_left.y(),
-                                                  bottom_right.x(), bottom_right.y())
+    def _paint_image(self, painter: QPainter, level: int, visible: QRectF) -> None:
+        image, (x, y, w, h) = self.pyramid.region(level, visible.left(), visible.top(), visible.right(),
+                                                  visible.bottom())
         if image.isNull():
             return
         # Magnified: nearest, so single pixels stay crisp for pixel-level editing.
@@ -220,28 +226,40 @@ class Canvas(QWidget):
         target = QRectF(self.image_to_widget(QPointF(x, y)), self.image_to_widget(QPointF(x + w, y + h)))
         painter.drawImage(target, image)
 
-    def _paint_masks(self, painter: QPainter) -> None:
-        """Mask fills, then outlines (painter in image coordinates)."""
+    def _paint_masks(self, painter: QPainter, level: int, visible: QRectF) -> None:
+        """Mask fills, then outlines (painter in image coordinates). Fills come in tiles of the
+        pyramid level's resolution, drawn with nearest sampling: at level 0 each mask pixel
+        covers exactly its image pixel."""
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         selected = set(self.session.selection) if self.session else set()
         for instance in self._instances:
-            overlay = self.overlay(instance)
-            if overlay.image is not None:
+            tiles = self._overlays.fill_tiles(self.overlay(instance), level, visible)
+            if tiles:
                 emphasised = instance.id in selected or instance.id == self.hover_id
                 painter.setOpacity(HIGHLIGHT_OPACITY if emphasised else MASK_OPACITY)
-                painter.drawImage(overlay.rect, overlay.image)
+            for rect, tile in tiles:
+                painter.drawImage(rect, tile)
         painter.setOpacity(1.0)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         for instance in self._instances:
-            pen = QPen(self.category_color(instance.category_id), 1.5)
-            pen.setCosmetic(True)  # width in screen pixels at any zoom
+            pen = QPen(self.category_color(instance.category_id), OUTLINE_WIDTH)
             if instance.source == Source.MODEL:
-                pen.setStyle(Qt.PenStyle.DashLine)  # proposals not yet accepted
-            painter.setPen(pen)
-            painter.setBrush(Qt.BrushStyle.NoBrush)
-            painter.drawPath(self.overlay(instance).outline)
+                pen.setDashPattern(OUTLINE_DASHES)  # proposals not yet accepted
+            self._draw_outline(painter, self.overlay(instance), pen, level, visible)
 
-    def _paint_highlight(self, painter: QPainter) -> None:
+    def _draw_outline(self, painter: QPainter, overlay: MaskOverlay, pen: QPen, level: int,
+                      visible: QRectF) -> None:
+        """The part of ``overlay``'s outline in ``visible``, the pen's width in screen pixels."""
+        if not overlay.rect.intersects(visible):
+            return  # (nor traced, while the instance stays out of view)
+        pen.setCosmetic(True)
+        painter.setPen(pen)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        # the dashes' period in image pixels: clipped stretches start in step with it
+        period = sum(OUTLINE_DASHES) * OUTLINE_WIDTH / self.scale
+        painter.drawPath(overlay.outline(level, visible, period))
+
+    def _paint_highlight(self, painter: QPainter, level: int, visible: QRectF) -> None:
         """Selection and hover outlines, on top of every mask."""
         if self.session is None:
             return
@@ -249,15 +267,14 @@ class Canvas(QWidget):
             selected = instance.id in self.session.selection
             if not selected and instance.id != self.hover_id:
                 continue
+            overlay = self.overlay(instance)
             pen = QPen(QColor(255, 255, 255) if selected else QColor(255, 255, 160), 2.5 if selected else 2.0)
-            pen.setCosmetic(True)
-            painter.setPen(pen)
-            painter.drawPath(self.overlay(instance).outline)
+            self._draw_outline(painter, overlay, pen, level, visible)
             if selected:
                 pen = QPen(QColor(0, 0, 0), 1.0, Qt.PenStyle.DashLine)
                 pen.setCosmetic(True)
                 painter.setPen(pen)
-                painter.drawRect(self.overlay(instance).rect)
+                painter.drawRect(overlay.rect)
 
     def _paint_keypoints(self, painter: QPainter) -> None:
         """Skeleton lines between labelled keypoints, then the points: filled for visible (v=2),
