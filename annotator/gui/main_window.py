@@ -51,6 +51,11 @@ class MainWindow(QMainWindow):
         self.settings = settings or app_settings()
         self.session: Session | None = None
         self._load_generation = 0  # drops image decodes that finish after the user moved on
+        # auto-propose: the image its running job is for (0: none runs), whether that job has
+        # started in the model thread (a cancel before that is lost), whether it already ran for
+        # the image as now opened
+        self._auto_image, self._auto_started, self._auto_ran_here = 0, False, False
+        self._drop_results_until_idle = False  # a job of the project opened before this one
         self.pyramid: ImagePyramid | None = None
 
         self.canvas = Canvas()
@@ -76,7 +81,8 @@ class MainWindow(QMainWindow):
         self.downloads = DownloadProgressDialog(self.proposals, self)
         self.proposals.status.connect(lambda text: self.status.showMessage(text, 4000))
         self.proposals.busy_changed.connect(self._on_model_busy)
-        self.status.cancel_button.clicked.connect(self.proposals.cancel)
+        self.proposals.progress.connect(self._on_model_progress)
+        self.status.cancel_button.clicked.connect(self.cancel_model_job)
 
         session_source = lambda: self.session  # noqa: E731
         self.tools: dict[str, Tool] = {
@@ -189,8 +195,13 @@ class MainWindow(QMainWindow):
         self._action("choose_model", "Choose &model…", self.choose_model, "Ctrl+M", model)
         self._action("propose", "&Propose for this image", self.propose_current, "Ctrl+P", model)
         self._action("propose_all", "Propose for &all unlabeled images", self.propose_all, "Ctrl+Shift+P", model)
+        auto = self._action("auto_propose", "A&uto-propose on opening an unlabeled image", self._on_auto_toggled,
+                            "", model, "Runs the model on each image you open that is unlabeled and has no "
+                            "instances yet")
+        auto.setCheckable(True)
+        auto.setChecked(self.settings.value("model/auto_propose", False, type=bool))
         self._action("cancel", "&Cancel (drawing, or the model's job)",
-                     lambda: self._offer_key(Qt.Key.Key_Escape) or self.proposals.cancel(), "Escape", model)
+                     lambda: self._offer_key(Qt.Key.Key_Escape) or self.cancel_model_job(), "Escape", model)
         model.addSeparator()
         self._action("fine_tune", "&Fine-tune on done images…", self.fine_tune, "", model)
         toolbar.addSeparator()
@@ -286,6 +297,12 @@ class MainWindow(QMainWindow):
         run_in_background(lambda: scan_folder(folder), done, failed)
 
     def set_project(self, project: Project) -> None:
+        # results of a job still running are for the previous project's images: ids that this
+        # project may use for others
+        self._drop_results_until_idle = self.proposals.busy
+        if self._auto_image and self._auto_started:
+            self.proposals.cancel()
+        self._auto_image = 0
         if self.session is not None:
             self.session.project.close()
             self.session.deleteLater()
@@ -297,6 +314,7 @@ class MainWindow(QMainWindow):
         self.session.selection_changed.connect(lambda _: self._on_selection())
         self.session.history_changed.connect(self._update_enabled)
         self.session.image_changed.connect(self._load_image)
+        self.session.image_changed.connect(self._on_image_opened)
         for panel in (self.images, self.instances, self.categories):
             panel.set_session(self.session)
         self.canvas.set_session(self.session)
@@ -553,7 +571,51 @@ class MainWindow(QMainWindow):
     def _on_model_busy(self, busy: bool) -> None:
         if not busy:
             self.status.set_progress(0, 0)
+            self._auto_image, self._auto_started = 0, False
+            self._drop_results_until_idle = False
         self._update_enabled()
+        if not busy:
+            self.auto_propose()
+
+    def cancel_model_job(self) -> None:
+        if self.proposals.busy:
+            self._auto_ran_here = True  # the user stopped the model: no auto-propose here until reopened
+        self.proposals.cancel()
+
+    # -- auto-propose: the model runs on each unlabeled image as it is opened ---------------------
+
+    def _on_auto_toggled(self) -> None:
+        checked = self.actions_by_name["auto_propose"].isChecked()
+        self.settings.setValue("model/auto_propose", checked)
+        if checked:
+            self._auto_ran_here = False
+            self.auto_propose()
+
+    def _on_image_opened(self, image_id: int) -> None:
+        self._auto_ran_here = False
+        if self._auto_image and self._auto_image != image_id and self._auto_started:
+            self.proposals.cancel()  # the user moved on; the image now open gets the next job
+        self.auto_propose()
+
+    def _on_model_progress(self, done: int, total: int) -> None:
+        if self._auto_image and not self._auto_started:
+            self._auto_started = True
+            if self.session is None or self._auto_image != self.session.image_id:
+                self.proposals.cancel()  # left before the job started
+
+    def auto_propose(self) -> None:
+        """Proposes for the current image when auto-propose is on, a model is loaded and free,
+        and the image is unlabeled with no instances; once each time the image is opened. A
+        job for an image the user has left is cancelled, so at most one runs and the image
+        in view comes next."""
+        session = self.session
+        if (not self.actions_by_name["auto_propose"].isChecked() or session is None or not session.image_id
+                or self._auto_ran_here or not self.proposals.has_model or self.proposals.busy):
+            return
+        if session.image.state != ReviewState.UNLABELED or session.instances():
+            return
+        if self.proposals.propose([session.image_id]):
+            self._auto_image, self._auto_started, self._auto_ran_here = session.image_id, False, True
 
     def propose_current(self) -> None:
         if self.session is None or not self.session.image_id:
@@ -578,7 +640,8 @@ class MainWindow(QMainWindow):
 
     def _on_proposals(self, result: ProposalResult) -> None:
         session = self.session
-        if session is None or not session.project.id_in_use("images", result.image_id):
+        if (session is None or self._drop_results_until_idle
+                or not session.project.id_in_use("images", result.image_id)):
             return
         if result.prompt == "image":
             if session.project.image(result.image_id).state in (ReviewState.IN_REVIEW, ReviewState.DONE):
