@@ -24,6 +24,8 @@ def run_app(path: Path | None = None, demo: bool = False) -> int:
         from annotator.gui.demo import open_demo
 
         open_demo(window)
-    elif path is not None:
-        window.open_path(path)
+    else:
+        window.restore_model()
+        if path is not None:
+            window.open_path(path)
     return app.exec()

@@ -14,6 +14,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt
 
 from annotator.gui.help_dialog import HelpDialog, shortcut_rows
+from annotator.gui.proposals import ModelChoice
 from annotator.store import Project, ReviewState, Source
 from tests.test_gui_fixtures import (BlobPredictor, blob_project, key, load_model, make_window,  # noqa: F401
                                      open_and_wait, settings, wait_for_image, window, write_blob_images)
@@ -243,3 +244,22 @@ def test_run_app_opens_the_annotation_window_on_a_project(blob_project, tmp_path
     assert result.stdout.splitlines() == ["window 3 True blobs.annot — Mask R-CNN annotator", "exit 0"], result.stderr
     saved = QSettings(str(config / "maskrcnn-annotator" / "annotator.conf"), QSettings.Format.IniFormat)
     assert saved.value("recent/projects") == str(blob_project.resolve())
+
+
+def test_the_model_that_loaded_last_is_loaded_again_at_the_next_start(qtbot, window, settings, tmp_path):
+    weights = tmp_path / "mine.safetensors"
+    weights.write_bytes(b"the blob predictor's factory ignores the file; the window checks it exists")
+    assert not window.restore_model()  # nothing loaded yet: nothing to restore
+    window.load_model(ModelChoice("file", str(weights)), "cpu")
+    qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=10000)
+    window.close()
+
+    again = make_window(qtbot, settings)
+    assert again.restore_model()
+    qtbot.waitUntil(lambda: again.proposals.has_model, timeout=10000)
+    assert settings.value("model/name") == str(weights) and settings.value("model/device") == "cpu"
+    again.close()
+
+    weights.unlink()  # a file that has gone is not offered to the loader
+    third = make_window(qtbot, settings)
+    assert not third.restore_model() and not third.proposals.has_model

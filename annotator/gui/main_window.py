@@ -56,6 +56,7 @@ class MainWindow(QMainWindow):
         # the image as now opened
         self._auto_image, self._auto_started, self._auto_ran_here = 0, False, False
         self._drop_results_until_idle = False  # a job of the project opened before this one
+        self._loading: tuple[ModelChoice, str] | None = None  # the model choice being loaded, and device
         self.pyramid: ImagePyramid | None = None
 
         self.canvas = Canvas()
@@ -76,8 +77,7 @@ class MainWindow(QMainWindow):
         self.proposals.failed.connect(lambda text: self._error("Model", text))
         self.proposals.model_failed.connect(self._on_model_failed)
         self.proposals.model_loaded.connect(self._on_model_loaded)
-        self.proposals.load_cancelled.connect(lambda: self.status.set_model(self.proposals.model_version,
-                                                                            self.proposals.device))
+        self.proposals.load_cancelled.connect(self._on_model_load_cancelled)
         self.downloads = DownloadProgressDialog(self.proposals, self)
         self.proposals.status.connect(lambda text: self.status.showMessage(text, 4000))
         self.proposals.busy_changed.connect(self._on_model_busy)
@@ -544,11 +544,22 @@ class MainWindow(QMainWindow):
     # -- model ----------------------------------------------------------------------------------
 
     def load_model(self, choice: ModelChoice, device: str = "auto") -> None:
-        self.settings.setValue("model/kind", choice.kind)
-        self.settings.setValue("model/name", choice.name)
-        self.settings.setValue("model/device", device)
+        self._loading = (choice, device)  # remembered in the settings once it has loaded
         self.status.set_model(f"loading {choice.title}…", device)
         self.proposals.load(choice, device)
+
+    def restore_model(self) -> bool:
+        """Loads the model that last loaded (kept in the settings), as labelme and CVAT users
+        expect of a desktop tool; not a file that has gone since. Registry weights loaded before
+        are in torch's cache, so this downloads nothing unless the cache was emptied."""
+        kind, name = self.settings.value("model/kind"), self.settings.value("model/name")
+        if kind not in ("registry", "file", "run") or not name:
+            return False
+        if kind != "registry" and not Path(name).is_file():
+            return False
+        label = self.settings.value("model/label", "") or ""
+        self.load_model(ModelChoice(kind, name, label), self.settings.value("model/device", "auto") or "auto")
+        return True
 
     def choose_model(self) -> None:
         from annotator.gui.model_picker import ModelPickerDialog
@@ -560,13 +571,23 @@ class MainWindow(QMainWindow):
                 self.load_model(choice, device)
 
     def _on_model_loaded(self, version: str, device: str) -> None:
+        if self._loading is not None:
+            choice, requested = self._loading
+            for key, value in (("kind", choice.kind), ("name", choice.name), ("label", choice.label),
+                               ("device", requested)):
+                self.settings.setValue(f"model/{key}", value)
+            self._loading = None
         self.status.set_model(version, device)
         self.status.showMessage(f"Model ready: {version} on {device}", 5000)
         self._update_enabled()
 
     def _on_model_failed(self, message: str) -> None:
-        self.status.set_model(self.proposals.model_version, self.proposals.device)
+        self._on_model_load_cancelled()
         self._error("Model", message)
+
+    def _on_model_load_cancelled(self) -> None:
+        self._loading = None  # the model in use, if any, stays; so does the remembered choice
+        self.status.set_model(self.proposals.model_version, self.proposals.device)
 
     def _on_model_busy(self, busy: bool) -> None:
         if not busy:
