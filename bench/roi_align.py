@@ -1,13 +1,17 @@
-"""RoIAlign: ours (ops.multilevel_roi_align) against torchvision's MultiScaleRoIAlign, measured in
-the same run on the same inputs.
+"""RoIAlign: ours (ops.multilevel_roi_align, ops.roi_align) against torchvision's
+MultiScaleRoIAlign and roi_align, measured in the same run on the same inputs.
 
     python bench/roi_align.py               # CPU, and CUDA when a GPU is present
     python bench/roi_align.py --cpu-only
+    python bench/roi_align.py --crossover   # CPU: our gather and separable paths, and the choice
 
 Workloads, on P2-P5 (256 channels, NCHW) of an 800x1216 image:
-    box head    1000 boxes -> 7x7                         forward (inference)
-    mask head    100 boxes -> 14x14                       forward (inference)
-    training     512 boxes -> 7x7 + 128 boxes -> 14x14    forward and backward
+    box head      1000 boxes -> 7x7                         forward (inference)
+    mask head      100 boxes -> 14x14                       forward (inference)
+    training       512 boxes -> 7x7 + 128 boxes -> 14x14    forward and backward
+and on 16 full-image gt masks (1 channel, 800x1216):
+    mask targets   128 boxes -> 28x28, adaptive sampling    forward (as torchvision's roi_heads
+                                                            builds Mask R-CNN's training targets)
 
 Boxes are RPN-like: log-uniform sides from 16 to 800 pixels, clipped to the image, so every FPN
 level gets some. CPU: wall clock, median of repeats after a warm-up. CUDA: CUDA events, warm-up,
@@ -102,6 +106,25 @@ class Case:
         for _, _, table in _cpu.sample_tables(sampling, geom, pooled, 2):
             touched[table.index[table.weight != 0]] = True
         return out + int(touched.sum()) * CHANNELS * elem
+
+
+class MaskTargets:
+    """Each of ``n`` boxes pools its matched gt mask (one full-image channel) to ``size`` x
+    ``size`` with adaptive sampling, as ``torchvision.models.detection.roi_heads`` makes mask
+    targets (``roi_align(gt_masks[:, None], rois, (M, M), 1.0)``)."""
+
+    def __init__(self, n: int, n_masks: int, size: int, seed: int, device: str) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.n, self.size = n, size
+        self.masks = (torch.rand(n_masks, 1, *IMAGE, generator=gen) > 0.5).float().to(device)
+        matched = torch.randint(0, n_masks, (n, 1), generator=gen).float().to(device)
+        self.rois = torch.cat([matched, make_boxes(n, seed, device)], 1)
+
+    def torchvision(self, masks: torch.Tensor) -> torch.Tensor:
+        return torchvision.ops.roi_align(masks, self.rois.to(masks.dtype), self.size, 1.0, -1)
+
+    def ours(self, masks: torch.Tensor) -> torch.Tensor:
+        return ops.roi_align(masks, self.rois.to(masks.dtype), self.size, 1.0, -1)
 
 
 def time_cpu(fn: Callable[[], object], repeat: int) -> float:
@@ -200,6 +223,10 @@ def rows_for(device: str, dtype: torch.dtype, repeat: int, timer, bandwidth: flo
         timer(backward_fn(our_impls, features), repeat), bwd_floor)
     row("training, fwd + bwd", timer(train_fn(tv_impls, features), repeat),
         timer(train_fn(our_impls, features), repeat), fwd_floor + bwd_floor)
+    targets = MaskTargets(128, 16, 28, 5, device)
+    masks = targets.masks.to(dtype)
+    row("mask targets 128 -> 28x28, adaptive, fwd",
+        timer(forward_fn(targets.torchvision, masks), repeat), timer(forward_fn(targets.ours, masks), repeat))
     return rows
 
 
@@ -217,11 +244,56 @@ def print_table(title: str, rows, with_floor: bool) -> None:
         print(line)
 
 
+# (channels, output size, sampling ratio, box side, map side): around where the two CPU paths
+# cross over, and the mask-target and FPN regimes on either side of it
+CROSSOVER_CASES = [
+    (c, p, sr, box, int(box * f))
+    for c in (1, 4, 16, 64, 256)
+    for p, sr, box in ((7, 2, 64), (14, 2, 128), (28, 2, 64), (7, 0, 32), (14, 0, 64), (28, 0, 200))
+    for f in (1.25, 4)
+]
+
+
+def crossover(repeat: int) -> None:
+    """Times both CPU paths on every RoI (ops._cpu.PATH), per RoI, and says which one the cost
+    model (ops._cpu._path_costs) picks and how much slower that is than the faster of the two."""
+    print(f"\nCPU ({torch.get_num_threads()} threads): gather vs separable path, float32, "
+          f"channels-last maps, ms per 100 RoIs (median)")
+    head = f"{'C':>4} {'bins':>6} {'sampling':>8} {'box':>4} {'map':>5} {'gather':>9} {'separable':>9} " \
+           f"{'picks':>10} {'pick/best':>9}"
+    print(head)
+    print("-" * len(head))
+    gen = torch.Generator().manual_seed(0)
+    for c, p, sr, box, side in CROSSOVER_CASES:
+        grid = sr if sr > 0 else -(-box // p)
+        k = max(4, min(256, int(2e6 / (4 * p * p * grid * grid * (30 + c)))))
+        x = torch.randn(1, c, box + 8, side, generator=gen).contiguous(memory_format=torch.channels_last)
+        corner = torch.rand(k, 2, generator=gen) * torch.tensor([side - box, 8.0])
+        rois = torch.cat([torch.zeros(k, 1), corner, corner + box], 1)
+        times = {}
+        for path in ("gather", "separable"):
+            _cpu.PATH = path
+            times[path] = time_cpu(lambda: ops.roi_align(x, rois, p, 1.0, sr, True), repeat) / k * 100
+        _cpu.PATH = None
+        shapes = [torch.empty(x.shape, device="meta")]
+        geom = _cpu.level_geometry(shapes, [0], [1.0], None, rois[:, 0].long(), torch.float32)
+        s = _cpu.sampling(rois, geom, (p, p), sr, True, torch.float32)
+        gather_ns, separable_ns = (t.sum() for t in _cpu._path_costs(s, geom, (p, p), c, sr > 0))
+        pick = "separable" if separable_ns < gather_ns else "gather"
+        sampling = f"{sr}" if sr > 0 else f"adapt {grid}"
+        print(f"{c:>4} {f'{p}x{p}':>6} {sampling:>8} {box:>4} {side:>5} {times['gather']:>9.2f} "
+              f"{times['separable']:>9.2f} {pick:>10} {times[pick] / min(times.values()):>8.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-only", action="store_true")
     parser.add_argument("--repeat", type=int, default=0, help="timed repeats (default: 7 CPU, 25 CUDA)")
+    parser.add_argument("--crossover", action="store_true", help="only the CPU paths' crossover table")
     args = parser.parse_args()
+    if args.crossover:
+        crossover(args.repeat or 5)
+        return
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}; features P2-P5 of "
           f"{IMAGE[0]}x{IMAGE[1]}, {CHANNELS} channels, NCHW unless noted; sampling_ratio 2")
     print_table(

@@ -14,6 +14,14 @@ the same weights for every channel. So the work splits in two:
 All FPN levels live in one table, one level after another, so the multi-level op is a single
 gather over all RoIs. The coordinate rules follow ``torchvision.ops.roi_align`` exactly (see
 ``_interpolation_taps``).
+
+The sample table has 4 * PH * PW * gh * gw entries per RoI, which for few channels and large
+adaptive grids (gt masks pooled onto boxes as mask targets: 1 channel, hundreds of points per
+bin) costs far more to build than the gather it serves. Such RoIs take a *separable* path
+instead: the bilinear weights are a row weight times a column weight, so a bin is a weighted
+sum of map rows (a gather of whole rows, W * C values each) followed by a weighted sum of
+columns (a gather over the transposed result): 2 * (PH * gh + PW * gw) entries per RoI. A cost
+model (``_path_costs``) sends each RoI the cheaper way.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +38,12 @@ from torch import Tensor
 # Table entries built per chunk of RoIs (index + weight: 12-16 bytes each); bounds peak memory
 # for large or adaptively-sampled boxes.
 _ENTRIES_PER_CHUNK = 1 << 22
+
+# Elements of the separable path's intermediate per chunk of RoIs. At 4 MB (float32) it and its
+# transpose are reused from the heap and stay in cache between the two passes; 16 MB chunks are
+# fresh allocations that page-fault on every call (8k faults, 2.5x the time on the mask-target
+# workload of bench/roi_align.py); much smaller ones pay Python overhead per chunk.
+_SEPARABLE_CHUNK = 1 << 20
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -329,35 +343,47 @@ def _fixed_grid_table(a: int, b: int, s: Sampling, g: int, geom: LevelGeometry, 
     return SampleTable(index, weight, offsets)
 
 
+def _ragged_axis_taps(
+    start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, size: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The sampling points of RoIs along one axis, ``grid[k]`` per bin, laid out RoI by RoI, then
+    bin by bin, with their two interpolation taps.
+
+    Args:
+        start, bin_size, grid, size: [Kc] per RoI: first coordinate, bin side, points per bin side
+            (int64), map extent (int64).
+        bins: bins along this axis.
+    Returns:
+        roi [P] (the RoI of each point), first [Kc] (each RoI's first point), and the points'
+        low and high pixel indices and weights [P], as ``_interpolation_taps``.
+    """
+    n = bins * grid
+    roi = torch.repeat_interleave(torch.arange(start.shape[0], device=start.device), n)
+    first = torch.cumsum(n, 0) - n
+    p = torch.arange(roi.numel(), device=start.device) - first[roi]
+    g = grid[roi]
+    coord = _axis_points(start[roi], bin_size[roi], p // g, g, p % g)
+    return (roi, first) + _interpolation_taps(coord, size[roi])
+
+
 def _adaptive_grid_table(
     a: int, b: int, s: Sampling, geom: LevelGeometry, pooled, entries: Tensor
 ) -> SampleTable:
     """Variable points per RoI: entries are laid out ragged, RoI by RoI."""
     ph, pw = pooled
-    x1, y1, bin_h, bin_w, inv_count = s.x1, s.y1, s.bin_h, s.bin_w, s.inv_count
-    grid_h, grid_w = s.grid_h, s.grid_w
-    dev = x1.device
+    dev = s.x1.device
     kc = b - a
-    gh, gw = grid_h[a:b], grid_w[a:b]
+    gh, gw = s.grid_h[a:b], s.grid_w[a:b]
     # Sample rows (PH * gh per RoI) and columns (PW * gw per RoI), each with their two taps.
-    roi_of_row = torch.repeat_interleave(torch.arange(kc, device=dev), ph * gh)
-    row_start = torch.cumsum(ph * gh, 0) - ph * gh
-    r = torch.arange(roi_of_row.numel(), device=dev) - row_start[roi_of_row]
-    ys = _axis_points(
-        y1[a:b][roi_of_row], bin_h[a:b][roi_of_row], r // gh[roi_of_row], gh[roi_of_row], r % gh[roi_of_row]
+    roi_of_row, row_start, ylo, yhi, wylo, wyhi = _ragged_axis_taps(
+        s.y1[a:b], s.bin_h[a:b], gh, ph, geom.height[a:b]
     )
-    ylo, yhi, wylo, wyhi = _interpolation_taps(ys, geom.height[a:b][roi_of_row])
     wdt = geom.width[a:b][roi_of_row]
     row_off = torch.stack([ylo * wdt, yhi * wdt], -1)  # [rows, 2]
-    row_w = torch.stack([wylo, wyhi], -1) * inv_count[a:b][roi_of_row, None]
-
-    roi_of_col = torch.repeat_interleave(torch.arange(kc, device=dev), pw * gw)
-    col_start = torch.cumsum(pw * gw, 0) - pw * gw
-    c = torch.arange(roi_of_col.numel(), device=dev) - col_start[roi_of_col]
-    xs = _axis_points(
-        x1[a:b][roi_of_col], bin_w[a:b][roi_of_col], c // gw[roi_of_col], gw[roi_of_col], c % gw[roi_of_col]
+    row_w = torch.stack([wylo, wyhi], -1) * s.inv_count[a:b][roi_of_row, None]
+    _, col_start, xlo, xhi, wxlo, wxhi = _ragged_axis_taps(
+        s.x1[a:b], s.bin_w[a:b], gw, pw, geom.width[a:b]
     )
-    xlo, xhi, wxlo, wxhi = _interpolation_taps(xs, geom.width[a:b][roi_of_col])
     col = torch.stack([xlo, xhi], -1)  # [cols, 2]
     col_w = torch.stack([wxlo, wxhi], -1)
 
@@ -385,6 +411,153 @@ def _adaptive_grid_table(
     bin_start = torch.cumsum(n, 0) - n
     offsets = (bin_start[:, None] + torch.arange(ph * pw, device=dev)[None, :] * per_bin[:, None]).reshape(-1)
     return SampleTable(index, weight, offsets)
+
+
+def _axis_bags(
+    start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, size: Tensor, base: Tensor, gain: Tensor
+) -> SampleTable:
+    """One bag per RoI and bin along one axis: the two taps of each of the bin's sampling points,
+    as rows ``base[k] + pixel`` with weights ``gain[k] * tap weight``; bags RoI-major."""
+    roi, first, low, high, w_low, w_high = _ragged_axis_taps(start, bin_size, grid, bins, size)
+    index = (base[roi, None] + torch.stack([low, high], -1)).view(-1)
+    weight = (torch.stack([w_low, w_high], -1) * gain[roi, None]).view(-1)
+    offsets = 2 * (first[:, None] + torch.arange(bins, device=start.device)[None, :] * grid[:, None])
+    return SampleTable(index, weight, offsets.view(-1))
+
+
+@dataclass
+class SeparableTables:
+    """A chunk of RoIs pooled as two one-axis passes (bilinear weights factor into a row weight
+    times a column weight, and a point is dropped when either coordinate is off the map, so each
+    factor can be zeroed alone).
+
+    ``rows``: bag (k, i) sums map rows (all W * C values) into ``ys[k, i]``, weighted by the row
+    taps of bin row i's points, 1/count folded in. ``cols``: bag (k, j) sums rows ``k * W + x`` of
+    ``ys`` transposed to [Kc * W, PH * C], weighted by the column taps of bin column j's points.
+    """
+
+    rows: SampleTable
+    cols: SampleTable
+
+
+def separable_tables(
+    a: int, b: int, s: Sampling, geom: LevelGeometry, pooled: tuple[int, int], batch_index: Tensor
+) -> SeparableTables:
+    """Tables for RoIs a..b, all on one level; rows are indexed ``batch * H + y`` of that level."""
+    ph, pw = pooled
+    h, w = geom.height[a:b], geom.width[a:b]
+    first_row, gain = batch_index[a:b] * h, s.inv_count[a:b]
+    rows = _axis_bags(s.y1[a:b], s.bin_h[a:b], s.grid_h[a:b], ph, h, first_row, gain)
+    first_col = torch.arange(b - a, device=w.device) * w
+    cols = _axis_bags(s.x1[a:b], s.bin_w[a:b], s.grid_w[a:b], pw, w, first_col, torch.ones_like(gain))
+    return SeparableTables(rows, cols)
+
+
+def _separable_steps(k: int, pooled: tuple[int, int], width: int, channels: int):
+    """Consecutive RoI ranges whose [RoIs * PH, W * C] intermediate fits ``_SEPARABLE_CHUNK``."""
+    step = max(1, _SEPARABLE_CHUNK // (pooled[0] * width * channels))
+    for a in range(0, k, step):
+        yield a, min(k, a + step)
+
+
+def _separable_forward(
+    map_rows: Tensor, s: Sampling, geom: LevelGeometry, pooled: tuple[int, int], batch_index: Tensor
+) -> Tensor:
+    """[K, PH, PW, C] bins of RoIs on one level whose pixel rows are ``map_rows`` [N * H, W * C]."""
+    ph, pw = pooled
+    k = s.x1.shape[0]
+    width = int(geom.width[0])
+    c = map_rows.shape[1] // width
+    out = map_rows.new_empty(k, ph, pw, c)
+    for a, b in _separable_steps(k, pooled, width, c):
+        t = separable_tables(a, b, s, geom, pooled, batch_index)
+        ys = _gather_bins(map_rows, t.rows).view(b - a, ph, width, c)
+        cols = ys.transpose(1, 2).reshape((b - a) * width, ph * c)
+        out[a:b] = _gather_bins(cols, t.cols).view(b - a, pw, ph, c).transpose(1, 2)
+    return out
+
+
+def _separable_backward(
+    map_rows_grad: Tensor, grad_bins: Tensor, s: Sampling, geom: LevelGeometry, pooled: tuple[int, int],
+    batch_index: Tensor,
+) -> None:
+    """The adjoint of ``_separable_forward``: adds into ``map_rows_grad`` [N * H, W * C] the
+    gradient from ``grad_bins`` [K, PH, PW, C]."""
+    ph, pw = pooled
+    k = s.x1.shape[0]
+    width = int(geom.width[0])
+    c = map_rows_grad.shape[1] // width
+    for a, b in _separable_steps(k, pooled, width, c):
+        t = separable_tables(a, b, s, geom, pooled, batch_index)
+        g = grad_bins[a:b].transpose(1, 2).reshape((b - a) * pw, ph * c)
+        cols_grad = map_rows_grad.new_zeros((b - a) * width, ph * c)
+        _scatter_bins(cols_grad, g, t.cols)
+        ys_grad = cols_grad.view(b - a, width, ph, c).transpose(1, 2).reshape((b - a) * ph, width * c)
+        _scatter_bins(map_rows_grad, ys_grad, t.rows)
+
+
+# Which path pools each RoI: None picks the cheaper by ``_path_costs``; "gather" or "separable"
+# forces one for every RoI (tests; bench/roi_align.py --crossover measures both).
+PATH: str | None = None
+
+# Costs per RoI of the two paths, in nanoseconds on one core, fitted to timings of both paths
+# (bench/roi_align.py --crossover; docs/decisions/0002-roi-align-kernels.md). Only their
+# ratios matter. Building a table entry is cheap on a fixed grid (broadcasts) and dear on an
+# adaptive one (a ragged layout: integer divisions and gathers per entry).
+_NS_PER_ENTRY_FIXED_GRID = 1.5
+_NS_PER_ENTRY_ADAPTIVE_GRID = 140.0
+_NS_PER_ENTRY_CHANNEL = 0.11  # one channel of one gathered entry
+_NS_PER_AXIS_ENTRY = 50.0  # one entry of a separable one-axis table, built and gathered
+_NS_PER_ROW_ELEMENT = 0.1  # one multiply-add over a map row (W * C values)
+_NS_PER_TRANSPOSED_ELEMENT = 1.0  # the [PH, W * C] -> [W, PH * C] transpose between the passes
+_NS_PER_COLUMN_ELEMENT = 0.25  # one multiply-add over a row of the transpose (PH * C values)
+
+
+def _path_costs(
+    s: Sampling, geom: LevelGeometry, pooled: tuple[int, int], channels: int, fixed_grid: bool
+) -> tuple[Tensor, Tensor]:
+    """[K] estimated time of each RoI on the gather path and on the separable path.
+
+    The gather path's entries grow with the points per bin (gh * gw), the separable path's with
+    their sides (gh + gw) but its rows pass reads whole map rows (W * C values) per point row.
+    """
+    ph, pw = pooled
+    gh, gw = s.grid_h.to(torch.float64), s.grid_w.to(torch.float64)
+    width = geom.width.to(torch.float64)
+    entry = _NS_PER_ENTRY_FIXED_GRID if fixed_grid else _NS_PER_ENTRY_ADAPTIVE_GRID
+    gather = 4 * ph * pw * gh * gw * (entry + _NS_PER_ENTRY_CHANNEL * channels)
+    separable = 2 * (ph * gh + pw * gw) * _NS_PER_AXIS_ENTRY + channels * (
+        2 * ph * gh * width * _NS_PER_ROW_ELEMENT
+        + ph * width * _NS_PER_TRANSPOSED_ELEMENT
+        + 2 * pw * gw * ph * _NS_PER_COLUMN_ELEMENT
+    )
+    return gather, separable
+
+
+def _split_paths(
+    s: Sampling, geom: LevelGeometry, pooled: tuple[int, int], channels: int, levels: Tensor | None,
+    fixed_grid: bool,
+) -> tuple[Tensor | None, list[tuple[int, Tensor]]]:
+    """Which RoIs take which path: the RoIs for the gather path (None: all of them), and per level
+    the RoIs for the separable path."""
+    if PATH is None:
+        gather_cost, separable_cost = _path_costs(s, geom, pooled, channels, fixed_grid)
+        separable = separable_cost < gather_cost
+    else:
+        separable = torch.full_like(s.grid_h, PATH == "separable", dtype=torch.bool)
+    if not bool(separable.any()):
+        return None, []
+    level = torch.zeros_like(s.grid_h) if levels is None else levels.clamp(min=0)
+    by_level = [
+        (int(lv), torch.nonzero(separable & (level == lv)).squeeze(1))
+        for lv in torch.unique(level[separable]).tolist()
+    ]
+    return torch.nonzero(~separable).squeeze(1), by_level
+
+
+def _select(record, rois: Tensor):
+    """A Sampling or LevelGeometry (dataclasses of [K] tensors) for the given RoIs only."""
+    return type(record)(**{f.name: getattr(record, f.name)[rois] for f in fields(record)})
 
 
 def _fused_gather(device: torch.device) -> bool:
@@ -430,9 +603,22 @@ def forward(
     # transpose only the map rows that some RoI reads (a prompt's single box reads a few)
     spans = _spans_by_map(*row_spans(s, geom, pooled), levels, batch_index, len(features), features[0].shape[0])
     table, _ = pixel_table(features, dtype, spans)
-    for a, b, t in sample_tables(s, geom, pooled, sampling_ratio):
-        bins = _gather_bins(table, t)  # [(b - a) * PH * PW, C]
-        out[a:b].copy_(bins.view(b - a, ph, pw, c).permute(0, 3, 1, 2))
+    gather, separable = _split_paths(s, geom, pooled, c, levels, sampling_ratio > 0)
+    s_g, geom_g = (s, geom) if gather is None else (_select(s, gather), _select(geom, gather))
+    for a, b, t in sample_tables(s_g, geom_g, pooled, sampling_ratio):
+        bins = _gather_bins(table, t).view(b - a, ph, pw, c).permute(0, 3, 1, 2)
+        if gather is None:
+            out[a:b].copy_(bins)
+        else:
+            out[gather[a:b]] = bins.to(out.dtype)
+    for level, rois_on_level in separable:
+        n, _, h, w = features[level].shape
+        map_rows = table[bases[level] : bases[level] + n * h * w].view(n * h, w * c)
+        bins = _separable_forward(
+            map_rows, _select(s, rois_on_level), _select(geom, rois_on_level), pooled,
+            batch_index[rois_on_level],
+        )
+        out[rois_on_level] = bins.permute(0, 3, 1, 2).to(out.dtype)
     return out
 
 
@@ -459,9 +645,20 @@ def backward(
     if k and c:
         geom = level_geometry(features, bases, scales, levels, rois[:, 0].to(torch.int64), dtype)
         s = sampling(rois, geom, pooled, sampling_ratio, aligned, dtype)
-        for a, b, t in sample_tables(s, geom, pooled, sampling_ratio):
-            g = grad[a:b].permute(0, 2, 3, 1).to(dtype).reshape((b - a) * ph * pw, c)
+        gather, separable = _split_paths(s, geom, pooled, c, levels, sampling_ratio > 0)
+        s_g, geom_g = (s, geom) if gather is None else (_select(s, gather), _select(geom, gather))
+        for a, b, t in sample_tables(s_g, geom_g, pooled, sampling_ratio):
+            grad_of_rois = grad[a:b] if gather is None else grad[gather[a:b]]
+            g = grad_of_rois.permute(0, 2, 3, 1).to(dtype).reshape((b - a) * ph * pw, c)
             _scatter_bins(table_grad, g, t)
+        for level, rois_on_level in separable:
+            n, _, h, w = features[level].shape
+            map_rows_grad = table_grad[bases[level] : bases[level] + n * h * w].view(n * h, w * c)
+            _separable_backward(
+                map_rows_grad, grad[rois_on_level].permute(0, 2, 3, 1).to(dtype),
+                _select(s, rois_on_level), _select(geom, rois_on_level), pooled,
+                rois[rois_on_level, 0].to(torch.int64),
+            )
     grads = []
     for f, start in zip(features, bases):
         n, _, h, w = f.shape

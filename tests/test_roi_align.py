@@ -66,7 +66,9 @@ def test_arange_map_gives_hand_computed_first_row(aligned, first_row, sampling_r
     torch.testing.assert_close(out[0, 0, 1], torch.tensor(first_row) + 2.5)  # next row: y += 0.5
 
 
-def test_zero_height_box_gives_zeros_and_zero_gradient():
+@pytest.mark.parametrize("path", ["gather", "separable"])
+def test_zero_height_box_gives_zeros_and_zero_gradient(monkeypatch, path):
+    monkeypatch.setattr(ops._cpu, "PATH", path)
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0.0, 1.0, 4.0, 6.0, 4.0]], dtype=torch.float64)  # y1 == y2
     out = roi_align(x, rois, 2, 1.0, -1, aligned=True)
@@ -117,6 +119,115 @@ def test_forward_and_backward_match_torchvision(dtype, aligned, sampling_ratio):
     assert ours.dtype == dtype and ours_in.grad.dtype == dtype
     torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
     torch.testing.assert_close(ours_in.grad.to(ref_dtype), ref_in.grad, **TOL[dtype])
+
+
+def mask_like_rois(gen: torch.Generator, n_images: int, height: int, width: int) -> torch.Tensor:
+    """(12, 5) rois as mask targets see them: boxes over most of a full-size map (sampling grids
+    of many points per bin), some partly off it, one larger than it, one of zero height."""
+    k = 12
+    x1 = torch.rand(k, generator=gen) * width * 0.3 - 0.1 * width
+    y1 = torch.rand(k, generator=gen) * height * 0.3 - 0.1 * height
+    w = (0.5 + 0.6 * torch.rand(k, generator=gen)) * width
+    h = (0.5 + 0.6 * torch.rand(k, generator=gen)) * height
+    x1[0], y1[0], w[0], h[0] = -0.3 * width, -0.2 * height, 1.6 * width, 1.5 * height
+    h[1] = 0.0
+    batch = torch.randint(0, n_images, (k,), generator=gen).to(torch.float32)
+    return torch.stack([batch, x1, y1, x1 + w, y1 + h], 1).to(torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize(("channels", "layout"), [(1, "nchw"), (3, "channels_last")])
+def test_few_channels_with_large_adaptive_grids_match_torchvision(dtype, aligned, channels, layout):
+    # the mask-target regime (gt masks pooled onto boxes, adaptive sampling): the separable path
+    gen = torch.Generator().manual_seed(19 + aligned)
+    x = torch.randn(2, channels, 90, 120, generator=gen, dtype=torch.float64)
+    rois = mask_like_rois(gen, 2, 90, 120)
+    grad = torch.randn(12, channels, 7, 6, generator=gen, dtype=torch.float64)
+    ref_dtype = reference_dtype(dtype)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+    ours_in = x.to(dtype).contiguous(memory_format=fmt).requires_grad_()
+    ours = roi_align(ours_in, rois.to(dtype), (7, 6), 1.0, -1, aligned)
+    (ours * grad.to(dtype)).sum().backward()
+
+    ref_in = x.to(dtype).to(ref_dtype).requires_grad_()
+    ref = tv_roi_align(ref_in, rois.to(dtype).to(ref_dtype), (7, 6), 1.0, -1, aligned)
+    (ref * grad.to(dtype).to(ref_dtype)).sum().backward()
+
+    assert ours.dtype == dtype and ours_in.grad.dtype == dtype
+    assert ours_in.grad.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
+    torch.testing.assert_close(ours_in.grad.to(ref_dtype), ref_in.grad, **TOL[dtype])
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [0, 2, -1])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_separable_path_matches_torchvision_for_every_kind_of_box(
+    monkeypatch, aligned, sampling_ratio, layout
+):
+    # every RoI on the separable path: zero-sized, thin, off the map and larger-than-map boxes
+    monkeypatch.setattr(ops._cpu, "PATH", "separable")
+    gen = torch.Generator().manual_seed(20 + sampling_ratio + 10 * aligned)
+    x = torch.randn(2, 4, 12, 15, generator=gen, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    rois = random_rois(gen, 2, 30, 12 / 0.6, 15 / 0.6)
+    grad = torch.randn(30, 4, 3, 4, generator=gen, dtype=torch.float64)
+    ours = roi_align(x, rois, (3, 4), 0.6, sampling_ratio, aligned)
+    (grad_ours,) = torch.autograd.grad(ours, x, grad)
+    ref = tv_roi_align(x, rois, (3, 4), 0.6, sampling_ratio, aligned)
+    (grad_ref,) = torch.autograd.grad(ref, x, grad)
+    torch.testing.assert_close(ours, ref, **TOL[torch.float64])
+    torch.testing.assert_close(grad_ours, grad_ref, **TOL[torch.float64])
+
+
+def test_rois_split_between_the_two_paths_match_torchvision():
+    # huge adaptive grids go separable and small boxes on a wide map go gather, in one call
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 64, 40, 400, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([
+        [0, 2.0, 1, 390, 38], [1, -20, -5, 420, 45], [1, 100, 10, 104, 14], [0, 300, 20, 303, 22],
+        [0, 10, 2, 380, 30], [1, 50, 5, 52, 9],
+    ], dtype=torch.float64)
+    gather, separable = ops._cpu._split_paths(
+        *_sampling_of(x, rois, (5, 5), -1, False), (5, 5), 64, None, fixed_grid=False
+    )
+    assert gather.tolist() == [2, 3, 5] and [r.tolist() for _, r in separable] == [[0, 1, 4]]
+    grad = torch.randn(6, 64, 5, 5, generator=gen, dtype=torch.float64)
+    ours = roi_align(x, rois, 5, 1.0, -1)
+    (grad_ours,) = torch.autograd.grad(ours, x, grad)
+    ref = tv_roi_align(x, rois, 5, 1.0, -1)
+    (grad_ref,) = torch.autograd.grad(ref, x, grad)
+    torch.testing.assert_close(ours, ref, **TOL[torch.float64])
+    torch.testing.assert_close(grad_ours, grad_ref, **TOL[torch.float64])
+
+
+def _sampling_of(x: torch.Tensor, rois: torch.Tensor, pooled, sampling_ratio: int, aligned: bool):
+    """The CPU kernel's (Sampling, LevelGeometry) for rois on a single map."""
+    dtype = ops._cpu.compute_dtype(x.dtype)
+    shapes = [torch.empty(x.shape, device="meta")]
+    geom = ops._cpu.level_geometry(shapes, [0], [1.0], None, rois[:, 0].to(torch.int64), dtype)
+    return ops._cpu.sampling(rois, geom, pooled, sampling_ratio, aligned, dtype), geom
+
+
+def test_mask_targets_take_the_separable_path_and_fpn_pooling_the_gather_path():
+    # the cost model's choice in the two regimes bench/roi_align.py measures
+    gen = torch.Generator().manual_seed(22)
+    masks = torch.zeros(4, 1, 480, 640)
+    boxes = mask_like_rois(gen, 4, 480, 640)
+    _, separable = ops._cpu._split_paths(
+        *_sampling_of(masks, boxes, (28, 28), -1, False), (28, 28), 1, None, fixed_grid=False
+    )
+    assert [r.tolist() for _, r in separable] == [list(range(12))]
+    p2 = torch.zeros(1, 256, 200, 304)
+    boxes = torch.cat([torch.zeros(100, 1), image_boxes(gen, 100, 800, 1216) / 4], 1)
+    gather, separable = ops._cpu._split_paths(
+        *_sampling_of(p2, boxes, (7, 7), 2, False), (7, 7), 256, None, fixed_grid=True
+    )
+    assert gather is None and separable == []
 
 
 def test_bfloat16_matches_torchvision_in_float32():
@@ -234,6 +345,20 @@ def test_gradcheck_in_float64(aligned, sampling_ratio):
     )
     fn = lambda t: roi_align(t, rois, 2, 1.0, sampling_ratio, aligned)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 3])
+def test_separable_path_gradcheck_in_float64(monkeypatch, aligned, sampling_ratio):
+    monkeypatch.setattr(ops._cpu, "PATH", "separable")
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(1, 1, 8, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor(  # inside, partly off and larger than the map, zero height
+        [[0, 0.4, 0.7, 9.2, 7.1], [0, -2.5, -1.7, 7.4, 10.8], [0, 3.0, 4.0, 9.0, 4.0]], dtype=torch.float64
+    )
+    fn = lambda t: roi_align(t, rois, (3, 2), 1.0, sampling_ratio, aligned)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
 
 
 def test_double_backward_gradgradcheck_in_float64():
