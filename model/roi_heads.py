@@ -237,15 +237,15 @@ def mask_targets(gt_masks: Tensor, gt_index: Tensor, boxes: Tensor, size: int) -
         boxes: (R, 4) RoIs in the same pixels as the masks (continuous coordinates: pixel (i, j)
             covers [j, j+1) x [i, i+1), hence ``aligned=True``).
     Returns:
-        (R, size, size) float32 in {0, 1}: each bin the mean of its 2 x 2 bilinear samples, at
-        least 0.5 (Detectron2's binary targets; the blur of resampling a binary mask would
+        (R, size, size) float32 in {0, 1}: each bin the mean of its bilinear samples, at least 0.5 (Detectron2's binary targets; the blur of resampling a binary mask would
         otherwise soften every edge).
     """
     if boxes.shape[0] == 0:
         return gt_masks.new_zeros((0, size, size), dtype=torch.float32)
     rois = torch.cat((gt_index[:, None].to(boxes.dtype), boxes), dim=1).float()
-    # 2 x 2 samples a bin: ops' adaptive sampling (ceil(side / size)^2) is 10x slower on the CPU
-    resampled = ops.roi_align(gt_masks[:, None].float(), rois, size, 1.0, sampling_ratio=2, aligned=True)[:, 0]
+    # adaptive sampling (ceil(side / size)^2 points a bin), as Detectron2: a bin's value is the
+    # share of its area inside the mask, however large the box
+    resampled = ops.roi_align(gt_masks[:, None].float(), rois, size, 1.0, sampling_ratio=0, aligned=True)[:, 0]
     return (resampled >= 0.5).float()
 
 
