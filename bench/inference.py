@@ -50,7 +50,7 @@ def bench_device(arch: str, device: torch.device, height: int, width: int, runs:
     rng = np.random.default_rng(0)
     image = make_sample(rng, height, width, min_shapes=4, max_shapes=8)[0]
     image_t = torch.from_numpy(image).permute(2, 0, 1).float() / 255
-    reference = torchvision_reference(arch, [image_t]).to(device)
+    reference = torchvision_reference(arch, [image_t], random_batchnorm=False).to(device)
     ours = build_model(arch)
     ours.load_state_dict(reference.state_dict(), strict=True)
     predictor = Predictor(ours, device=device)

@@ -373,10 +373,12 @@ def heatmaps_to_keypoints(maps: Tensor, rois: Tensor, max_elements: int = 1 << 2
         wx = _bicubic_matrix(widths_ceil[chunk], out_w, size, dtype)  # (r, out_w, S)
         with torch.autocast(maps.device.type, enabled=False):  # float32 even under mixed precision
             resized = wy[:, None] @ maps[chunk] @ wx[:, None].transpose(-1, -2)  # (r, K, out_h, out_w)
-        inside = (torch.arange(out_h, device=maps.device)[None, :, None] < heights_ceil[chunk, None, None]) & (
-            torch.arange(out_w, device=maps.device)[None, None, :] < widths_ceil[chunk, None, None]
-        )
-        resized = resized.masked_fill(~inside[:, None], float("-inf")).flatten(2)
+        if any(sizes[i] != [out_h, out_w] for i in range(start, end)):  # padding: no argmax there
+            inside = (torch.arange(out_h, device=maps.device)[None, :, None] < heights_ceil[chunk, None, None]) & (
+                torch.arange(out_w, device=maps.device)[None, None, :] < widths_ceil[chunk, None, None]
+            )
+            resized = resized.masked_fill_(~inside[:, None], float("-inf"))
+        resized = resized.flatten(2)
         best, position = resized.max(dim=2)
         x = (position % out_w).to(dtype)
         y = torch.div(position, out_w, rounding_mode="floor").to(dtype)

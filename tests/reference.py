@@ -24,20 +24,24 @@ def synthetic_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[torch.
     return [torch.from_numpy(im).permute(2, 0, 1).double() / 255 for im in images]
 
 
-def torchvision_reference(name: str, calibration: list[torch.Tensor] | None = None, **kwargs: object) -> torch.nn.Module:
+def torchvision_reference(name: str, calibration: list[torch.Tensor] | None = None, *,
+                          random_batchnorm: bool = True, **kwargs: object) -> torch.nn.Module:
     """torchvision's ``name`` model in eval mode with calibrated random weights.
 
     Args:
         name: a builder of ``torchvision.models.detection``.
         calibration: (3, H, W) images in [0, 1] whose RoI features set the scale of the logit
             layers; by default one 160 x 200 synthetic image.
+        random_batchnorm: randomise the frozen BatchNorm statistics, so that a parity test sees
+            them used; off, they are the identity, and full-size images give a trained model's
+            spread of scores rather than a few detections or many near-ties (the benchmarks).
         kwargs: the builder's keyword arguments (``min_size``, ``box_detections_per_img``, ...).
     """
     torch.manual_seed(0)
     reference = getattr(tv_detection, name)(weights=None, weights_backbone=None, **kwargs).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for module in reference.modules():
+        for module in reference.modules() if random_batchnorm else []:
             if isinstance(module, torch.nn.BatchNorm2d):
                 c = module.num_features
                 module.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
