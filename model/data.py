@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from model.images import DEFAULT_MAX_PIXELS, ImageReadError, probe_image, read_image
+from model.images import DEFAULT_MAX_PIXELS, ImageReadError, header_size, read_image
 
 # a box side below this (pixels) makes an annotation degenerate
 MIN_BOX_SIDE = 1.0
@@ -188,27 +187,21 @@ def _size_mismatch(path: Path, width: int, height: int, record: ImageRecord) -> 
 
 def check_image(path: Path, record: ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Refuses an image file that is missing, unreadable, too large or of another size than
-    ``record`` says, from its header alone: decoding every image before training would cost as
-    much as an epoch. Data that is truncated after a good header is found when the image is
-    decoded (``CocoDataset``).
+    ``record`` says, from its header alone (``model.images.header_size``): decoding every image
+    before training would cost as much as an epoch. Data that is truncated after a good header,
+    and a size that differs only by a quarter turn, are found when the image is decoded
+    (``CocoDataset``).
 
     Raises:
         DatasetError: naming the image file.
     """
     try:
-        with Image.open(path) as image:  # reads the header only
-            width, height = image.size
-        # an EXIF orientation of a quarter turn swaps the sides; CocoDataset checks the exact size
-        if sorted((width, height)) == sorted((record.width, record.height)) and width * height <= max_pixels:
-            return
-    except Exception:  # PIL raises several types; probe_image says what is wrong, in the project's words
-        pass
-    try:
-        info = probe_image(path, max_pixels)
+        width, height = header_size(path, max_pixels)
     except ImageReadError as error:
         raise DatasetError(error.path, error.problem) from None
-    if (info.width, info.height) != (record.width, record.height):
-        raise _size_mismatch(path, info.width, info.height, record)
+    # an EXIF quarter turn swaps the header's sides
+    if sorted((width, height)) != sorted((record.width, record.height)):
+        raise _size_mismatch(path, width, height, record)
 
 
 def _label_space(path: Path, categories: list[dict[str, Any]]) -> LabelSpace:

@@ -52,18 +52,21 @@ def _open_oriented(data: bytes, path: Path, max_pixels: int) -> Image.Image:
         if "truncat" in str(error).lower():
             raise ImageReadError(path, f"image data is truncated or corrupt ({error})") from None
         raise ImageReadError(path, f"not a readable image ({error})") from None
-    width, height = image.size
+    _check_pixels(path, *image.size, max_pixels)
+    try:
+        image.load()  # decodes everything: a truncated file fails here, not later in the GUI
+        return ImageOps.exif_transpose(image)
+    except Exception as error:
+        raise ImageReadError(path, f"image data is truncated or corrupt ({error})") from None
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageReadError(
             path,
             f"image has {width * height / 1e6:.1f} megapixels, over the limit of "
             f"{max_pixels / 1e6:.0f} (raise it with --max-pixels)",
         )
-    try:
-        image.load()  # decodes everything: a truncated file fails here, not later in the GUI
-        return ImageOps.exif_transpose(image)
-    except Exception as error:
-        raise ImageReadError(path, f"image data is truncated or corrupt ({error})") from None
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
@@ -100,3 +103,28 @@ def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 def probe_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Checks that ``path`` decodes completely and returns its oriented size and hash."""
     return read_image_file(path, max_pixels)[1]
+
+
+def header_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` as the file's header gives them, without decoding the pixels. An EXIF
+    orientation of a quarter turn may swap the two in what ``read_image`` returns (whether Pillow
+    has applied it already at this point depends on the format and Pillow's version), and data
+    truncated after a good header is not found here.
+
+    Raises:
+        ImageReadError: the file is missing, unreadable, not an image or over ``max_pixels``.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:  # reads the header, not the pixels
+            width, height = image.size
+    except FileNotFoundError:
+        raise ImageReadError(path, "image file not found") from None
+    except OSError as error:
+        if error.strerror:  # the file system's error, not Pillow's
+            raise ImageReadError(path, f"cannot read the file ({error.strerror})") from None
+        raise ImageReadError(path, f"not a readable image ({error})") from None
+    except Exception as error:  # PIL raises several types for unreadable files
+        raise ImageReadError(path, f"not a readable image ({error})") from None
+    _check_pixels(path, width, height, max_pixels)
+    return width, height

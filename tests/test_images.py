@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.images import ImageReadError, probe_image, read_image
+from model.images import ImageReadError, header_size, probe_image, read_image
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
@@ -73,3 +73,28 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="over the limit"):
         read_image(tmp_path / "a.png", max_pixels=9_999)
     assert read_image(tmp_path / "a.png", max_pixels=10_000).shape == (100, 100, 3)
+
+
+@pytest.mark.parametrize("suffix, orientation", [(".jpg", o) for o in range(1, 9)] + [
+    (suffix, 6) for suffix in (".png", ".webp", ".tif")])  # fmt: skip
+def test_header_size_is_read_images_size_up_to_a_quarter_turn(tmp_path: Path, suffix: str, orientation: int) -> None:
+    image = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / f"a{suffix}", exif=exif)
+    height, width = read_image(tmp_path / f"a{suffix}").shape[:2]
+    assert sorted(header_size(tmp_path / f"a{suffix}")) == sorted((width, height)) == [20, 40]
+
+
+def test_header_size_names_the_file_and_the_problem_without_decoding(tmp_path: Path) -> None:
+    Image.fromarray(np.full((200, 300, 3), 7, np.uint8)).save(tmp_path / "big.png")
+    data = (tmp_path / "big.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) - 40])
+    assert header_size(tmp_path / "cut.png") == (300, 200)  # a good header: truncation shows at decode
+    (tmp_path / "text.jpg").write_text("hello")
+    with pytest.raises(ImageReadError, match=r"text.jpg: not a readable image"):
+        header_size(tmp_path / "text.jpg")
+    with pytest.raises(ImageReadError, match=r"gone.png: image file not found"):
+        header_size(tmp_path / "gone.png")
+    with pytest.raises(ImageReadError, match=r"big.png: image has 0.1 megapixels, over the limit"):
+        header_size(tmp_path / "big.png", max_pixels=59_999)
