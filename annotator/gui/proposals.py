@@ -16,15 +16,17 @@ download between chunks.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable, Protocol
 
 import numpy as np
-from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, SignalInstance, Slot
 
 from annotator.proposals import Proposal, to_proposals
 from model.images import read_image
@@ -101,12 +103,28 @@ class ProposalWorker(QObject):
             self._cached = (image_id, read_image(path))
         return self._cached[1]
 
+    @contextlib.contextmanager
+    def _job(self, title: str, failed: SignalInstance | None = None,
+             cancelled: SignalInstance | None = None) -> Iterator[None]:
+        """One job of the model thread, between ``job_started`` and ``job_finished``. An error
+        ends it as one message on ``failed`` (default: the ``failed`` signal); the user's cancel
+        is not an error and goes to ``cancelled``, if given."""
+        self.cancel_event.clear()
+        self.job_started.emit(title)
+        try:
+            yield
+        except Exception as error:
+            if not _is_cancellation(error):
+                (failed or self.failed).emit(_explain(error))
+            elif cancelled is not None:
+                cancelled.emit()
+        finally:
+            self.job_finished.emit()
+
     @Slot(object, str)
     def load(self, choice: ModelChoice, device: str) -> None:
-        self.cancel_event.clear()
-        self.job_started.emit(f"Loading {choice.title}")
-        _leave_a_core_for_the_ui()
-        try:
+        with self._job(f"Loading {choice.title}", failed=self.model_failed, cancelled=self.load_cancelled):
+            _leave_a_core_for_the_ui()
             if choice.kind == "registry":
                 self._download(choice.name)
             self.predictor = self.factory(choice, device)
@@ -114,13 +132,6 @@ class ProposalWorker(QObject):
             version = str(getattr(self.predictor, "model_version", "") or choice.title)
             actual = str(getattr(self.predictor, "device", device))
             self.model_loaded.emit(version, actual)
-        except Exception as error:
-            if _is_cancellation(error):
-                self.load_cancelled.emit()
-            else:
-                self.model_failed.emit(_explain(error))
-        finally:
-            self.job_finished.emit()
 
     def _download(self, name: str) -> None:
         """Registry weights into the cache, unless there already. ``download_progress`` reports
@@ -150,9 +161,7 @@ class ProposalWorker(QObject):
     @Slot(list)
     def propose(self, jobs: list) -> None:
         """``jobs``: ``(image_id, path)`` pairs; one result signal per image, progress after each."""
-        self.cancel_event.clear()
-        self.job_started.emit("Proposing" if len(jobs) == 1 else f"Proposing {len(jobs)} images")
-        try:
+        with self._job("Proposing" if len(jobs) == 1 else f"Proposing {len(jobs)} images"):
             for done, (image_id, path) in enumerate(jobs):
                 if self.cancel_event.is_set():
                     break
@@ -164,34 +173,20 @@ class ProposalWorker(QObject):
                 self._last_prediction = (image_id, instances)
                 self.result.emit(ProposalResult(image_id, self._version(instances), to_proposals(instances)))
             self.progress.emit(len(jobs), len(jobs))
-        except Exception as error:
-            if not _is_cancellation(error):
-                self.failed.emit(_explain(error))
-        finally:
-            self.job_finished.emit()
 
     @Slot(int, str, tuple, str)
     def segment_box(self, image_id: int, path: str, box: tuple, label: str) -> None:
-        self.cancel_event.clear()
-        self.job_started.emit("Segmenting the box")
-        try:
+        with self._job("Segmenting the box"):
             image = self._image(image_id, path)
             instances = self.predictor.predict_in_box(image, tuple(box), label or None)
             proposals = to_proposals(instances)[:1]
             self.result.emit(ProposalResult(image_id, self._version(instances), proposals, prompt="box"))
-        except Exception as error:
-            if not _is_cancellation(error):
-                self.failed.emit(_explain(error))
-        finally:
-            self.job_finished.emit()
 
     @Slot(int, str, tuple)
     def segment_point(self, image_id: int, path: str, point: tuple) -> None:
         """The highest-scoring predicted mask holding ``point``, at any score (the image's last
         prediction is reused)."""
-        self.cancel_event.clear()
-        self.job_started.emit("Finding the object at the click")
-        try:
+        with self._job("Finding the object at the click"):
             image = self._image(image_id, path)
             if self._last_prediction is None or self._last_prediction[0] != image_id:
                 self._last_prediction = (image_id, self.predictor.predict(image))
@@ -206,11 +201,6 @@ class ProposalWorker(QObject):
                     best = [int(holding[int(np.argmax(scores))])]
             proposals = to_proposals(instances, best) if best else []
             self.result.emit(ProposalResult(image_id, self._version(instances), proposals, prompt="point"))
-        except Exception as error:
-            if not _is_cancellation(error):
-                self.failed.emit(_explain(error))
-        finally:
-            self.job_finished.emit()
 
     def _version(self, instances: Any) -> str:
         return str(getattr(instances, "model_version", "") or getattr(self.predictor, "model_version", ""))
