@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QPointF
@@ -14,13 +17,20 @@ from PySide6.QtGui import QColor, QImage
 from annotator.gui.canvas import MASK_OPACITY, Canvas
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
 from annotator.gui.session import Session
-from annotator.store import Project, Source
+from annotator.store import Category, ImageRecord, Project, Source
 
 
 def _grab(canvas: Canvas) -> np.ndarray:
     image = canvas.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
     bits = np.frombuffer(image.constBits(), dtype=np.uint8).reshape(image.height(), image.bytesPerLine())
     return bits[:, : image.width() * 3].reshape(image.height(), image.width(), 3).copy()
+
+
+@contextmanager
+def _project_of_one_image(tmp_path: Path, width: int, height: int) -> Iterator[tuple[Project, ImageRecord, Category]]:
+    """A project with one image record of ``width`` x ``height`` and one category, red."""
+    with Project.create(tmp_path / "p.annot", tmp_path) as project:
+        yield project, project.add_image("a.png", width, height, "hash"), project.add_category("thing", color="#ff0000")
 
 
 def _grey(width: int, height: int) -> ImagePyramid:
@@ -42,9 +52,7 @@ def _canvas_on(qtbot, project: Project, image_id: int, pyramid: ImagePyramid, si
 
 def test_mask_overlay_pixels_match_the_mask_data(qtbot, tmp_path):
     width, height = 64, 48
-    with Project.create(tmp_path / "p.annot", tmp_path) as project:
-        image = project.add_image("a.png", width, height, "hash")
-        category = project.add_category("thing", color="#ff0000")
+    with _project_of_one_image(tmp_path, width, height) as (project, image, category):
         mask = np.zeros((height, width), dtype=bool)
         mask[10:30, 8:40] = True
         mask[18:22, 20:26] = False  # a hole: must stay unpainted
@@ -78,9 +86,7 @@ def test_a_large_masks_fill_at_high_zoom_lies_exactly_on_its_pixels(qtbot, tmp_p
     wobble = 40 * np.sin(rows / 7.0) + 15 * np.sin(rows / 2.3)
     mask = (np.abs(cols - 1500) < 1300 + wobble) & (np.abs(rows - 1200) < 1050)
     mask[1300:1307, 2760:2772] = False  # a hole in view
-    with Project.create(tmp_path / "p.annot", tmp_path) as project:
-        image = project.add_image("big.png", width, height, "hash")
-        category = project.add_category("thing", color="#ff0000")
+    with _project_of_one_image(tmp_path, width, height) as (project, image, category):
         project.add_instance(image.id, category.id, mask=mask)
         canvas = _canvas_on(qtbot, project, image.id, _grey(width, height), (640, 480))
         x0, y0 = 2740, 1290  # the view: image pixels [2740, 2780) x [1290, 1320), the right edge
@@ -105,9 +111,7 @@ def test_a_proposals_dashes_stay_in_place_while_the_view_pans(qtbot, tmp_path):
     the view moves: what stays on screen is the same picture, moved."""
     width, height = 2000, 1500
     rows, cols = np.ogrid[:height, :width]
-    with Project.create(tmp_path / "p.annot", tmp_path) as project:
-        image = project.add_image("a.png", width, height, "hash")
-        category = project.add_category("thing", color="#ff0000")
+    with _project_of_one_image(tmp_path, width, height) as (project, image, category):
         project.add_instance(image.id, category.id, score=0.9, source=Source.MODEL,
                              mask=((cols - 1000) / 800.0) ** 2 + ((rows - 750) / 600.0) ** 2 < 1)
         canvas = _canvas_on(qtbot, project, image.id, _grey(width, height), (400, 300))
@@ -135,9 +139,7 @@ def test_a_large_image_with_large_masks_paints_in_bounded_time(qtbot, tmp_path):
 
     rows, cols = np.ogrid[:height, :width]
     ragged = 60 * np.sin(rows / 9.0) + 40 * np.sin(cols / 13.0)  # wavy edges, a turn every few pixels
-    with Project.create(tmp_path / "p.annot", tmp_path) as project:
-        image = project.add_image("big.png", width, height, "hash")
-        category = project.add_category("thing", color="#ff0000")
+    with _project_of_one_image(tmp_path, width, height) as (project, image, category):
         project.add_instance(image.id, category.id,
                              mask=((cols - 3000) / 2600.0) ** 2 + ((rows - 3000) / 2400.0) ** 2 < 1 + ragged / 2000)
         project.add_instance(image.id, category.id, mask=(np.abs(cols - 6000 + ragged) < 1700) & (rows > 800),
@@ -173,9 +175,7 @@ def test_painting_frames_leaves_the_reference_count_of_none_as_it_was(qtbot, tmp
     Python 3.12 (immortal None) the app aborts with "deallocating None" after about a minute of
     panning. pyproject.toml excludes that release; this guards the Qt binding installed."""
     width, height = 64, 48
-    with Project.create(tmp_path / "p.annot", tmp_path) as project:
-        image = project.add_image("a.png", width, height, "hash")
-        category = project.add_category("thing", color="#ff0000")
+    with _project_of_one_image(tmp_path, width, height) as (project, image, category):
         mask = np.zeros((height, width), dtype=bool)
         mask[10:30, 8:40] = True
         project.add_instance(image.id, category.id, mask=mask, keypoints=None)
