@@ -11,7 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QPoint, QSettings, Qt
+from PySide6.QtGui import QPalette
 
 from annotator.gui.help_dialog import HelpDialog, shortcut_rows
 from annotator.gui.proposals import ModelChoice
@@ -59,6 +60,25 @@ def test_review_filter_and_image_navigation_keys(qtbot, window, blob_project):
     assert window.images.visible_ids() == [first + 1, first + 2]
     window.images.view.setCurrentIndex(window.images.model.index(1))
     wait_for_image(qtbot, window, first + 2)
+
+
+def test_the_image_list_highlights_only_the_image_in_view(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    first = window.session.image_id
+    qtbot.wait(50)
+    key(window, Qt.Key.Key_D)
+    wait_for_image(qtbot, window, first + 1)
+    qtbot.wait(50)
+    # what is on screen (the window's backing store), not a fresh render of the list
+    shot = window.screen().grabWindow(window.winId()).toImage()
+    view = window.images.view
+    highlight = view.palette().color(QPalette.ColorRole.Highlight).name()
+
+    def painted(row: int) -> str:
+        rect = view.visualRect(view.model().index(row))
+        return shot.pixelColor(view.viewport().mapTo(window, QPoint(rect.right() - 4, rect.center().y()))).name()
+
+    assert [painted(row) == highlight for row in range(3)] == [False, True, False]
 
 
 def test_help_lists_the_documented_shortcuts(qtbot, window):

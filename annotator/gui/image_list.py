@@ -111,6 +111,7 @@ class ImageListPanel(QWidget):
         layout.addWidget(self.filter)
         layout.addWidget(self.view)
         self.session: Session | None = None
+        self._following_session = False  # True while the list follows the session's image
 
     def set_session(self, session: Session | None) -> None:
         self.session = session
@@ -145,13 +146,14 @@ class ImageListPanel(QWidget):
     def show_current(self, image_id: int) -> None:
         row = self.model.row_of(image_id)
         if row >= 0:
-            self.view.selectionModel().blockSignals(True)
+            # a guard, not blockSignals: the view repaints the row it deselects from those signals
+            self._following_session = True
             self.view.setCurrentIndex(self.model.index(row))
-            self.view.selectionModel().blockSignals(False)
+            self._following_session = False
             self.view.scrollTo(self.model.index(row))
 
     def _current_changed(self, current: QModelIndex, previous: QModelIndex) -> None:
-        if current.isValid():
+        if current.isValid() and not self._following_session:
             self.image_activated.emit(current.data(Qt.ItemDataRole.UserRole))
 
     def visible_ids(self) -> list[int]:
