@@ -175,6 +175,12 @@ def test_the_event_loop_never_stalls_over_50_ms_during_a_proposal(qtbot, blob_pr
         window.close()
 
 
+def test_the_download_dialog_stays_hidden_while_nothing_downloads(qtbot, window):
+    # a QProgressDialog shows itself minimumDuration after it is made unless told otherwise
+    qtbot.wait(window.downloads.minimumDuration() + 300)
+    assert not window.downloads.isVisible()
+
+
 def test_registry_weights_download_under_a_progress_dialog_then_the_model_loads(
         qtbot, window, blob_project, hub, tmp_path, monkeypatch):
     info, source = few_megabytes_published(tmp_path / "server")

@@ -123,6 +123,9 @@ class DownloadProgressDialog(QProgressDialog):
         self.service = service
         service.download_progress.connect(self.show_progress)
         service.download_finished.connect(self._finish)
+        # QProgressDialog's constructor starts a timer that shows it after minimumDuration (4 s)
+        # whether or not anything is in progress; reset() stops that timer
+        self.reset()
 
     def show_progress(self, name: str, done: int, total: int | None) -> None:
         if self._cancelled:
