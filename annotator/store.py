@@ -420,6 +420,11 @@ class Project:
             if len(pair) != 2 or not all(isinstance(i, int) and 1 <= i <= len(keypoints) for i in pair):
                 raise ValueError(f"skeleton edge {list(pair)} must be two keypoint numbers in 1..{len(keypoints)}")
 
+    def _check_name_free(self, name: str, category_id: int) -> None:
+        other = self._db.execute("SELECT id FROM categories WHERE name = ? AND id != ?", (name, category_id)).fetchone()
+        if other:
+            raise ValueError(f"there is already a category named '{name}' (id {other[0]})")
+
     def add_category(self, name: str, supercategory: str = "", color: str | None = None,
                      keypoints: Sequence[str] = (), skeleton: Sequence[Sequence[int]] = (),
                      id: int | None = None) -> Category:
@@ -433,6 +438,7 @@ class Project:
                 id = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM categories").fetchone()[0]
             category = Category(id, name, supercategory, color or default_color(id), tuple(keypoints),
                                 tuple(tuple(int(i) for i in pair) for pair in skeleton))
+            self._check_name_free(name, id)
             self._db.execute(
                 "INSERT INTO categories (id, name, supercategory, color, keypoints, skeleton)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -451,6 +457,9 @@ class Project:
             category = replace(self.category(category_id), **changes)
             category = replace(category, keypoints=tuple(category.keypoints),
                                skeleton=tuple(tuple(p) for p in category.skeleton))
+            if not category.name.strip():
+                raise ValueError("category name is empty")
+            self._check_name_free(category.name, category_id)
             self._check_schema(category.keypoints, category.skeleton)
             if len(category.keypoints) != self.category(category_id).num_keypoints:
                 used = self._db.execute(

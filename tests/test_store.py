@@ -62,6 +62,19 @@ def test_category_id_zero_is_refused(project: Project) -> None:
     assert project.categories() == []
 
 
+def test_a_category_name_in_use_or_empty_is_refused_with_the_store_unchanged(project: Project) -> None:
+    cat = project.add_category("cat")
+    dog = project.add_category("dog")
+    with pytest.raises(ValueError, match="already a category named 'cat' \\(id 1\\)"):
+        project.add_category("cat")
+    with pytest.raises(ValueError, match="already a category named 'cat'"):
+        project.update_category(dog.id, name="cat")
+    with pytest.raises(ValueError, match="name is empty"):
+        project.update_category(dog.id, name="  ")
+    assert project.categories() == [cat, dog]
+    assert project.update_category(cat.id, name="cat", color="#123456").color == "#123456"  # its own name
+
+
 def test_skeleton_must_name_existing_keypoints_one_based(project: Project) -> None:
     with pytest.raises(ValueError, match="1..2"):
         project.add_category("person", keypoints=["a", "b"], skeleton=[(0, 1)])

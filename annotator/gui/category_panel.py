@@ -3,6 +3,8 @@ names and skeleton of each."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QColorDialog, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout,
@@ -124,8 +126,11 @@ class CategoryPanel(QWidget):
         if self.session is not None:
             counts = self.session.project.instance_counts_by_category()
             for category in self.session.project.categories():
-                keypoints = f", {category.num_keypoints} kp" if category.keypoints else ""
-                item = QListWidgetItem(color_icon(category.color), f"{category.name}  ({counts.get(category.id, 0)}{keypoints})")
+                count = counts.get(category.id, 0)
+                details = f"{count} instance" + ("" if count == 1 else "s")
+                if category.keypoints:
+                    details += f", {category.num_keypoints} keypoints"
+                item = QListWidgetItem(color_icon(category.color), f"{category.name}  ({details})")
                 item.setData(Qt.ItemDataRole.UserRole, category.id)
                 self.list.addItem(item)
                 if category.id == self.session.current_category_id:
@@ -137,43 +142,33 @@ class CategoryPanel(QWidget):
             return
         self.session.set_current_category(item.data(Qt.ItemDataRole.UserRole))
 
-    def _run_dialog(self, category: Category | None) -> dict | None:
+    def _run_dialog(self, category: Category | None, save: Callable[[dict], object]) -> bool:
+        """Shows the dialog until ``save`` takes its values or the user cancels; a refusal (a bad
+        skeleton, a name in use) is shown and the dialog comes back with what was typed."""
         next_id = max((c.id for c in self.session.project.categories()), default=0) + 1
         dialog = CategoryDialog(category, next_id, self)
         while dialog.exec() == QDialog.DialogCode.Accepted:
             try:
-                values = dialog.values()
-                if not values["name"]:
-                    raise ValueError("the name is empty")
-                return values
+                save(dialog.values())
+                return True
             except ValueError as error:
-                QMessageBox.warning(self, "Category", str(error))
-        return None
+                QMessageBox.warning(self, "Category", f"Not saved: {error}")
+        return False
 
     def add_category(self) -> None:
         if self.session is None:
             return
-        values = self._run_dialog(None)
-        if values is None:
+        added: list[Category] = []
+        if not self._run_dialog(None, lambda values: added.append(self.session.project.add_category(**values))):
             return
-        try:
-            category = self.session.project.add_category(**values)
-        except (ValueError, Exception) as error:  # sqlite3.IntegrityError for a duplicate name
-            QMessageBox.warning(self, "Category", f"Not added: {error}")
-            return
-        self.session.current_category_id = category.id
+        self.session.current_category_id = added[0].id
         self.session.notify_categories()
-        self.session.current_category_changed.emit(category.id)
+        self.session.current_category_changed.emit(added[0].id)
 
     def edit_category(self) -> None:
         if self.session is None or self.session.current_category is None:
             return
-        values = self._run_dialog(self.session.current_category)
-        if values is None:
-            return
-        try:
-            self.session.project.update_category(self.session.current_category_id, **values)
-        except Exception as error:
-            QMessageBox.warning(self, "Category", f"Not changed: {error}")
-            return
-        self.session.notify_categories()
+        category_id = self.session.current_category_id
+        if self._run_dialog(self.session.current_category,
+                            lambda values: self.session.project.update_category(category_id, **values)):
+            self.session.notify_categories()
