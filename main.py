@@ -113,11 +113,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     with Project.open(project_path(args.project)) as project:
         try:
-            counts = export_coco(project, args.out, only_done=args.only_done, rle=args.rle)
+            counts = export_coco(project, args.out, only_done=args.only_done, rle=args.rle,
+                                 proposals_from=args.proposals)
         except OSError as error:
             raise InputError(args.out, f"cannot write the file ({error.strerror or error})") from None
     print(f"wrote {counts['images']} images, {counts['annotations']} annotations and "
           f"{counts['categories']} categories to {args.out}")
+    if counts["proposals_left_out"]:
+        print(f"left out {counts['proposals_left_out']} model proposal(s) nobody accepted "
+              "(--proposals MIN_SCORE writes those scoring at least MIN_SCORE)", file=sys.stderr)
     return 0
 
 
@@ -272,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--only-done", action="store_true", help="only images marked done")
     exp.add_argument("--rle", action="store_true",
                      help="masks as compressed RLE (pixel-exact, keeps holes) instead of polygons")
+    exp.add_argument("--proposals", type=float, metavar="MIN_SCORE",
+                     help="also write the model proposals nobody accepted that score at least MIN_SCORE, "
+                          "each with its score (default: only the labels people kept)")
 
     info = command("info", cmd_info, "images per review state and instances per category")
     info.add_argument("project", metavar="PROJECT")

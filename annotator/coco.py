@@ -2,7 +2,8 @@
 
 Import checks the whole file before writing anything and then writes it in one transaction, so a
 bad file leaves the project exactly as it was. Export streams the store (bounded memory) into a
-temporary file that replaces the target only when complete.
+temporary file that replaces the target only when complete. It writes the labels people kept;
+model proposals nobody accepted stay out unless asked for by score (docs/decisions/0008).
 
 Ids: an imported image, category or annotation keeps its COCO id when the project does not use that
 id yet, so importing into a new project and exporting again gives the same ids (and results can be
@@ -26,7 +27,7 @@ from annotator import masks
 from annotator.errors import InputError
 from annotator.interchange import (AtomicWriter, ImportReport, add_image_file, check_coordinates,
                                    is_number, iter_json_array, read_json)
-from annotator.store import Category, Instance, Project, ReviewState
+from annotator.store import Category, Instance, Project, ReviewState, Source
 from model.images import DEFAULT_MAX_PIXELS
 
 
@@ -322,6 +323,8 @@ def annotation_json(instance: Instance, category: Category, rle: bool) -> str:
     if category.keypoints and instance.keypoints is not None:
         parts.append(f',"keypoints":{_dumps(list(instance.keypoints))},'
                      f'"num_keypoints":{instance.num_keypoints}')
+    if instance.source == Source.MODEL and instance.score is not None:
+        parts.append(f',"score":{_dumps(instance.score)}')  # a proposal nobody reviewed says so
     parts.append("}")
     return "".join(parts)
 
@@ -333,17 +336,17 @@ PARALLEL_EXPORT_FROM = 50_000
 
 
 def _annotations_text(project: Project, image_ids: tuple[int, int], states: list[ReviewState] | None,
-                      rle: bool) -> tuple[str, int]:
+                      rle: bool, min_proposal_score: float) -> tuple[str, int]:
     categories = {c.id: c for c in project.categories()}
     pieces = [annotation_json(instance, categories[instance.category_id], rle)
-              for instance in project.iter_instances(states, image_ids)]
+              for instance in project.iter_instances(states, image_ids, min_proposal_score)]
     return ",\n".join(pieces), len(pieces)
 
 
 def _annotations_text_in_worker(path: str, image_ids: tuple[int, int], states: list[ReviewState] | None,
-                                rle: bool) -> tuple[str, int]:
+                                rle: bool, min_proposal_score: float) -> tuple[str, int]:
     with Project.open(path) as project:
-        return _annotations_text(project, image_ids, states, rle)
+        return _annotations_text(project, image_ids, states, rle, min_proposal_score)
 
 
 def _image_id_ranges(project: Project, states: list[ReviewState] | None) -> list[tuple[int, int]]:
@@ -352,19 +355,20 @@ def _image_id_ranges(project: Project, states: list[ReviewState] | None) -> list
 
 
 def _annotation_pieces(project: Project, states: list[ReviewState] | None, rle: bool,
-                       workers: int) -> Iterator[tuple[str, int]]:
+                       min_proposal_score: float, workers: int) -> Iterator[tuple[str, int]]:
     """The annotations as JSON text, piece by piece in image order; tracing polygons from masks
     is the slow part, so large exports spread the pieces over worker processes."""
     ranges = _image_id_ranges(project, states)
     if workers <= 1 or project.instance_count() < PARALLEL_EXPORT_FROM:
         for image_ids in ranges:
-            yield _annotations_text(project, image_ids, states, rle)
+            yield _annotations_text(project, image_ids, states, rle, min_proposal_score)
         return
     # spawn, not fork: the app calls this with Qt threads and an open database in the process
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: deque[Future] = deque()
         for image_ids in ranges:
-            pending.append(pool.submit(_annotations_text_in_worker, str(project.path), image_ids, states, rle))
+            pending.append(pool.submit(_annotations_text_in_worker, str(project.path), image_ids, states, rle,
+                                       min_proposal_score))
             if len(pending) >= 2 * workers:  # bounded memory: at most this many pieces held
                 yield pending.popleft().result()
         while pending:
@@ -372,15 +376,19 @@ def _annotation_pieces(project: Project, states: list[ReviewState] | None, rle: 
 
 
 def export_coco(project: Project, path: Path | str, only_done: bool = False, rle: bool = False,
-                workers: int | None = None) -> dict[str, int]:
-    """Writes the project as one COCO file (atomically); returns the counts written.
+                proposals_from: float | None = None, workers: int | None = None) -> dict[str, int]:
+    """Writes the project as one COCO file (atomically); returns the counts written, and in
+    ``proposals_left_out`` how many model proposals were not.
 
-    Masks go out as polygons (``iscrowd=0``; holes are lost) unless ``rle`` asks for compressed
-    RLE, which keeps every pixel. Crowd regions are always RLE. An outline drawn as polygons goes
-    out exactly as drawn. ``workers`` defaults to the number of CPU cores.
+    The labels people kept are written; model proposals nobody accepted are left out unless
+    ``proposals_from`` is a score, and then those scoring at least that go out too, each with
+    its ``score``. Masks go out as polygons (``iscrowd=0``; holes are lost) unless ``rle`` asks
+    for compressed RLE, which keeps every pixel. Crowd regions are always RLE. An outline drawn
+    as polygons goes out exactly as drawn. ``workers`` defaults to the number of CPU cores.
     """
     path = Path(path)
     states = [ReviewState.DONE] if only_done else None
+    min_proposal_score = math.inf if proposals_from is None else proposals_from
     categories = project.categories()
     counts = {"images": 0, "annotations": 0, "categories": len(categories)}
 
@@ -397,7 +405,7 @@ def export_coco(project: Project, path: Path | str, only_done: bool = False, rle
         out.writelines(iter_json_array(images()))
         out.write(',\n"annotations":[\n')
         separator = ""
-        for text, count in _annotation_pieces(project, states, rle, workers or os.cpu_count() or 1):
+        for text, count in _annotation_pieces(project, states, rle, min_proposal_score, workers or os.cpu_count() or 1):
             if count:
                 out.write(separator + text)
                 separator = ",\n"
@@ -405,4 +413,5 @@ def export_coco(project: Project, path: Path | str, only_done: bool = False, rle
         out.write('],\n"categories":')
         out.writelines(iter_json_array(_coco_category(c) for c in categories))
         out.write("}\n")
+    counts["proposals_left_out"] = project.instance_count(states) - counts["annotations"]
     return counts

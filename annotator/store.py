@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import math
 import os
 import sqlite3
 import time
@@ -527,11 +528,10 @@ class Project:
             raise KeyError(f"no instance with id {instance_id}")
         return self._instance(row)
 
-    def iter_instances(self, states: Iterable[ReviewState] | None = None,
-                       image_ids: tuple[int, int] | None = None) -> Iterator[Instance]:
-        """Every instance, ordered by image then id, streamed (bounded memory); optionally only
-        those of images in the given review states, or with ids in the inclusive range
-        ``image_ids = (first, last)``."""
+    @staticmethod
+    def _instance_filter(states: Iterable[ReviewState] | None, image_ids: tuple[int, int] | None,
+                         min_proposal_score: float) -> tuple[str, list[Any]]:
+        """The WHERE clause (over instances joined with images) and its parameters."""
         conditions, parameters = [], []
         if states is not None:
             wanted = [int(s) for s in states]
@@ -540,14 +540,33 @@ class Project:
         if image_ids is not None:
             conditions.append("instances.image_id BETWEEN ? AND ?")
             parameters += list(image_ids)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        if min_proposal_score == math.inf:
+            conditions.append(f"instances.source != '{Source.MODEL}'")
+        elif min_proposal_score > -math.inf:
+            conditions.append(f"(instances.source != '{Source.MODEL}' OR instances.score >= ?)")
+            parameters.append(float(min_proposal_score))
+        return (f" WHERE {' AND '.join(conditions)}" if conditions else ""), parameters
+
+    def iter_instances(self, states: Iterable[ReviewState] | None = None,
+                       image_ids: tuple[int, int] | None = None,
+                       min_proposal_score: float = -math.inf) -> Iterator[Instance]:
+        """Every instance, ordered by image then id, streamed (bounded memory); optionally only
+        those of images in the given review states, or with ids in the inclusive range
+        ``image_ids = (first, last)``. Model proposals scoring under ``min_proposal_score`` are
+        left out (``math.inf``: every proposal)."""
+        where, parameters = self._instance_filter(states, image_ids, min_proposal_score)
         query = f"{_SELECT_INSTANCES}{where} ORDER BY instances.image_id, instances.id"
         # A cursor of its own: the caller may read other tables while iterating.
         for row in self._db.cursor().execute(query, parameters):
             yield self._instance(row)
 
-    def instance_count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM instances").fetchone()[0]
+    def instance_count(self, states: Iterable[ReviewState] | None = None,
+                       min_proposal_score: float = -math.inf) -> int:
+        """How many instances ``iter_instances`` gives for the same arguments."""
+        where, parameters = self._instance_filter(states, None, min_proposal_score)
+        joined = " JOIN images ON images.id = instances.image_id" if where else ""  # the join costs at 1M rows
+        query = f"SELECT count(*) FROM instances{joined}{where}"
+        return self._db.execute(query, parameters).fetchone()[0]
 
     def _shape(self, image: ImageRecord, category: Category, *, mask: np.ndarray | None,
                rle: masks.RLE | None, polygons: Sequence[Sequence[float]] | None,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import main
-from annotator.store import Project, ReviewState
+from annotator.store import Project, ReviewState, Source
 from tests.conftest import write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +74,28 @@ def test_export_only_done_with_rle(tmp_path: Path) -> None:
     assert [i["file_name"] for i in data["images"]] == ["1.png"]
     (annotation,) = data["annotations"]
     assert isinstance(annotation["segmentation"]["counts"], str) and annotation["area"] == 45
+
+
+def test_export_says_how_many_proposals_it_left_out_and_writes_them_when_asked(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_images(tmp_path / "i", [(20, 20)])
+    with Project.create(tmp_path / "p.annot", tmp_path / "i") as project:
+        image = project.add_image("0.png", 20, 20, "h")
+        cat = project.add_category("cat")
+        mask = np.zeros((20, 20), bool)
+        mask[2:9, 2:9] = True
+        project.add_instance(image.id, cat.id, mask=mask)  # a person's label
+        for score in (0.2, 0.8):
+            project.add_instance(image.id, cat.id, mask=mask, score=score, source=Source.MODEL)
+    project_file, out = str(tmp_path / "p.annot"), str(tmp_path / "o.json")
+
+    assert main.main(["export", project_file, out]) == 0
+    assert len(json.loads(Path(out).read_text())["annotations"]) == 1
+    assert "left out 2 model proposal(s) nobody accepted (--proposals MIN_SCORE" in capsys.readouterr().err
+
+    assert main.main(["export", project_file, out, "--proposals", "0.5"]) == 0
+    assert [a.get("score") for a in json.loads(Path(out).read_text())["annotations"]] == [None, 0.8]
+    assert "left out 1 model proposal(s)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["new", "import", "export", "info"])

@@ -14,7 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from annotator import masks
 from annotator.coco import export_coco, import_coco
-from annotator.store import Project, ReviewState
+from annotator.store import Project, ReviewState, Source
 from tests.conftest import write_images, write_json
 
 SIZES = [(80, 60), (64, 48), (100, 75)]
@@ -174,7 +174,35 @@ def test_only_done_exports_only_images_marked_done(tmp_path: Path, coco_file: Pa
     exported = json.loads((tmp_path / "out.json").read_text())
     assert [i["id"] for i in exported["images"]] == [11]
     assert {a["image_id"] for a in exported["annotations"]} == {11}
-    assert counts == {"images": 1, "annotations": 2, "categories": 2}
+    assert counts == {"images": 1, "annotations": 2, "categories": 2, "proposals_left_out": 0}
+
+
+def _add_proposals(project: Project, image_id: int, scores: list[float]) -> list[int]:
+    image = project.image(image_id)
+    ids = []
+    for i, score in enumerate(scores):
+        mask = np.zeros((image.height, image.width), dtype=np.uint8)
+        mask[2 + i:10 + i, 2:12] = 1
+        ids.append(project.add_instance(image_id, 7, mask=mask, score=score, source=Source.MODEL,
+                                        model_version="m@1").id)
+    return ids
+
+
+def test_export_leaves_out_proposals_nobody_accepted_unless_asked_for_by_score(
+        tmp_path: Path, coco_file: Path) -> None:
+    with _import(tmp_path, coco_file) as project:
+        weak, strong = _add_proposals(project, 10, [0.3, 0.9])
+        counts = export_coco(project, tmp_path / "labels.json")
+        asked = export_coco(project, tmp_path / "with_proposals.json", proposals_from=0.5)
+    labels = json.loads((tmp_path / "labels.json").read_text())["annotations"]
+    assert sorted(a["id"] for a in labels) == [100, 101, 102, 103, 104, 105]
+    assert all("score" not in a for a in labels)
+    assert counts["annotations"] == 6 and counts["proposals_left_out"] == 2
+
+    with_proposals = json.loads((tmp_path / "with_proposals.json").read_text())["annotations"]
+    assert [(a["id"], a["score"]) for a in with_proposals if "score" in a] == [(strong, 0.9)]
+    assert weak not in [a["id"] for a in with_proposals]
+    assert asked["annotations"] == 7 and asked["proposals_left_out"] == 1
 
 
 def test_failed_export_leaves_the_previous_file_intact(tmp_path: Path, coco_file: Path,
@@ -272,10 +300,11 @@ def test_parallel_export_writes_the_same_file_as_a_single_process(
     monkeypatch.setattr(coco, "PARALLEL_EXPORT_FROM", 0)
     monkeypatch.setattr(coco.time, "strftime", lambda *args: "fixed")
     with _import(tmp_path, coco_file) as project:
-        export_coco(project, tmp_path / "single.json", workers=1)
-        export_coco(project, tmp_path / "parallel.json", workers=2)
+        _add_proposals(project, 11, [0.3, 0.9])
+        export_coco(project, tmp_path / "single.json", proposals_from=0.5, workers=1)
+        export_coco(project, tmp_path / "parallel.json", proposals_from=0.5, workers=2)
     assert (tmp_path / "parallel.json").read_text() == (tmp_path / "single.json").read_text()
-    assert len(json.loads((tmp_path / "parallel.json").read_text())["annotations"]) == 6
+    assert len(json.loads((tmp_path / "parallel.json").read_text())["annotations"]) == 7
 
 
 def test_export_gets_ordinary_file_permissions(tmp_path: Path, coco_file: Path) -> None:

@@ -102,10 +102,12 @@ def test_export_writes_coco_and_a_bad_import_leaves_the_project_unchanged(qtbot,
     mask = np.zeros((90, 120), dtype=bool)
     mask[5:15, 5:25] = True
     window.session.history.add(window.session.image_id, 1, mask=mask)
+    window.session.project.add_instance(window.session.image_id, 1, mask=mask, score=0.9, source=Source.MODEL)
     out = tmp_path / "out" / "labels.json"
     counts = window.export_to(out)
     data = json.loads(out.read_text())
     assert counts["annotations"] == 1 and data["annotations"][0]["area"] == 200
+    assert window.status.currentMessage().endswith("; 1 proposal was left out (nobody accepted it)")
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [}')
     from annotator.coco import import_coco

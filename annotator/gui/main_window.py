@@ -748,8 +748,11 @@ class MainWindow(QMainWindow):
         except (InputError, OSError) as error:
             self._error("Export", f"{path}: {getattr(error, 'strerror', None) or error}")
             return None
+        left_out = counts["proposals_left_out"]
+        unreviewed = (f"; {left_out} proposal{'s were' if left_out > 1 else ' was'} left out (nobody accepted "
+                      f"{'them' if left_out > 1 else 'it'})" if left_out else "")
         self.status.showMessage(f"Wrote {counts['images']} images and {counts['annotations']} annotations "
-                                f"to {path}", 6000)
+                                f"to {path}{unreviewed}", 10000)
         return counts
 
     # -- misc -----------------------------------------------------------------------------------
