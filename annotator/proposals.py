@@ -25,7 +25,7 @@ class Proposal:
     """One predicted instance, ready for the store."""
 
     label_name: str
-    score: float
+    score: float | None  # None for a mask asked for by a person's box
     rle: masks.RLE | None
     box: tuple[float, float, float, float]  # x, y, width, height in pixels
     keypoints: np.ndarray | None  # K x 3, v = 2 where predicted

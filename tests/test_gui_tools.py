@@ -167,7 +167,9 @@ def test_box_becomes_a_mask_through_the_model(qtbot, window, blob_project):
     assert window.predictor.box_calls == [(x - 3.0, y - 3.0, x + w + 3.0, y + h + 3.0)]
     assert segmented.bbox == (x, y, w, h) and segmented.area == w * h
     assert segmented.source == Source.HUMAN and segmented.model_version == "blob-net@test"
+    assert segmented.score is None  # a person's box: no detection score to show
     assert segmented.category_id == window.session.current_category_id
+    assert window.status.currentMessage() == "Box to mask: added blob"
 
 
 def test_click_selects_the_best_proposal_or_asks_the_model(qtbot, window, blob_project):

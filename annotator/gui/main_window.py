@@ -677,16 +677,18 @@ class MainWindow(QMainWindow):
         category = session.ensure_category()
         proposals = result.proposals
         if result.prompt == "box":
-            for proposal in proposals:  # the box was drawn for the current category
+            for proposal in proposals:  # the box was drawn for the current category, by a person:
                 proposal.label_name = category.name
+                proposal.score = None  # the class score of a drawn box is no detection score
+        text = "Box to mask" if result.prompt == "box" else "Click to segment"
         added = session.history.add_proposals(
             result.image_id, proposals, result.model_version, replace=False,
-            source=Source.HUMAN if result.prompt == "box" else Source.MODEL,
-            text="Box to mask" if result.prompt == "box" else "Click to segment")
+            source=Source.HUMAN if result.prompt == "box" else Source.MODEL, text=text)
         if added and result.image_id == session.image_id:
             session.select([added[0].id])
             if result.prompt == "box":
                 session.mark_in_review()
+            self.status.showMessage(f"{text}: added {session.project.category(added[0].category_id).name}", 4000)
 
     def fine_tune(self) -> None:
         if self.session is None:
