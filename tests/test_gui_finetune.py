@@ -19,7 +19,7 @@ from tests.test_gui_fixtures import blob_project  # noqa: F401
 FAKE_TRAIN = textwrap.dedent("""
     import json, subprocess, sys, time
     from pathlib import Path
-    coco, out, slow = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "slow"
+    coco, out, slow, worse = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "slow", sys.argv[3] == "worse"
     def event(**fields):
         print(json.dumps(fields), flush=True)
     data = json.load(open(coco))
@@ -31,7 +31,7 @@ FAKE_TRAIN = textwrap.dedent("""
     for i in range(1, 6):
         event(event="progress", epoch=1, iteration=i, total=5, loss=2.0 / i)
         time.sleep(2 if slow else 0.02)
-    event(event="eval", stage="after", iteration=5, segm={"AP": 0.3125}, bbox={"AP": 0.33})
+    event(event="eval", stage="after", iteration=5, segm={"AP": 0.05 if worse else 0.3125}, bbox={"AP": 0.33})
     (out / "model_final.safetensors").write_bytes(b"weights")
     event(event="done", path=str(out / "model_final.safetensors"))
 """)
@@ -94,8 +94,46 @@ def test_training_events_drive_progress_plot_and_ap_and_offer_the_model(qtbot, b
         assert dialog.progress.value() == 1
         assert "31.2" in dialog.ap_after.text() and "10.5" in dialog.ap_before.text()
         assert "loading 1 images" in dialog.log.toPlainText()  # only the done image was exported
+        assert "lower than the base" not in dialog.log.toPlainText()
         dialog.use_button.click()
         assert offered and offered[0].endswith("model_final.safetensors") and Path(offered[0]).is_file()
+
+
+def test_a_new_model_that_scores_lower_than_its_base_is_pointed_out(qtbot, blob_project, tmp_path):
+    with _done_project(blob_project) as project:
+        dialog = _dialog(qtbot, project, tmp_path, "worse")
+        with qtbot.waitSignal(dialog.process.finished, timeout=20000):
+            assert dialog.start()
+        qtbot.waitUntil(lambda: dialog.use_button.isEnabled(), timeout=5000)
+    assert ("The new model's mask AP on the held-out images is lower than the base's (5.0 against 10.5)"
+            in dialog.log.toPlainText())
+    assert dialog.use_button.isEnabled()  # pointed out, not refused: the user decides
+
+
+def test_the_dialog_runs_main_py_train_for_real_and_its_weights_propose(qtbot, tmp_path):
+    from annotator.coco import import_coco
+    from annotator.store import Project
+    from model.predictor import Predictor
+    from model.synthetic import generate
+
+    coco_file = generate(tmp_path / "shapes", 5, seed=3, size=(160, 160))
+    with Project.create(tmp_path / "shapes.annot", coco_file.parent / "images") as project:
+        import_coco(project, coco_file)
+        for image in project.images():
+            project.set_review_state(image.id, ReviewState.DONE)
+        dialog = FineTuneDialog(project, base_weights=["none"])  # the real command: main.py train
+        qtbot.addWidget(dialog)
+        dialog.epochs.setValue(1)
+        dialog.device.setCurrentText("cpu")
+        with qtbot.waitSignal(dialog.process.finished, timeout=120000) as finished:
+            assert dialog.start()
+    assert finished.args == [0], dialog.log.toPlainText()
+    qtbot.waitUntil(lambda: dialog.use_button.isEnabled(), timeout=5000)
+    assert [iteration for iteration, _ in dialog.plot.points] == [1, 2]  # 4 training images, 2 a step
+    assert dialog.ap_before.text() == "AP before: —"  # a random start is not evaluated
+    assert dialog.ap_after.text().startswith("AP after: mask ")
+    predictor = Predictor(dialog.weights_path, device="cpu")
+    assert predictor.class_names[1:] == ("ellipse", "rectangle", "triangle", "star")  # the project's categories
 
 
 def test_cancel_kills_the_training_process_tree_and_the_ui_keeps_running(qtbot, blob_project, tmp_path):

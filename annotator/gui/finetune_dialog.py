@@ -45,12 +45,15 @@ class LossPlot(QWidget):
         if len(self.points) < 1:
             painter.drawText(area, Qt.AlignmentFlag.AlignCenter, "loss")
             return
+        # a point every step: a long run keeps about one point per pixel column, the last one always
+        stride = max(1, len(self.points) // max(1, area.width()))
+        shown = self.points[::stride] + ([self.points[-1]] if (len(self.points) - 1) % stride else [])
         xs = [p[0] for p in self.points]
         ys = [p[1] for p in self.points]
         x0, x1 = min(xs), max(max(xs), min(xs) + 1)
         y0, y1 = 0.0, max(ys) * 1.05 or 1.0
         line = QPolygonF([QPointF(area.left() + (x - x0) / (x1 - x0) * area.width(),
-                                  area.bottom() - (y - y0) / (y1 - y0) * area.height()) for x, y in self.points])
+                                  area.bottom() - (y - y0) / (y1 - y0) * area.height()) for x, y in shown])
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         painter.setPen(QPen(QColor("#ff7f0e"), 1.5))
         painter.drawPolyline(line)
@@ -71,6 +74,15 @@ def _ap_text(event: dict) -> str:
     return ", ".join(parts) or "—"
 
 
+def _mask_ap(event: dict | None) -> float:
+    """The mask (segm) AP of an eval event, else its box AP; -1 when it has neither."""
+    for key in ("segm", "bbox"):
+        value = (event or {}).get(key)
+        if isinstance(value, dict) and isinstance(value.get("AP"), (int, float)):
+            return float(value["AP"])
+    return -1.0
+
+
 class FineTuneDialog(QDialog):
     model_ready = Signal(str)  # path of the fine-tuned weights
 
@@ -85,6 +97,7 @@ class FineTuneDialog(QDialog):
         self.process.log.connect(self._on_log)
         self.process.finished.connect(self._on_finished)
         self.weights_path = ""
+        self._before: dict | None = None  # the eval event of the base model
 
         self.base = QComboBox()
         self.base.setEditable(True)
@@ -168,7 +181,9 @@ class FineTuneDialog(QDialog):
         self._on_log(f"Exported {counts['images']} images, {counts['annotations']} annotations to {coco_file}")
         command = self.command_factory(request, coco_file, self.project.image_root)
         self.plot.clear()
-        self.weights_path = ""
+        self.weights_path, self._before = "", None
+        self.ap_before.setText("AP before: —")
+        self.ap_after.setText("AP after: —")
         self.use_button.setEnabled(False)
         self.process.start(command, cwd=request.run_dir)
         self.start_button.setEnabled(False)
@@ -188,8 +203,15 @@ class FineTuneDialog(QDialog):
             if "epoch" in event:
                 self.progress.setFormat(f"epoch {event['epoch']} — %p%")
         elif kind == "eval":
-            label = self.ap_before if event.get("stage") == "before" else self.ap_after
-            label.setText(f"AP {event.get('stage', '')}: {_ap_text(event)}")
+            stage = event.get("stage")
+            label = self.ap_before if stage == "before" else self.ap_after
+            label.setText(f"AP {stage or ''}: {_ap_text(event)}")
+            if stage == "before":
+                self._before = event
+            elif stage == "after" and _mask_ap(event) < _mask_ap(self._before):
+                self._on_log(f"The new model's mask AP on the held-out images is lower than the base's "
+                             f"({100 * _mask_ap(event):.1f} against {100 * _mask_ap(self._before):.1f}): "
+                             "you may want to keep the current model.")
         elif kind == "checkpoint":
             self._on_log(f"checkpoint {event.get('path', '')}")
         elif kind == "done":

@@ -36,7 +36,8 @@ def train_command(request: TrainingRequest, coco_file: Path, image_root: Path) -
     return [sys.executable, "-u", str(MAIN_PY), "train", str(coco_file), "--images", str(image_root),
             "--weights", request.base_weights, "--epochs", str(request.epochs),
             "--val-fraction", f"{request.holdout:g}", "--device", request.device,
-            "--out", str(request.run_dir)]
+            "--out", str(request.run_dir),
+            "--log-period", "1"]  # a point on the loss plot every step: a short run is a line too
 
 
 def parse_event(line: str) -> dict | None:
