@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 200_000_000
@@ -49,15 +49,22 @@ def _open_oriented(data: bytes, path: Path, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Exception as error:  # PIL raises several types for unreadable files
-        if "truncat" in str(error).lower():
-            raise ImageReadError(path, f"image data is truncated or corrupt ({error})") from None
-        raise ImageReadError(path, f"not a readable image ({error})") from None
+        raise _unreadable(path, error) from None
     _check_pixels(path, *image.size, max_pixels)
     try:
         image.load()  # decodes everything: a truncated file fails here, not later in the GUI
         return ImageOps.exif_transpose(image)
     except Exception as error:
         raise ImageReadError(path, f"image data is truncated or corrupt ({error})") from None
+
+
+def _unreadable(path: Path, error: Exception) -> ImageReadError:
+    """Pillow's complaint about a file's contents, in words that name no Python object."""
+    if isinstance(error, UnidentifiedImageError):  # its text is "cannot identify image file <BytesIO ...>"
+        return ImageReadError(path, "not a readable image (no image format that Pillow reads)")
+    if "truncat" in str(error).lower():
+        return ImageReadError(path, f"image data is truncated or corrupt ({error})")
+    return ImageReadError(path, f"not a readable image ({error})")
 
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
@@ -123,8 +130,8 @@ def header_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     except OSError as error:
         if error.strerror:  # the file system's error, not Pillow's
             raise ImageReadError(path, f"cannot read the file ({error.strerror})") from None
-        raise ImageReadError(path, f"not a readable image ({error})") from None
+        raise _unreadable(path, error) from None
     except Exception as error:  # PIL raises several types for unreadable files
-        raise ImageReadError(path, f"not a readable image ({error})") from None
+        raise _unreadable(path, error) from None
     _check_pixels(path, width, height, max_pixels)
     return width, height
