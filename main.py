@@ -199,7 +199,7 @@ def cmd_propose(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from annotator.errors import InputError
-    from model.engine import SetupError, TrainOptions, run_training
+    from model.engine import RunStopped, SetupError, TrainOptions, run_training
 
     options = TrainOptions(batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                            val_fraction=args.val_fraction, seed=args.seed, num_workers=args.workers,
@@ -212,6 +212,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                      max_size=args.max_size, resume=args.resume, device=args.device)  # fmt: skip
     except SetupError as error:
         raise InputError(error.path, error.problem) from None
+    except RunStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -352,6 +352,20 @@ class SetupError(ValueError):
         self.problem = problem
 
 
+class RunStopped(RuntimeError):
+    """Another process of a ``torchrun`` run ended (its own error says why), so this one stops."""
+
+
+# What the process-group backends say when a peer process has gone: gloo raises a plain
+# RuntimeError, NCCL and the store torch.distributed's own error types.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker", "Broken pipe")
+
+
+def _peer_gone(error: BaseException) -> bool:
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_GONE))
+
+
 @dataclass
 class TrainingRun:
     """What ``prepare_run`` sets up: the model, the options and the data split, and, when
@@ -719,6 +733,7 @@ def run_training(coco_file: Path | str, image_root: Path | str, run_dir: Path | 
     Raises:
         SetupError: naming the file that cannot be used (the COCO file, an image, the weights, the
             run folder), found before training or during it; checkpoints already written stay.
+        RunStopped: under torchrun, another rank ended first.
     """
     distributed = Distributed.from_environment()
     run_dir = Path(run_dir)
@@ -749,11 +764,17 @@ def run_training(coco_file: Path | str, image_root: Path | str, run_dir: Path | 
                            evaluate_before=weights != "none")  # fmt: skip
         except (DatasetError, ImageReadError) as error:  # an image that failed to decode: in training, or evaluation
             raise SetupError(error.path, error.problem) from None
+        except Exception as error:
+            if distributed.enabled and _peer_gone(error):
+                raise RunStopped(f"rank {distributed.rank}: stopped because another process of the run ended "
+                                 "(its error says why)") from None
+            raise
         events.emit("done", path=result.weights, checkpoint=result.checkpoint, iterations=result.iterations,
                     elapsed_s=round(time.monotonic() - started, 1), **result.evaluation)  # fmt: skip
         return result
     except Exception as error:
-        events.emit("error", message=str(error) if isinstance(error, SetupError) else f"{type(error).__name__}: {error}")
+        events.emit("error", message=str(error) if isinstance(error, (SetupError, RunStopped))
+                    else f"{type(error).__name__}: {error}")
         raise
     finally:
         events.close()

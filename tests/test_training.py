@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import shutil
 import socket
@@ -470,6 +471,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_under_torchrun_an_image_that_fails_to_decode_ends_the_run_in_one_error_line_of_ours(
+        jpeg_shapes, tmp_path):
+    broken = _image_file(jpeg_shapes, 1)
+    _truncate(broken)  # passes the header check: a rank finds it while training
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(_free_port()), str(ROOT / "main.py"),
+               *_train_args(jpeg_shapes, tmp_path / "run", "--iters", "6", "--batch-size", "1")]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    found = [line for line in ours if line.startswith(f"error: {broken}: image data is truncated or corrupt")]
+    assert len(found) == 1  # the rank that read the image; the other stops, saying so, unless torchrun ended it first
+    assert all(re.fullmatch(r"error: rank \d: stopped because another process of the run ended \(its error says why\)",
+                            line) for line in ours if line not in found), ours
+    # torchrun reports the failed rank in its own words (with its own traceback); ours has none
+    assert f'File "{ROOT}' not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.slow
