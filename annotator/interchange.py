@@ -15,6 +15,7 @@ from typing import IO, Any, Iterator
 
 from annotator.errors import InputError
 from annotator.store import ImageRecord, Project, check_file_name
+from model.files import give_ordinary_permissions
 from model.images import DEFAULT_MAX_PIXELS, ImageReadError, probe_image
 
 
@@ -106,11 +107,7 @@ class AtomicWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._temporary = Path(temporary)
-        # mkstemp makes the file private (0600); the export should get the permissions any new
-        # file of the user's would (0666 less the umask), like the file it may replace
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(fd, 0o666 & ~umask)
+        give_ordinary_permissions(fd)  # like the file it may replace, not mkstemp's 0600
         self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20)
         return self._file
 

@@ -32,6 +32,7 @@ from model.config import (
     ModelConfig,
 )
 from model.detector import MaskRCNN
+from model.files import give_ordinary_permissions
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -348,10 +349,7 @@ def save_weights(model: MaskRCNN, path: Path | str, dtype: torch.dtype | None = 
         save_file(state, str(partial), metadata={"config": json.dumps(config)})
     else:
         torch.save({"model": state, "config": config}, partial)
-    # safetensors creates its file private (0600): give it the permissions of any file of the user's
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o666 & ~umask)
+    give_ordinary_permissions(partial)  # safetensors creates its file private (0600)
     os.replace(partial, path)
     return path
 

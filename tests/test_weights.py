@@ -259,6 +259,19 @@ def test_own_checkpoint_round_trips_with_its_config(tmp_path: Path, suffix: str)
     assert loaded.weights_version.startswith(f"run@{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}")
 
 
+def test_saved_weights_get_the_permissions_of_any_new_file_and_the_umask_is_read_not_changed(tmp_path: Path) -> None:
+    from model.files import current_umask
+
+    model = build_model("maskrcnn_resnet50_fpn", backbone_depth=18, num_classes=2)
+    previous = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027 and current_umask() == 0o027
+        path = save_weights(model, tmp_path / "run.safetensors")  # safetensors writes it 0600
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
 def test_fewer_classes_reinitialise_only_the_predictors(torchvision_state_dict, tmp_path: Path) -> None:
     path = tmp_path / "coco.pth"
     torch.save(torchvision_state_dict, path)
