@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtTest import QTest
 
 from annotator.store import Project, ReviewState, Source
-from tests.test_gui_fixtures import (BLOBS, blob_project, click, drag, key, load_model, open_and_wait,  # noqa: F401
+from tests.test_gui_fixtures import (BLOBS, at, blob_project, click, drag, key, load_model, open_and_wait,  # noqa: F401
                                      settings, wait_for_image, window, zoom_4x)
 
 
@@ -102,6 +103,29 @@ def test_keypoints_are_placed_dragged_and_cycle_visibility(qtbot, window, blob_p
     assert project.instance(instance.id).keypoints_array[1].tolist() == [0.0, 0.0, 0.0]
     click(window, 75, 50)  # the freed keypoint is the next one placed
     assert project.instance(instance.id).keypoints_array[1].tolist() == [75.0, 50.0, 2.0]
+
+
+def test_the_keypoint_under_the_pointer_is_named_on_the_canvas(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    zoom_4x(window)
+    mask = np.zeros((90, 120), dtype=bool)
+    mask[20:60, 20:80] = True
+    instance = window.session.project.add_instance(window.session.image_id, 2, mask=mask,  # 'animal'
+                                                   keypoints=[30, 40, 2, 70, 45, 1])
+    window.canvas.reload()
+    window.session.select([instance.id])
+    key(window, Qt.Key.Key_K)
+    tag = at(window, 70, 45) + QPoint(12, -10)  # inside the tag that stands beside the point
+
+    def brightness_at_tag() -> int:
+        return window.canvas.grab().toImage().pixelColor(tag).value()
+
+    QTest.mouseMove(window.canvas, at(window, 100, 80))
+    away = brightness_at_tag()
+    QTest.mouseMove(window.canvas, at(window, 70.5, 45.5))
+    hovering = brightness_at_tag()
+    QTest.mouseMove(window.canvas, at(window, 100, 80))
+    assert hovering < away - 60 and abs(brightness_at_tag() - away) <= 2
 
 
 def test_delete_merge_split_and_change_category_with_undo_across_images(qtbot, window, blob_project):

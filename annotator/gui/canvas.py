@@ -309,23 +309,28 @@ class Canvas(QWidget):
         selected = set(self.session.selection) if self.session else set()
         labelled = self._instances if len(self._instances) <= LABEL_ALL_BELOW else [
             i for i in self._instances if i.id in selected or i.id == self.hover_id]
-        font = painter.font()
-        font.setPointSizeF(8.5)
-        painter.setFont(font)
-        metrics = painter.fontMetrics()
         for instance in labelled:
             category = self._categories.get(instance.category_id)
             text = category.name if category else "?"
             if instance.source == Source.MODEL and instance.score is not None:
                 text += f" {instance.score:.2f}"
-            corner = self.image_to_widget(QPointF(instance.bbox[0], instance.bbox[1]))
-            box = QRectF(corner.x(), corner.y() - metrics.height() - 2, metrics.horizontalAdvance(text) + 6,
-                         metrics.height() + 2)
-            if box.top() < 0:
-                box.moveTop(corner.y())
-            painter.fillRect(box, self.category_color(instance.category_id).darker(150))
-            painter.setPen(QColor(255, 255, 255))
-            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+            self.paint_tag(painter, self.image_to_widget(QPointF(instance.bbox[0], instance.bbox[1])), text,
+                           self.category_color(instance.category_id).darker(150))
+
+    def paint_tag(self, painter: QPainter, corner: QPointF, text: str, color: QColor) -> None:
+        """A small label of white text on ``color`` standing on ``corner`` (widget pixels), or
+        hanging from it where it would leave the top of the widget."""
+        font = painter.font()
+        font.setPointSizeF(8.5)
+        painter.setFont(font)
+        metrics = painter.fontMetrics()
+        box = QRectF(corner.x(), corner.y() - metrics.height() - 2, metrics.horizontalAdvance(text) + 6,
+                     metrics.height() + 2)
+        if box.top() < 0:
+            box.moveTop(corner.y())
+        painter.fillRect(box, color)
+        painter.setPen(QColor(255, 255, 255))
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
 
     # -- input ----------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Keypoints of the selected instance: a click places the next unlabelled keypoint (v=2, visible),
 dragging a keypoint moves it, a right-click cycles its visibility 2 -> 1 (occluded) -> 0 (not
-labelled, position cleared, as COCO stores it) -> 2."""
+labelled, position cleared, as COCO stores it) -> 2. The keypoint under the pointer is named."""
 
 from __future__ import annotations
 
@@ -26,13 +26,14 @@ class KeypointTool(Tool):
         self.next_index = -1
         self._drag_index = -1
         self._drag_pos: QPointF | None = None
+        self._hover_index = -1  # the selection's keypoint under the pointer, named on the canvas
 
     def activate(self) -> None:
         super().activate()
         self.refresh()
 
     def cancel(self) -> None:
-        self._drag_index, self._drag_pos = -1, None
+        self._drag_index, self._drag_pos, self._hover_index = -1, None, -1
 
     def _target(self):
         instance = self.target_instance()
@@ -64,6 +65,8 @@ class KeypointTool(Tool):
         if instance is not None and index >= 0:
             name = session.project.category(instance.category_id).keypoints[index]
             self.message.emit(f"Next keypoint: {name} ({index + 1})")
+        elif instance is not None and instance.keypoints_array is not None:
+            self.message.emit("Every keypoint is placed: drag one to move it, right-click for its visibility")
 
     def _nearest(self, instance, pos: QPointF) -> int:
         points = instance.keypoints_array
@@ -111,9 +114,14 @@ class KeypointTool(Tool):
         return True
 
     def move(self, event: ToolEvent) -> bool:
-        if self._drag_index < 0:
+        if self._drag_index >= 0:
+            self._drag_pos = event.pos
+            return True
+        instance = self.session.selected if self.session and event.buttons == Qt.MouseButton.NoButton else None
+        hover = self._nearest(instance, event.pos) if instance is not None and instance.keypoints_array is not None else -1
+        if hover == self._hover_index:
             return False
-        self._drag_pos = event.pos
+        self._hover_index = hover
         return True
 
     def release(self, event: ToolEvent) -> bool:
@@ -137,3 +145,17 @@ class KeypointTool(Tool):
             painter.setPen(QPen(QColor(255, 255, 255), 2))
             painter.setBrush(QColor(255, 255, 0, 160))
             painter.drawEllipse(centre, 6, 6)
+        self._paint_name(painter)
+
+    def _paint_name(self, painter: QPainter) -> None:
+        """"tail (2)", "tail (2), occluded": beside the keypoint dragged or under the pointer."""
+        index = self._drag_index if self._drag_index >= 0 else self._hover_index
+        instance = self.session.selected if self.session else None
+        points = instance.keypoints_array if instance is not None else None
+        if index < 0 or points is None or index >= len(points):
+            return
+        category = self.session.project.category(instance.category_id)
+        x, y, v = points[index]
+        where = self._drag_pos if self._drag_index >= 0 else QPointF(x, y)
+        text = f"{category.keypoints[index]} ({index + 1})" + (", occluded" if v == 1 else "")
+        self.canvas.paint_tag(painter, self.canvas.image_to_widget(where) + QPointF(8, -6), text, QColor(0, 0, 0, 190))
