@@ -234,11 +234,7 @@ class Project:
         if path.exists():
             raise InputError(path, "a file already exists here; open it instead of creating a project")
         path.parent.mkdir(parents=True, exist_ok=True)
-        image_root = Path(image_root).resolve()
-        try:
-            stored_root = os.path.relpath(image_root, path.parent.resolve())
-        except ValueError:  # another drive on Windows
-            stored_root = str(image_root)
+        stored_root = cls._stored_root(path, image_root)
         db = cls._connect(path)
         try:
             db.execute("PRAGMA journal_mode = WAL")
@@ -333,6 +329,23 @@ class Project:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0]
 
     # -- images ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stored_root(path: Path, image_root: Path | str) -> str:
+        """The image root as stored: relative to the project file's folder, so that a project
+        and its images can move together."""
+        image_root = Path(image_root).resolve()
+        try:
+            return os.path.relpath(image_root, path.parent.resolve())
+        except ValueError:  # another drive on Windows
+            return str(image_root)
+
+    def set_image_root(self, image_root: Path | str) -> None:
+        """Points the project at its images' new folder (they moved without the project file)."""
+        stored = self._stored_root(self.path, image_root)
+        with self.transaction():
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'image_root'", (stored,))
+        self._image_root = self._resolve_root(stored)
 
     def _resolve_root(self, stored: str | None) -> Path:
         root = Path(stored or ".")

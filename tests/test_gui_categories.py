@@ -6,33 +6,11 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QApplication, QDialog, QMessageBox
+from PySide6.QtWidgets import QDialog
 
 from annotator.gui.category_panel import CategoryDialog
 from annotator.store import Source
-from tests.test_gui_fixtures import blob_project, open_and_wait, settings, window  # noqa: F401
-
-
-def answer_dialogs(qtbot, answers: list[Callable[[QDialog], None]]) -> list[str]:
-    """Runs each answer on the next modal dialog that opens, in order; returns the texts of the
-    warnings among them (a warning is closed with OK by its answer)."""
-    warnings: list[str] = []
-    pending = list(answers)
-
-    def poll() -> None:
-        dialog = QApplication.activeModalWidget()
-        if dialog is None or not pending:
-            return  # an answered dialog is hidden, so it is not the active one until shown again
-        if isinstance(dialog, QMessageBox):
-            warnings.append(dialog.text())
-        pending.pop(0)(dialog)
-
-    timer = QTimer()
-    timer.timeout.connect(poll)
-    timer.start(20)
-    qtbot._answer_timer = timer  # kept alive for the test
-    return warnings
+from tests.test_gui_fixtures import answer_dialogs, blob_project, open_and_wait, settings, window  # noqa: F401
 
 
 def fill(name: str, keypoints: str = "", skeleton: str = "") -> Callable[[QDialog], None]:

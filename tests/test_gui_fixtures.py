@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
+from PySide6.QtCore import QPoint, QPointF, QSettings, Qt, QTimer
 from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QDialog, QMessageBox
 
 from annotator.gui.main_window import MainWindow
 from annotator.gui.proposals import ModelChoice
@@ -174,3 +176,24 @@ def zoom_4x(window: MainWindow) -> None:
     """Scale 4 with the image at the widget's origin: image pixel (j, i) is widget pixels
     [4j, 4j+4) x [4i, 4i+4), so clicks land where the test says."""
     window.canvas.set_view(4.0, QPointF(0, 0))
+
+
+def answer_dialogs(qtbot, answers: list[Callable[[QDialog], None]]) -> list[str]:
+    """Runs each answer on the next modal dialog that opens, in order; returns the texts of the
+    message boxes among them, filled in as they are answered."""
+    warnings: list[str] = []
+    pending = list(answers)
+
+    def poll() -> None:
+        dialog = QApplication.activeModalWidget()
+        if dialog is None or not pending:
+            return  # an answered dialog is hidden, so it is not the active one until shown again
+        if isinstance(dialog, QMessageBox):
+            warnings.append(dialog.text())
+        pending.pop(0)(dialog)
+
+    timer = QTimer()
+    timer.timeout.connect(poll)
+    timer.start(20)
+    qtbot._answer_timer = timer  # kept alive for the test
+    return warnings

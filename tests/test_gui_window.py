@@ -13,11 +13,12 @@ from pathlib import Path
 
 from PySide6.QtCore import QPoint, QSettings, Qt
 from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import QMessageBox
 
 from annotator.gui.help_dialog import HelpDialog, shortcut_rows
 from annotator.gui.proposals import ModelChoice
 from annotator.store import Project, ReviewState, Source
-from tests.test_gui_fixtures import (BlobPredictor, blob_project, key, load_model, make_window,  # noqa: F401
+from tests.test_gui_fixtures import (BlobPredictor, answer_dialogs, blob_project, key, load_model, make_window,  # noqa: F401
                                      open_and_wait, settings, wait_for_image, window, write_blob_images)
 
 
@@ -79,6 +80,38 @@ def test_the_image_list_highlights_only_the_image_in_view(qtbot, window, blob_pr
         return shot.pixelColor(view.viewport().mapTo(window, QPoint(rect.right() - 4, rect.center().y()))).name()
 
     assert [painted(row) == highlight for row in range(3)] == [False, True, False]
+
+
+def test_a_project_whose_images_moved_is_pointed_at_their_new_folder(qtbot, window, blob_project, tmp_path):
+    moved = tmp_path / "elsewhere" / "pictures"
+    moved.parent.mkdir()
+    (tmp_path / "images").rename(moved)
+
+    def choose_folder(dialog) -> None:
+        dialog.setDirectory(str(moved))
+        dialog.accept()
+
+    texts = answer_dialogs(qtbot, [lambda box: box.button(QMessageBox.StandardButton.Yes).click(), choose_folder])
+    open_and_wait(qtbot, window, blob_project)
+    assert texts[0].startswith(f"The images of blobs.annot are not in {tmp_path / 'images'} any more.")
+    assert window.status.image_size.text() == "120 × 90"  # the first image was read from the new place
+    with Project.open(blob_project) as reopened:  # stored, relative to the project file
+        assert reopened.image_root == moved
+
+
+def test_a_folder_without_the_projects_images_changes_nothing(qtbot, window, blob_project, tmp_path):
+    (tmp_path / "images").rename(tmp_path / "gone")
+    (tmp_path / "empty").mkdir()
+
+    def choose_folder(dialog) -> None:
+        dialog.setDirectory(str(tmp_path / "empty"))
+        dialog.accept()
+
+    answer_dialogs(qtbot, [lambda box: box.button(QMessageBox.StandardButton.Yes).click(), choose_folder])
+    window.open_path(blob_project)
+    qtbot.waitUntil(lambda: "does not hold 00.png; the project is unchanged" in (window.last_error or ""), timeout=5000)
+    with Project.open(blob_project) as reopened:
+        assert reopened.image_root == tmp_path / "images"
 
 
 def test_help_lists_the_documented_shortcuts(qtbot, window):

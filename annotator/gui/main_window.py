@@ -269,9 +269,33 @@ class MainWindow(QMainWindow):
                 else:
                     self._scan_and_create(path)
             else:
-                self.set_project(Project.open(path))
+                project = Project.open(path)
+                self._locate_moved_images(project)
+                self.set_project(project)
         except InputError as error:
             self._error("Open", str(error))
+
+    def _locate_moved_images(self, project: Project) -> None:
+        """A project whose image folder is not where it was: offer to point it at the new place
+        (a folder that holds the project's first image), as the project is opened."""
+        first = next(project.iter_images(), None)
+        if first is None or project.image_root.is_dir():
+            return
+        answer = QMessageBox.question(
+            self, "Images not found",
+            f"The images of {project.path.name} are not in {project.image_root} any more.\n\n"
+            "Locate their folder?")
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        folder = QFileDialog.getExistingDirectory(self, f"The folder that now holds {first.file_name}",
+                                                  str(project.path.parent))
+        if not folder:
+            return
+        if not (Path(folder) / first.file_name).is_file():
+            self._error("Images not found", f"{folder} does not hold {first.file_name}; the project is unchanged")
+            return
+        project.set_image_root(folder)
+        self.status.showMessage(f"Images now read from {project.image_root}", 6000)
 
     def _scan_and_create(self, folder: Path) -> None:
         dialog = QProgressDialog(f"Reading the images in {folder}…", "", 0, 0, self)
