@@ -110,6 +110,9 @@ def test_a_folder_without_the_projects_images_changes_nothing(qtbot, window, blo
     answer_dialogs(qtbot, [lambda box: box.button(QMessageBox.StandardButton.Yes).click(), choose_folder])
     window.open_path(blob_project)
     qtbot.waitUntil(lambda: "does not hold 00.png; the project is unchanged" in (window.last_error or ""), timeout=5000)
+    # the first image cannot be read from the old place: the canvas says so instead of "Open a folder"
+    qtbot.waitUntil(lambda: window.canvas.placeholder.startswith("This image cannot be shown."), timeout=5000)
+    assert window.canvas.placeholder.endswith(f"{tmp_path / 'images' / '00.png'}: image file not found")
     with Project.open(blob_project) as reopened:
         assert reopened.image_root == tmp_path / "images"
 

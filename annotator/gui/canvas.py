@@ -31,6 +31,7 @@ OUTLINE_WIDTH = 1.5  # screen pixels
 OUTLINE_DASHES = [4.0, 2.0]  # proposals' outlines: dash, gap, in outline widths
 OUTLINE_MARGIN = 4.0  # screen pixels around the view in which outlines are still drawn
 LABEL_ALL_BELOW = 25  # instances; above, only the selected and hovered get a name tag
+NO_IMAGE = "Open a folder of images or a project (File menu)"  # the empty canvas's text
 WHEEL_STEP = 1.0015  # zoom factor per 1/8 degree of wheel rotation: 120 units (one notch) ~ x1.2
 
 
@@ -59,6 +60,7 @@ class Canvas(QWidget):
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
         self.session: Session | None = None
         self.pyramid: ImagePyramid | None = None
+        self.placeholder = NO_IMAGE  # shown while there is no image
         self.scale = 1.0
         self.offset = QPointF(0, 0)
         self.hover_id = 0
@@ -88,8 +90,10 @@ class Canvas(QWidget):
             session.categories_changed.connect(self.reload)
         self.reload()
 
-    def set_pyramid(self, pyramid: ImagePyramid | None) -> None:
+    def set_pyramid(self, pyramid: ImagePyramid | None, placeholder: str = NO_IMAGE) -> None:
+        """Shows an image, or without one the ``placeholder`` text (why there is none)."""
         self.pyramid = pyramid
+        self.placeholder = placeholder
         self._overlays.clear()
         self.hover_id = 0
         if self.tool is not None:
@@ -213,8 +217,8 @@ class Canvas(QWidget):
         painter.fillRect(self.rect(), QColor(48, 48, 48))
         if self.pyramid is None:
             painter.setPen(QColor(170, 170, 170))
-            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
-                             "Open a folder of images or a project (File menu)")
+            painter.drawText(self.rect().adjusted(20, 0, -20, 0),
+                             Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.placeholder)
 
     def _paint_image(self, painter: QPainter, level: int, visible: QRectF) -> None:
         image, (x, y, w, h) = self.pyramid.region(level, visible.left(), visible.top(), visible.right(),

@@ -386,7 +386,7 @@ class MainWindow(QMainWindow):
         def failed(message: str) -> None:
             if generation == self._load_generation:
                 self.pyramid = None
-                self.canvas.set_pyramid(None)
+                self.canvas.set_pyramid(None, f"This image cannot be shown.\n\n{message}")
                 self._error("Image", message)
 
         run_in_background(work, done, failed)
