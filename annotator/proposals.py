@@ -61,13 +61,14 @@ def to_proposals(instances: Any, indices: list[int] | None = None) -> list[Propo
 class ProposalCategories:
     """The project's category for a class name the model predicts, added on first use (only the
     classes a model actually finds become categories, not all 80 of COCO). A new category of a
-    keypoint model gets the model's keypoint names and skeleton; without them, ``kp1..kpK``."""
+    keypoint model gets the model's keypoint names and skeleton; without them, ``kp1..kpK``.
+    ``skeleton`` is the model's: 0-based index pairs (the store's, like COCO's, are 1-based)."""
 
     def __init__(self, project: Project, keypoint_names: tuple[str, ...] = (),
                  skeleton: tuple[tuple[int, int], ...] = ()) -> None:
         self.project = project
         self.keypoint_names = tuple(keypoint_names)
-        self.skeleton = tuple(skeleton)
+        self.skeleton = tuple((int(a) + 1, int(b) + 1) for a, b in skeleton)
 
     @classmethod
     def of_predictor(cls, project: Project, predictor: Any) -> ProposalCategories:

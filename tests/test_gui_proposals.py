@@ -29,6 +29,36 @@ def _stored(window):
     return window.session.project.instances(window.session.image_id)
 
 
+def test_the_real_demo_model_proposes_in_a_new_project_and_its_categories_take_the_models_keypoints(
+        qtbot, settings, tmp_path):
+    import shutil
+
+    from annotator.gui.demo import BUNDLED, bundled_model
+    from annotator.gui.main_window import MainWindow
+    from model.weights import load_model as load_weights
+
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    shutil.copy(BUNDLED / "images" / "000001.jpg", folder)
+    window = MainWindow(settings=settings)  # the real Predictor, in the model thread
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        open_and_wait(qtbot, window, folder)
+        window.load_model(ModelChoice("file", str(bundled_model())), "cpu")
+        qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=30000)
+        window.propose_current()
+        qtbot.waitUntil(lambda: len(_stored(window)) > 0 and not window.proposals.busy, timeout=30000)
+        config = load_weights(bundled_model(), progress=False).config
+        categories = window.session.project.categories()
+        assert categories and {c.name for c in categories} <= set(config.class_names[1:])
+        for category in categories:  # the model's names and skeleton, 1-based as COCO's
+            assert category.keypoints == config.keypoint_names
+            assert category.skeleton == tuple((a + 1, b + 1) for a, b in config.keypoint_skeleton)
+    finally:
+        window.close()
+
+
 def test_propose_stores_scored_proposals_and_review_keys_accept_and_reject(qtbot, window, blob_project):
     open_and_wait(qtbot, window, blob_project)
     load_model(qtbot, window)

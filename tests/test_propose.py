@@ -23,7 +23,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weights Mask R-CNN with mask and keypoint heads, saved as our own self-describing file."""
     torch.manual_seed(0)
     model = build_model("maskrcnn_resnet50_fpn", num_classes=3, keypoint_on=True, num_keypoints=2, min_size=96,
-                        max_size=128, box_score_thresh=0.0, box_detections_per_img=5)
+                        max_size=128, box_score_thresh=0.0, box_detections_per_img=5,
+                        keypoint_names=("head", "tail"), keypoint_skeleton=((0, 1),))  # 0-based, as models hold it
     return save_weights(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
@@ -51,6 +52,8 @@ def test_propose_stores_scored_model_instances_and_marks_images_proposed(
     assert project.instances(3) == [] and project.image(3).state == ReviewState.DONE
     category = project.category(project.instances(1)[0].category_id)
     assert category.num_keypoints == 2 and len(project.instances(1)[0].keypoints) == 6
+    # a category the model adds takes its keypoint names, and its skeleton 1-based as COCO's
+    assert category.keypoints == ("head", "tail") and category.skeleton == ((1, 2),)
 
 
 def test_proposing_again_replaces_untouched_proposals_and_keeps_edited_ones(

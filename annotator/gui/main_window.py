@@ -32,6 +32,7 @@ from annotator.gui.tools.click import ClickTool
 from annotator.gui.tools.keypoints import KeypointTool
 from annotator.gui.tools.polygon import PolygonTool
 from annotator.gui.tools.select import SelectTool
+from annotator.proposals import ProposalCategories
 from annotator.store import Project, ReviewState, Source
 
 MAX_RECENT = 10
@@ -688,10 +689,12 @@ class MainWindow(QMainWindow):
         if (session is None or self._drop_results_until_idle
                 or not session.project.id_in_use("images", result.image_id)):
             return
+        categories = ProposalCategories(session.project, result.keypoint_names, result.keypoint_skeleton)
         if result.prompt == "image":
             if session.project.image(result.image_id).state in (ReviewState.IN_REVIEW, ReviewState.DONE):
                 return  # someone reviewed it meanwhile: proposals would replace nothing a person kept
-            session.history.add_proposals(result.image_id, result.proposals, result.model_version)
+            session.history.add_proposals(result.image_id, result.proposals, result.model_version,
+                                          category_for=categories)
             if result.image_id == session.image_id:
                 self.status.showMessage(f"{len(result.proposals)} proposals", 4000)
             return
@@ -707,7 +710,7 @@ class MainWindow(QMainWindow):
         text = "Box to mask" if result.prompt == "box" else "Click to segment"
         added = session.history.add_proposals(
             result.image_id, proposals, result.model_version, replace=False,
-            source=Source.HUMAN if result.prompt == "box" else Source.MODEL, text=text)
+            source=Source.HUMAN if result.prompt == "box" else Source.MODEL, text=text, category_for=categories)
         if added and result.image_id == session.image_id:
             session.select([added[0].id])
             if result.prompt == "box":

@@ -67,6 +67,9 @@ class ProposalResult:
     model_version: str
     proposals: list[Proposal] = field(default_factory=list)
     prompt: str = "image"  # "image", "box" or "point"
+    # the model's keypoint names and skeleton (0-based pairs), for categories it adds to the project
+    keypoint_names: tuple[str, ...] = ()
+    keypoint_skeleton: tuple[tuple[int, int], ...] = ()
 
 
 def default_predictor_factory(choice: ModelChoice, device: str) -> PredictorLike:
@@ -171,7 +174,7 @@ class ProposalWorker(QObject):
                 if self.cancel_event.is_set():
                     break
                 self._last_prediction = (image_id, instances)
-                self.result.emit(ProposalResult(image_id, self._version(instances), to_proposals(instances)))
+                self.result.emit(self._result(image_id, instances, to_proposals(instances), "image"))
             self.progress.emit(len(jobs), len(jobs))
 
     @Slot(int, str, tuple, str)
@@ -180,7 +183,7 @@ class ProposalWorker(QObject):
             image = self._image(image_id, path)
             instances = self.predictor.predict_in_box(image, tuple(box), label or None)
             proposals = to_proposals(instances)[:1]
-            self.result.emit(ProposalResult(image_id, self._version(instances), proposals, prompt="box"))
+            self.result.emit(self._result(image_id, instances, proposals, "box"))
 
     @Slot(int, str, tuple)
     def segment_point(self, image_id: int, path: str, point: tuple) -> None:
@@ -200,10 +203,13 @@ class ProposalWorker(QObject):
                     scores = np.asarray(instances.scores)[holding]
                     best = [int(holding[int(np.argmax(scores))])]
             proposals = to_proposals(instances, best) if best else []
-            self.result.emit(ProposalResult(image_id, self._version(instances), proposals, prompt="point"))
+            self.result.emit(self._result(image_id, instances, proposals, "point"))
 
-    def _version(self, instances: Any) -> str:
-        return str(getattr(instances, "model_version", "") or getattr(self.predictor, "model_version", ""))
+    def _result(self, image_id: int, instances: Any, proposals: list[Proposal], prompt: str) -> ProposalResult:
+        version = str(getattr(instances, "model_version", "") or getattr(self.predictor, "model_version", ""))
+        return ProposalResult(image_id, version, proposals, prompt,
+                              tuple(getattr(self.predictor, "keypoint_names", ())),
+                              tuple(getattr(self.predictor, "keypoint_skeleton", ())))
 
 
 def _leave_a_core_for_the_ui() -> None:
