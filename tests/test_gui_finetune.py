@@ -14,7 +14,7 @@ import numpy as np
 from annotator.gui.finetune_dialog import FineTuneDialog
 from annotator.gui.training import parse_event
 from annotator.store import ReviewState
-from tests.test_gui_fixtures import blob_project  # noqa: F401
+from tests.test_gui_fixtures import blob_project, settings, window  # noqa: F401
 
 FAKE_TRAIN = textwrap.dedent("""
     import json, subprocess, sys, time
@@ -161,3 +161,15 @@ def test_cancel_kills_the_training_process_tree_and_the_ui_keeps_running(qtbot, 
             return status.exists() and "State:\tZ" in status.read_text()
 
         qtbot.waitUntil(lambda: gone(grandchild), timeout=5000)
+
+
+def test_fine_tuning_from_the_window_starts_from_the_model_in_use(qtbot, window, blob_project):
+    from tests.test_gui_fixtures import answer_dialogs, load_model, open_and_wait
+
+    open_and_wait(qtbot, window, blob_project)
+    load_model(qtbot, window)  # "blob.pt", as a fine-tuned run's weights would be
+    offered = []
+    answer_dialogs(qtbot, [lambda dialog: (offered.extend(dialog.base.itemText(i) for i in range(dialog.base.count())),
+                                           dialog.reject())])
+    window.fine_tune()
+    assert offered[0] == "blob.pt" and offered[1:] == FineTuneDialog.default_bases()

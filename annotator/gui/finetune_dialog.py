@@ -101,7 +101,7 @@ class FineTuneDialog(QDialog):
 
         self.base = QComboBox()
         self.base.setEditable(True)
-        self.base.addItems(base_weights or self._default_bases())
+        self.base.addItems(base_weights or self.default_bases())
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
         self.epochs.setValue(12)
@@ -156,7 +156,8 @@ class FineTuneDialog(QDialog):
         self.resize(640, 600)
 
     @staticmethod
-    def _default_bases() -> list[str]:
+    def default_bases() -> list[str]:
+        """The bundled demo model, then the registry's weights."""
         from annotator.gui.demo import bundled_model
         from annotator.gui.model_picker import registry_choices
 

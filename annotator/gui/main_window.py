@@ -722,7 +722,12 @@ class MainWindow(QMainWindow):
             return
         from annotator.gui.finetune_dialog import FineTuneDialog
 
-        dialog = FineTuneDialog(self.session.project, self)
+        # the model in use comes first: fine-tuning again goes on from the last run, not the demo
+        bases = FineTuneDialog.default_bases()
+        current = self.settings.value("model/name") if self.proposals.has_model else None
+        if current:
+            bases = [current] + [base for base in bases if base != current]
+        dialog = FineTuneDialog(self.session.project, self, base_weights=bases)
         dialog.model_ready.connect(lambda path: self.load_model(ModelChoice("run", path), self.proposals.device or "auto"))
         dialog.exec()
 
