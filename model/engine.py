@@ -771,6 +771,15 @@ def run_training(coco_file: Path | str, image_root: Path | str, run_dir: Path | 
             raise
         events.emit("done", path=result.weights, checkpoint=result.checkpoint, iterations=result.iterations,
                     elapsed_s=round(time.monotonic() - started, 1), **result.evaluation)  # fmt: skip
+        if distributed.is_main:  # for a person at a terminal: where the model went and how it scores
+            seconds = time.monotonic() - started
+            took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+            print(f"done in {took}: {result.weights}", file=sys.stderr)
+            if result.evaluation:
+                from model.evaluation import format_summary
+
+                print(f"AP on the {len(run.val_data.images)} held-out image(s):\n{format_summary(result.evaluation)}",
+                      file=sys.stderr)
         return result
     except Exception as error:
         events.emit("error", message=str(error) if isinstance(error, (SetupError, RunStopped))

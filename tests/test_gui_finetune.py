@@ -4,6 +4,7 @@ live progress, loss plot and AP, cancel ending the whole process tree, and the n
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
 import time
@@ -131,6 +132,9 @@ def test_the_dialog_runs_main_py_train_for_real_and_its_weights_propose(qtbot, t
     qtbot.waitUntil(lambda: dialog.use_button.isEnabled(), timeout=5000)
     assert [iteration for iteration, _ in dialog.plot.points] == [1, 2]  # 4 training images, 2 a step
     assert dialog.ap_before.text() == "AP before: —"  # a random start is not evaluated
+    log = dialog.log.toPlainText()  # main.py's words for a person: where the weights went, the held-out AP
+    assert re.search(rf"^done in \d+ s: {re.escape(dialog.weights_path)}$", log, re.MULTILINE)
+    assert "AP on the 1 held-out image(s):\nbox        AP" in log
     assert dialog.ap_after.text().startswith("AP after: mask ")
     predictor = Predictor(dialog.weights_path, device="cpu")
     assert predictor.class_names[1:] == ("ellipse", "rectangle", "triangle", "star")  # the project's categories
