@@ -45,6 +45,20 @@ def test_opening_a_folder_creates_its_project_and_remembers_it(qtbot, window, tm
     again.close()
 
 
+def test_a_recent_project_that_has_gone_leaves_the_menu_with_a_clear_message(qtbot, settings, blob_project, tmp_path):
+    window = make_window(qtbot, settings)
+    open_and_wait(qtbot, window, blob_project)
+    gone = tmp_path / "gone.annot"
+    window.settings.setValue("recent/projects", [str(gone), str(blob_project.resolve())])
+    window._rebuild_recent_menu()
+    window.recent_menu.actions()[0].trigger()
+    assert window.last_error == f"{gone}: not there any more; removed from the recent projects"
+    assert window.recent_projects() == [str(blob_project.resolve())]
+    assert [a.text() for a in window.recent_menu.actions()] == [str(blob_project.resolve())]
+    assert window.session.project.path == blob_project  # the open project stays
+    window.close()
+
+
 def test_review_filter_and_image_navigation_keys(qtbot, window, blob_project):
     open_and_wait(qtbot, window, blob_project)
     first = window.session.image_id

@@ -245,8 +245,16 @@ class MainWindow(QMainWindow):
         self.recent_menu.clear()
         for path in self.recent_projects():
             action = self.recent_menu.addAction(path)
-            action.triggered.connect(lambda checked=False, p=path: self.open_path(Path(p)))
+            action.triggered.connect(lambda checked=False, p=path: self._open_recent(Path(p)))
         self.recent_menu.setEnabled(bool(self.recent_projects()))
+
+    def _open_recent(self, path: Path) -> None:
+        if not path.exists():  # deleted or moved since: it leaves the menu, as editors do
+            self.settings.setValue("recent/projects", [p for p in self.recent_projects() if p != str(path)])
+            self._rebuild_recent_menu()
+            self._error("Open", f"{path}: not there any more; removed from the recent projects")
+            return
+        self.open_path(path)
 
     # -- opening --------------------------------------------------------------------------------
 
