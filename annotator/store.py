@@ -507,10 +507,13 @@ class Project:
     def category_by_name(self, name: str) -> Category | None:
         return next((c for c in self.categories() if c.name == name), None)
 
-    def instance_counts_by_category(self) -> dict[int, int]:
+    def instance_counts_by_category(self, source: Source | None = None) -> dict[int, int]:
+        """Instances per category id (every category, 0 where it has none); only those of one
+        ``source`` when given (``Source.HUMAN``: the labels people drew, accepted or imported)."""
         counts = {category.id: 0 for category in self.categories()}
+        where, parameters = ("", ()) if source is None else (" WHERE source = ?", (str(source),))
         for category_id, count in self._db.execute(
-                "SELECT category_id, count(*) FROM instances GROUP BY category_id"):
+                f"SELECT category_id, count(*) FROM instances{where} GROUP BY category_id", parameters):
             counts[category_id] = count
         return counts
 

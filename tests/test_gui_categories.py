@@ -1,5 +1,5 @@
 """The category panel: adding a category with keypoint names and a skeleton through its dialog,
-refusals that keep what was typed, renaming, and the counts it shows."""
+refusals that keep what was typed, renaming, and the counts it shows (labels kept, not proposals)."""
 
 from __future__ import annotations
 
@@ -78,10 +78,11 @@ def test_renaming_the_current_category_keeps_its_instances_and_updates_the_count
     mask = np.zeros((90, 120), dtype=bool)
     mask[10:20, 10:30] = True
     session.project.add_instance(session.image_id, 1, mask=mask, source=Source.HUMAN)
+    session.project.add_instance(session.image_id, 1, mask=mask, score=0.3, source=Source.MODEL)  # a draft
     session.set_current_category(1)
     answer_dialogs(qtbot, [fill("cell")])
     window.categories.edit_category()
 
     assert session.project.category(1).name == "cell"
-    assert [i.category_id for i in session.project.instances(session.image_id)] == [1]
-    assert row_texts(window)[0] == "cell  (1 instance)"
+    assert [i.category_id for i in session.project.instances(session.image_id)] == [1, 1]
+    assert row_texts(window)[0] == "cell  (1 instance)"  # the label kept, not the proposal

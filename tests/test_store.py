@@ -157,9 +157,11 @@ def test_counts_by_review_state_and_category(project: Project) -> None:
     cat, dog = project.add_category("cat"), project.add_category("dog")
     project.add_instance(a.id, cat.id, mask=_square())
     project.add_instance(b.id, cat.id, mask=_square())
+    project.add_instance(a.id, dog.id, mask=_square(), score=0.7, source=Source.MODEL)
     assert project.review_state_counts()[ReviewState.DONE] == 1
     assert project.review_state_counts()[ReviewState.UNLABELED] == 1
-    assert project.instance_counts_by_category() == {cat.id: 2, dog.id: 0}
+    assert project.instance_counts_by_category() == {cat.id: 2, dog.id: 1}
+    assert project.instance_counts_by_category(Source.HUMAN) == {cat.id: 2, dog.id: 0}
     assert [i.image_id for i in project.iter_instances([ReviewState.DONE])] == [b.id]
 
 

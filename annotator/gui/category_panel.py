@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QColorDialog, QDialog, QDialogButtonBox, QFormLay
 
 from annotator.gui.instance_list import color_icon
 from annotator.gui.session import Session
-from annotator.store import Category, default_color
+from annotator.store import Category, Source, default_color
 
 
 def parse_skeleton(text: str, names: list[str]) -> list[tuple[int, int]]:
@@ -124,9 +124,11 @@ class CategoryPanel(QWidget):
         self._updating = True
         self.list.clear()
         if self.session is not None:
-            counts = self.session.project.instance_counts_by_category()
-            for category in self.session.project.categories():
-                count = counts.get(category.id, 0)
+            project = self.session.project
+            # the labels people kept, as an export writes them; proposals are drafts until accepted
+            kept = project.instance_counts_by_category(Source.HUMAN)
+            for category in project.categories():
+                count = kept.get(category.id, 0)
                 details = f"{count} instance" + ("" if count == 1 else "s")
                 if category.keypoints:
                     details += f", {category.num_keypoints} keypoints"

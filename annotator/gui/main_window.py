@@ -206,8 +206,12 @@ class MainWindow(QMainWindow):
         model.addSeparator()
         self._action("fine_tune", "&Fine-tune on done images…", self.fine_tune, "", model)
         toolbar.addSeparator()
-        for name in ("propose", "propose_all", "done_next"):
-            toolbar.addAction(self.actions_by_name[name])
+        # short words on the toolbar (the whole of it fits a 1100-pixel window); menus keep the long ones
+        for name, short in (("propose", "Propose"), ("propose_all", "Propose all"), ("done_next", "Done, next")):
+            action = self.actions_by_name[name]
+            action.setIconText(short)
+            action.setToolTip(f"{action.text().replace('&', '')} ({action.shortcut().toString()})")
+            toolbar.addAction(action)
 
         help_menu = bar.addMenu("&Help")
         self._action("help", "&Keyboard shortcuts", self.show_help, ["F1", "?"], help_menu)
