@@ -66,8 +66,12 @@ def demo_project_path(target: Path | None = None) -> Path:
 def open_demo(window) -> None:
     from annotator.gui.proposals import ModelChoice
 
-    window.open_path(demo_project_path())
     model = bundled_model()
+    if model is not None:
+        # the point of the demo is proposals at once: auto-propose is on for this session (checked,
+        # not triggered, so the user's own setting is not changed)
+        window.actions_by_name["auto_propose"].setChecked(True)
+    window.open_path(demo_project_path())
     if model is not None:
         window.load_model(ModelChoice("file", str(model), "demo model"), "auto")
     else:
