@@ -29,6 +29,11 @@ def _stored(window):
     return window.session.project.instances(window.session.image_id)
 
 
+def _source_column(window) -> dict[int, str]:
+    tree = window.instances.tree
+    return {int(tree.topLevelItem(row).text(0)): tree.topLevelItem(row).text(3) for row in range(tree.topLevelItemCount())}
+
+
 def test_the_real_demo_model_proposes_in_a_new_project_and_its_categories_take_the_models_keypoints(
         qtbot, settings, tmp_path):
     import shutil
@@ -82,10 +87,12 @@ def test_propose_stores_scored_proposals_and_review_keys_accept_and_reject(qtbot
     window.instances.threshold.setValue(50)
     assert len(window.canvas.instances) == 2
 
+    assert _source_column(window) == {first.id: "proposal", second.id: "proposal"}
     window.session.select([first.id])
     key(window, Qt.Key.Key_Return)
     assert window.session.project.instance(first.id).source == Source.HUMAN
     assert window.session.project.instance(first.id).score == first.score  # provenance kept
+    assert _source_column(window) == {first.id: "accepted", second.id: "proposal"}
     window.session.select([second.id])
     key(window, Qt.Key.Key_Delete)
     assert [i.id for i in _stored(window)] == [first.id]

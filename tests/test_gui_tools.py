@@ -192,6 +192,9 @@ def test_box_becomes_a_mask_through_the_model(qtbot, window, blob_project):
     assert segmented.bbox == (x, y, w, h) and segmented.area == w * h
     assert segmented.source == Source.HUMAN and segmented.model_version == "blob-net@test"
     assert segmented.score is None  # a person's box: no detection score to show
+    rows = {window.instances.tree.topLevelItem(r).text(0): window.instances.tree.topLevelItem(r).text(3)
+            for r in range(window.instances.tree.topLevelItemCount())}
+    assert rows == {str(rectangle.id): "drawn", str(segmented.id): "from box"}
     assert segmented.category_id == window.session.current_category_id
     assert window.status.currentMessage() == "Box to mask: added blob"
 

@@ -14,6 +14,17 @@ from annotator.store import Source
 COLUMNS = ("#", "Category", "Score", "Source", "Show", "Lock")
 
 
+def provenance(instance) -> str:
+    """The Source column: "proposal" (the model's, not reviewed), "accepted" (a proposal a person
+    kept), "from box" (the model's mask for a box a person drew) or "drawn" (a person's own,
+    drawn or imported)."""
+    if instance.source == Source.MODEL:
+        return "proposal"
+    if instance.model_version:
+        return "accepted" if instance.score is not None else "from box"
+    return "drawn"
+
+
 def color_icon(color: str, side: int = 12) -> QIcon:
     pixmap = QPixmap(side, side)
     pixmap.fill(QColor(color))
@@ -95,7 +106,7 @@ class InstanceListPanel(QWidget):
                 item = QTreeWidgetItem([
                     str(instance.id), category.name if category else "?",
                     "" if instance.score is None else f"{instance.score:.2f}",
-                    "model" if instance.source == Source.MODEL else "human", "", ""])
+                    provenance(instance), "", ""])
                 item.setData(0, Qt.ItemDataRole.UserRole, instance.id)
                 if category is not None:
                     item.setIcon(1, color_icon(category.color))
