@@ -126,7 +126,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from annotator.store import Project
+    from annotator.store import Project, Source
 
     with Project.open(project_path(args.project)) as project:
         print(f"project:     {project.path}")
@@ -135,7 +135,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         for state, count in project.review_state_counts().items():
             print(f"  {state.label:<11}{count}")
         counts = project.instance_counts_by_category()
-        print(f"instances:   {sum(counts.values())}")
+        proposals = sum(project.instance_counts_by_category(Source.MODEL).values())
+        unreviewed = f", {proposals} of them proposals nobody accepted (export leaves those out)" if proposals else ""
+        print(f"instances:   {sum(counts.values())}{unreviewed}")
         for category in project.categories():
             keypoints = f"  ({category.num_keypoints} keypoints)" if category.keypoints else ""
             print(f"  {category.id:>3} {category.name:<20}{counts[category.id]}{keypoints}")

@@ -51,10 +51,12 @@ def test_info_lists_review_states_and_instances_per_category(tmp_path: Path,
         cat = project.add_category("cat")
         project.add_category("person", keypoints=["nose"])
         project.add_instance(a.id, cat.id, bbox=[1, 1, 5, 5])
+        project.add_instance(a.id, cat.id, bbox=[2, 2, 5, 5], score=0.4, source=Source.MODEL)
     assert main.main(["info", str(tmp_path / "p.annot")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"done\s+1", out) and re.search(r"unlabeled\s+1", out)
-    assert re.search(r"cat\s+1", out) and re.search(r"person\s+0\s+\(1 keypoints\)", out)
+    assert "instances:   2, 1 of them proposals nobody accepted (export leaves those out)" in out
+    assert re.search(r"cat\s+2", out) and re.search(r"person\s+0\s+\(1 keypoints\)", out)
 
 
 def test_export_only_done_with_rle(tmp_path: Path) -> None:
