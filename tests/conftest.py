@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,19 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(autouse=True)
+def _collect_due_garbage_between_tests():
+    """Once a window exists, the app's collector (annotator.gui.garbage) has switched Python's
+    automatic collection off and collects from a timer, which runs only inside an event loop:
+    between tests it does its work here, on the main thread, so tests without one do not pile up
+    garbage."""
+    yield
+    if not gc.isenabled():
+        from annotator.gui.garbage import collect_on_the_ui_thread
+
+        collect_on_the_ui_thread().collect_due()
 
 
 def write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[str]:

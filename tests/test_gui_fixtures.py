@@ -185,15 +185,18 @@ def answer_dialogs(qtbot, answers: list[Callable[[QDialog], None]]) -> list[str]
     pending = list(answers)
 
     def poll() -> None:
+        if not pending:  # done: deleted by Qt on this thread, not by a garbage collection elsewhere
+            timer.stop()
+            timer.deleteLater()
+            return
         dialog = QApplication.activeModalWidget()
-        if dialog is None or not pending:
+        if dialog is None:
             return  # an answered dialog is hidden, so it is not the active one until shown again
         if isinstance(dialog, QMessageBox):
             warnings.append(dialog.text())
         pending.pop(0)(dialog)
 
-    timer = QTimer()
+    timer = QTimer(QApplication.instance())
     timer.timeout.connect(poll)
     timer.start(20)
-    qtbot._answer_timer = timer  # kept alive for the test
     return warnings

@@ -16,6 +16,7 @@ from annotator.errors import InputError
 from annotator.gui.background import run_in_background
 from annotator.gui.canvas import Canvas
 from annotator.gui.category_panel import CategoryPanel
+from annotator.gui.garbage import collect_on_the_ui_thread
 from annotator.gui.help_dialog import HelpDialog
 from annotator.gui.image_list import ImageListPanel
 from annotator.gui.instance_list import InstanceListPanel
@@ -48,6 +49,7 @@ class MainWindow(QMainWindow):
     def __init__(self, predictor_factory: Callable[[ModelChoice, str], PredictorLike] | None = None,
                  settings: QSettings | None = None) -> None:
         super().__init__()
+        collect_on_the_ui_thread()  # the model thread and the thread pool run Python too (annotator.gui.garbage)
         self.setWindowTitle("Mask R-CNN annotator")
         self.settings = settings or app_settings()
         self.session: Session | None = None
@@ -608,6 +610,7 @@ class MainWindow(QMainWindow):
                 self.load_model(choice, device)
 
     def _on_model_loaded(self, version: str, device: str) -> None:
+        collect_on_the_ui_thread().freeze()  # the model and torch's modules stay: keep full collections cheap
         if self._loading is not None:
             choice, requested = self._loading
             for key, value in (("kind", choice.kind), ("name", choice.name), ("label", choice.label),
