@@ -434,7 +434,10 @@ class Project:
             if len(pair) != 2 or not all(isinstance(i, int) and 1 <= i <= len(keypoints) for i in pair):
                 raise ValueError(f"skeleton edge {list(pair)} must be two keypoint numbers in 1..{len(keypoints)}")
 
-    def _check_name_free(self, name: str, category_id: int) -> None:
+    def _check_name(self, name: str, category_id: int) -> None:
+        """A category's name: not empty, and no other category's."""
+        if not name.strip():
+            raise ValueError("category name is empty")
         other = self._db.execute("SELECT id FROM categories WHERE name = ? AND id != ?", (name, category_id)).fetchone()
         if other:
             raise ValueError(f"there is already a category named '{name}' (id {other[0]})")
@@ -442,8 +445,6 @@ class Project:
     def add_category(self, name: str, supercategory: str = "", color: str | None = None,
                      keypoints: Sequence[str] = (), skeleton: Sequence[Sequence[int]] = (),
                      id: int | None = None) -> Category:
-        if not name.strip():
-            raise ValueError("category name is empty")
         if id is not None and id < 1:
             raise ValueError(f"category id must be at least 1, got {id}")
         self._check_schema(keypoints, skeleton)
@@ -452,7 +453,7 @@ class Project:
                 id = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM categories").fetchone()[0]
             category = Category(id, name, supercategory, color or default_color(id), tuple(keypoints),
                                 tuple(tuple(int(i) for i in pair) for pair in skeleton))
-            self._check_name_free(name, id)
+            self._check_name(name, id)
             self._db.execute(
                 "INSERT INTO categories (id, name, supercategory, color, keypoints, skeleton)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -471,9 +472,7 @@ class Project:
             category = replace(self.category(category_id), **changes)
             category = replace(category, keypoints=tuple(category.keypoints),
                                skeleton=tuple(tuple(p) for p in category.skeleton))
-            if not category.name.strip():
-                raise ValueError("category name is empty")
-            self._check_name_free(category.name, category_id)
+            self._check_name(category.name, category_id)
             self._check_schema(category.keypoints, category.skeleton)
             if len(category.keypoints) != self.category(category_id).num_keypoints:
                 used = self._db.execute(
@@ -576,10 +575,9 @@ class Project:
         for row in self._db.cursor().execute(query, parameters):
             yield self._instance(row)
 
-    def instance_count(self, states: Iterable[ReviewState] | None = None,
-                       min_proposal_score: float = -math.inf) -> int:
-        """How many instances ``iter_instances`` gives for the same arguments."""
-        where, parameters = self._instance_filter(states, None, min_proposal_score)
+    def instance_count(self, states: Iterable[ReviewState] | None = None) -> int:
+        """How many instances there are, or of images in the given review states."""
+        where, parameters = self._instance_filter(states, None, -math.inf)
         joined = " JOIN images ON images.id = instances.image_id" if where else ""  # the join costs at 1M rows
         query = f"SELECT count(*) FROM instances{joined}{where}"
         return self._db.execute(query, parameters).fetchone()[0]

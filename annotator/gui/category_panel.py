@@ -144,28 +144,28 @@ class CategoryPanel(QWidget):
             return
         self.session.set_current_category(item.data(Qt.ItemDataRole.UserRole))
 
-    def _run_dialog(self, category: Category | None, save: Callable[[dict], object]) -> bool:
-        """Shows the dialog until ``save`` takes its values or the user cancels; a refusal (a bad
-        skeleton, a name in use) is shown and the dialog comes back with what was typed."""
+    def _run_dialog(self, category: Category | None, save: Callable[[dict], Category]) -> Category | None:
+        """Shows the dialog until ``save`` takes its values (the saved category is returned) or the
+        user cancels; a refusal (a bad skeleton, a name in use) is shown and the dialog comes back
+        with what was typed."""
         next_id = max((c.id for c in self.session.project.categories()), default=0) + 1
         dialog = CategoryDialog(category, next_id, self)
         while dialog.exec() == QDialog.DialogCode.Accepted:
             try:
-                save(dialog.values())
-                return True
+                return save(dialog.values())
             except ValueError as error:
                 QMessageBox.warning(self, "Category", f"Not saved: {error}")
-        return False
+        return None
 
     def add_category(self) -> None:
         if self.session is None:
             return
-        added: list[Category] = []
-        if not self._run_dialog(None, lambda values: added.append(self.session.project.add_category(**values))):
+        added = self._run_dialog(None, lambda values: self.session.project.add_category(**values))
+        if added is None:
             return
-        self.session.current_category_id = added[0].id
+        self.session.current_category_id = added.id
         self.session.notify_categories()
-        self.session.current_category_changed.emit(added[0].id)
+        self.session.current_category_changed.emit(added.id)
 
     def edit_category(self) -> None:
         if self.session is None or self.session.current_category is None:
