@@ -769,10 +769,10 @@ def run_training(coco_file: Path | str, image_root: Path | str, run_dir: Path | 
                 raise RunStopped(f"rank {distributed.rank}: stopped because another process of the run ended "
                                  "(its error says why)") from None
             raise
+        seconds = time.monotonic() - started
         events.emit("done", path=result.weights, checkpoint=result.checkpoint, iterations=result.iterations,
-                    elapsed_s=round(time.monotonic() - started, 1), **result.evaluation)  # fmt: skip
+                    elapsed_s=round(seconds, 1), **result.evaluation)  # fmt: skip
         if distributed.is_main:  # for a person at a terminal: where the model went and how it scores
-            seconds = time.monotonic() - started
             took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
             print(f"done in {took}: {result.weights}", file=sys.stderr)
             if result.evaluation:

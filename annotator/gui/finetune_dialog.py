@@ -209,10 +209,12 @@ class FineTuneDialog(QDialog):
             label.setText(f"AP {stage or ''}: {_ap_text(event)}")
             if stage == "before":
                 self._before = event
-            elif stage == "after" and _mask_ap(event) < _mask_ap(self._before):
-                self._on_log(f"The new model's mask AP on the held-out images is lower than the base's "
-                             f"({100 * _mask_ap(event):.1f} against {100 * _mask_ap(self._before):.1f}): "
-                             "you may want to keep the current model.")
+            elif stage == "after":
+                after, before = _mask_ap(event), _mask_ap(self._before)
+                if after < before:
+                    self._on_log(f"The new model's mask AP on the held-out images is lower than the base's "
+                                 f"({100 * after:.1f} against {100 * before:.1f}): "
+                                 "you may want to keep the current model.")
         elif kind == "checkpoint":
             self._on_log(f"checkpoint {event.get('path', '')}")
         elif kind == "done":
