@@ -39,9 +39,9 @@ def _progress(total: int, what: str):
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from annotator.errors import InputError
+    from model.errors import InputError
     from annotator.store import Project
-    from model.images import ImageReadError, is_image_file, probe_image
+    from model.images import is_image_file, probe_image
 
     images = Path(args.images)
     if not images.is_dir():
@@ -55,10 +55,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     infos = []
     with _progress(len(files), "img") as bar:
         for file in files:
-            try:
-                infos.append((file, probe_image(file, args.max_pixels)))
-            except ImageReadError as error:
-                raise InputError(error.path, error.problem) from None
+            infos.append((file, probe_image(file, args.max_pixels)))
             bar.update()
     with Project.create(path, images) as project, project.transaction():
         for file, info in infos:
@@ -69,7 +66,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from annotator.coco import import_coco
-    from annotator.errors import InputError
+    from model.errors import InputError
     from annotator.labelme import import_labelme
     from annotator.store import Project
 
@@ -108,7 +105,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from annotator.coco import export_coco
-    from annotator.errors import InputError
+    from model.errors import InputError
     from annotator.store import Project
 
     with Project.open(project_path(args.project)) as project:
@@ -153,7 +150,7 @@ def default_weights() -> str:
 
 def load_predictor(weights: str, device: str, **options):
     """A Predictor, with weights problems turned into one-line errors naming the file or URL."""
-    from annotator.errors import InputError
+    from model.errors import InputError
     from model.predictor import Predictor
     from model.weights import WeightsHashError, WeightsUnavailableError
 
@@ -200,8 +197,7 @@ def cmd_propose(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from annotator.errors import InputError
-    from model.engine import RunStopped, SetupError, TrainOptions, run_training
+    from model.engine import RunStopped, TrainOptions, run_training
 
     options = TrainOptions(batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                            val_fraction=args.val_fraction, seed=args.seed, num_workers=args.workers,
@@ -212,8 +208,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_training(args.coco, args.images, Path(args.out), options, weights=args.weights or default_weights(),
                      architecture=args.arch, iterations=args.iters, epochs=args.epochs, min_size=args.min_size,
                      max_size=args.max_size, resume=args.resume, device=args.device)  # fmt: skip
-    except SetupError as error:
-        raise InputError(error.path, error.problem) from None
     except RunStopped as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -223,20 +217,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from annotator.errors import InputError
-    from model.data import DatasetError, load_coco
+    from model.data import load_coco
     from model.evaluation import evaluate, format_summary
-    from model.images import ImageReadError
 
-    try:
-        data = load_coco(args.coco, args.images)
-        for warning in data.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        predictor = load_predictor(args.weights or default_weights(), args.device, feature_cache_size=0)
-        with _progress(len(data.images), "img") as bar:
-            summary = evaluate(predictor, data, on_image=lambda count: bar.update())
-    except (DatasetError, ImageReadError) as error:  # the COCO file, or an image (one that fails to decode)
-        raise InputError(error.path, error.problem) from None
+    data = load_coco(args.coco, args.images)  # InputError names the COCO file, or an image
+    for warning in data.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    predictor = load_predictor(args.weights or default_weights(), args.device, feature_cache_size=0)
+    with _progress(len(data.images), "img") as bar:
+        summary = evaluate(predictor, data, on_image=lambda count: bar.update())
     print(f"{predictor.model_version} on {len(data.images)} images of {args.coco}")
     print(format_summary(summary))
     if args.json:
@@ -375,7 +364,7 @@ def build_gui_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from annotator.errors import InputError
+    from model.errors import InputError
 
     try:
         if argv and argv[0] in COMMANDS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from annotator.errors import InputError
+from model.errors import InputError
 
 
 def run_app(path: Path | None = None, demo: bool = False) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from annotator import masks
-from annotator.errors import InputError
+from model.errors import InputError
 from annotator.interchange import (AtomicWriter, ImportReport, add_image_file, check_coordinates,
                                    is_number, iter_json_array, read_json)
 from annotator.store import Category, Instance, Project, ReviewState, Source

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from annotator.errors import InputError
+from model.errors import InputError
 from annotator.store import ImageRecord, Project, check_file_name
 from model.files import give_ordinary_permissions
 from model.images import DEFAULT_MAX_PIXELS, ImageReadError, probe_image

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from annotator import masks
-from annotator.errors import InputError
+from model.errors import InputError
 from annotator.interchange import ImportReport, add_image_file, check_coordinates, is_number, read_json
 from annotator.store import Project, ReviewState, check_file_name
 from model.images import DEFAULT_MAX_PIXELS

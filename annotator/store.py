@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 import numpy as np
 
 from annotator import masks
-from annotator.errors import InputError
+from model.errors import InputError
 
 PROJECT_SUFFIX = ".annot"
 

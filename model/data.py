@@ -30,24 +30,17 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from model.images import DEFAULT_MAX_PIXELS, ImageReadError, header_size, read_image
+from model.errors import InputError
+from model.images import DEFAULT_MAX_PIXELS, header_size, read_image
 
 # a box side below this (pixels) makes an annotation degenerate
 MIN_BOX_SIDE = 1.0
 
 
-class DatasetError(ValueError):
-    """A COCO file or image that cannot be used for training: ``path`` names the file, ``problem``
-    says what is wrong (and, for the COCO file, in which entry)."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # pickled with its fields: it crosses from a data-loader worker as an item (``collate``)
-        return type(self), (self.path, self.problem)
+class DatasetError(InputError):
+    """A COCO file that cannot be used for training, or an image that does not match it: ``path``
+    names the file, ``problem`` says what is wrong and in which entry. An image that cannot be
+    read at all is an ``ImageReadError``."""
 
 
 @dataclass(frozen=True)
@@ -193,12 +186,9 @@ def check_image(path: Path, record: ImageRecord, max_pixels: int = DEFAULT_MAX_P
     (``CocoDataset``).
 
     Raises:
-        DatasetError: naming the image file.
+        ImageReadError: naming the image file.
     """
-    try:
-        width, height = header_size(path, max_pixels)
-    except ImageReadError as error:
-        raise DatasetError(error.path, error.problem) from None
+    width, height = header_size(path, max_pixels)
     # an EXIF quarter turn swaps the header's sides
     if sorted((width, height)) != sorted((record.width, record.height)):
         raise _size_mismatch(path, width, height, record)
@@ -255,7 +245,7 @@ def load_coco(path: Path | str, image_root: Path | str) -> CocoData:
     """Read a COCO file for training or evaluation; every image file must pass ``check_image``.
 
     Raises:
-        DatasetError: the file is not COCO JSON or an entry is malformed (naming the COCO file), or
+        InputError: the file is not COCO JSON or an entry is malformed (naming the COCO file), or
             an image is missing, unreadable or of another size than the file says (naming the image).
     """
     path, image_root = Path(path), Path(image_root)
@@ -361,7 +351,7 @@ class CocoDataset(torch.utils.data.Dataset):
     ``keypoints`` (G, K, 3) float32, ``crowd_boxes`` (C, 4) float32 and ``image_id``, all in
     the image's pixels after the flip.
 
-    An image that cannot be used raises ``DatasetError`` naming it; with ``errors_as_items`` the
+    An image that cannot be used raises ``ImageReadError`` naming it; with ``errors_as_items`` the
     error is returned as the item instead, for a ``DataLoader`` (see ``collate``).
     """
 
@@ -374,10 +364,10 @@ class CocoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data.images)
 
-    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Tensor]] | DatasetError:
+    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Tensor]] | InputError:
         try:
             return self._item(key)
-        except DatasetError as error:
+        except InputError as error:
             if self.errors_as_items:
                 return error
             raise
@@ -386,10 +376,7 @@ class CocoDataset(torch.utils.data.Dataset):
         index, flip = key if isinstance(key, tuple) else (key, False)
         record = self.data.images[index]
         path = self.data.image_root / record.file_name
-        try:
-            pixels = read_image(path, self.max_pixels)
-        except ImageReadError as error:
-            raise DatasetError(error.path, error.problem) from None
+        pixels = read_image(path, self.max_pixels)
         height, width = pixels.shape[:2]
         if (height, width) != (record.height, record.width):
             raise _size_mismatch(path, width, height, record)
@@ -455,14 +442,14 @@ class TrainingBatches(torch.utils.data.Sampler[list[tuple[int, bool]]]):
 
 
 def collate(
-    batch: list[tuple[Tensor, dict[str, Tensor]] | DatasetError],
-) -> tuple[list[Tensor], list[dict[str, Tensor]]] | DatasetError:
+    batch: list[tuple[Tensor, dict[str, Tensor]] | InputError],
+) -> tuple[list[Tensor], list[dict[str, Tensor]]] | InputError:
     """Images and targets as two lists (images keep their own sizes), or, when an item is a
-    ``DatasetError`` (``CocoDataset(errors_as_items=True)``), that error, for the training loop to
+    ``InputError`` (``CocoDataset(errors_as_items=True)``), that error, for the training loop to
     raise. An exception raised in a data-loader worker reaches the main process as a new one whose
     message is the worker's whole traceback, without its fields; a returned error crosses intact.
     """
     for item in batch:
-        if isinstance(item, DatasetError):
+        if isinstance(item, InputError):
             return item
     return [image for image, _ in batch], [target for _, target in batch]

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from model.builders import ARCHITECTURES, config_for
 from model.config import ModelConfig
-from model.data import CocoData, CocoDataset, DatasetError, LabelSpace, TrainingBatches, collate, load_coco
+from model.data import CocoData, CocoDataset, LabelSpace, TrainingBatches, collate, load_coco
 from model.detector import MaskRCNN
-from model.images import ImageReadError
+from model.errors import InputError
 
 CHECKPOINT_PREFIX = "checkpoint_"
 LAST_CHECKPOINT = "last_checkpoint"  # a text file naming the newest checkpoint (Detectron2's habit)
@@ -343,15 +343,6 @@ def build_training_model(weights: str | Path, architecture: str | None, labels: 
     return model, [f"starting from {file.version}", *report.lines()]
 
 
-class SetupError(ValueError):
-    """An input of a training run that cannot be used; ``path`` names the file or folder."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
-
-
 class RunStopped(RuntimeError):
     """Another process of a ``torchrun`` run ended (its own error says why), so this one stops."""
 
@@ -390,29 +381,29 @@ def prepare_run(coco_file: Path | str, image_root: Path | str, run_dir: Path, op
     model config are used. ``overrides`` are ``ModelConfig`` fields (``min_size``, ``max_size``).
 
     Raises:
-        SetupError: naming the data file, an image, the weights or the run folder.
+        InputError: naming the data file, an image, the weights or the run folder.
     """
     checkpoint = None
     if resume:
         path = latest_checkpoint(run_dir) if run_dir.is_dir() else None
         if path is None:
-            raise SetupError(run_dir, "no checkpoint here to resume from")
+            raise InputError(run_dir, "no checkpoint here to resume from")
         checkpoint = load_checkpoint(path)
         options = TrainOptions.from_dict(checkpoint["options"])
     try:
         data = load_coco(coco_file, image_root)
         train_data, val_data = data.split(options.val_fraction, options.seed)
-    except DatasetError as error:  # naming the COCO file, or an image
-        raise SetupError(error.path, error.problem) from None
+    except InputError:  # naming the COCO file, or an image
+        raise
     except ValueError as error:
-        raise SetupError(coco_file, str(error)) from None
+        raise InputError(coco_file, str(error)) from None
     if not train_data.images:
-        raise SetupError(coco_file, "no images to train on")
+        raise InputError(coco_file, "no images to train on")
 
     if checkpoint is not None:
         model = MaskRCNN(ModelConfig.from_dict(checkpoint["config"]))
         if model.config.class_names != data.labels.class_names:
-            raise SetupError(coco_file, f"its categories {list(data.labels.class_names[1:])} are not those of the run "
+            raise InputError(coco_file, f"its categories {list(data.labels.class_names[1:])} are not those of the run "
                                         f"being resumed {list(model.config.class_names[1:])}")  # fmt: skip
         notes = [f"resuming {run_dir} at iteration {checkpoint['iteration']} of {options.iterations}"]
         return TrainingRun(model, options, train_data, val_data, checkpoint, data.warnings, notes)
@@ -425,9 +416,9 @@ def prepare_run(coco_file: Path | str, image_root: Path | str, run_dir: Path, op
         model, notes = build_training_model(weights, architecture, data.labels, options.trainable_backbone_layers,
                                             **overrides)  # fmt: skip
     except FileNotFoundError as error:
-        raise SetupError(weights, str(error)) from None
+        raise InputError(weights, str(error)) from None
     except (ValueError, RuntimeError) as error:  # not weights, another architecture, or not downloadable
-        raise SetupError(weights, f"cannot start from these weights ({error})") from None
+        raise InputError(weights, f"cannot start from these weights ({error})") from None
     return TrainingRun(model, options, train_data, val_data, None, data.warnings, notes)
 
 
@@ -567,7 +558,7 @@ def train(
     ``checkpoint`` and ``warning``.
 
     Raises:
-        DatasetError: naming a training image that turned out unusable when it was decoded (in a
+        InputError: naming a training image that turned out unusable when it was decoded (in a
             data-loader worker or not); the checkpoints written before stay.
     """
     events = events or EventLog(enabled=False)
@@ -641,7 +632,7 @@ def train(
     try:
         for iteration in range(start + 1, options.iterations + 1):
             batch = next(data)
-            if isinstance(batch, DatasetError):  # carried out of the data-loader worker by ``collate``
+            if isinstance(batch, InputError):  # carried out of the data-loader worker by ``collate``
                 raise batch
             images, targets = batch
             images = [image.to(device, non_blocking=True).float().div_(255) for image in images]
@@ -731,7 +722,7 @@ def run_training(coco_file: Path | str, image_root: Path | str, run_dir: Path | 
     image side, or several drawn per image in training (default: the architecture's).
 
     Raises:
-        SetupError: naming the file that cannot be used (the COCO file, an image, the weights, the
+        InputError: naming the file that cannot be used (the COCO file, an image, the weights, the
             run folder), found before training or during it; checkpoints already written stay.
         RunStopped: under torchrun, another rank ended first.
     """
@@ -762,8 +753,8 @@ def run_training(coco_file: Path | str, image_root: Path | str, run_dir: Path | 
             result = train(run.model, run.train_data, run.val_data, run_dir, run.options, device=chosen,
                            distributed=distributed, events=events, resume=run.resume,
                            evaluate_before=weights != "none")  # fmt: skip
-        except (DatasetError, ImageReadError) as error:  # an image that failed to decode: in training, or evaluation
-            raise SetupError(error.path, error.problem) from None
+        except InputError:  # an image that failed to decode: in training, or evaluation
+            raise
         except Exception as error:
             if distributed.enabled and _peer_gone(error):
                 raise RunStopped(f"rank {distributed.rank}: stopped because another process of the run ended "
@@ -782,7 +773,7 @@ def run_training(coco_file: Path | str, image_root: Path | str, run_dir: Path | 
                       file=sys.stderr)
         return result
     except Exception as error:
-        events.emit("error", message=str(error) if isinstance(error, (SetupError, RunStopped))
+        events.emit("error", message=str(error) if isinstance(error, (InputError, RunStopped))
                     else f"{type(error).__name__}: {error}")
         raise
     finally:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model.errors import InputError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 200_000_000
 
@@ -23,13 +25,8 @@ DEFAULT_MAX_PIXELS = 200_000_000
 Image.MAX_IMAGE_PIXELS = None
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image file that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from PIL import Image
 import main
 from annotator import masks
 from annotator.coco import import_coco
-from annotator.errors import InputError
+from model.errors import InputError
 from annotator.store import Project
 from tests.conftest import write_images, write_json
 

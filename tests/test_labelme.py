@@ -15,7 +15,7 @@ from PIL import Image
 
 import main
 from annotator import masks
-from annotator.errors import InputError
+from model.errors import InputError
 from annotator.labelme import import_labelme
 from annotator.store import Project
 from tests.conftest import write_images

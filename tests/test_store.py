@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from annotator import masks
-from annotator.errors import InputError
+from model.errors import InputError
 from annotator.store import SCHEMA_VERSION, Project, ReviewState, Source, check_file_name
 
 

@@ -12,7 +12,7 @@ from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeyEvent, QKeySeq
 from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QInputDialog, QMainWindow,
                                QMessageBox, QProgressDialog, QToolBar, QWidget)
 
-from annotator.errors import InputError
+from model.errors import InputError
 from annotator.gui.background import run_in_background
 from annotator.gui.canvas import Canvas
 from annotator.gui.category_panel import CategoryPanel

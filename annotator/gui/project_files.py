@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from annotator.errors import InputError
+from model.errors import InputError
 from annotator.store import PROJECT_SUFFIX, Project
 from model.images import ImageInfo, ImageReadError, is_image_file, probe_image
 
