@@ -4,7 +4,7 @@ wall-clock time, next to the target (mask AP >= 0.6 within 20 minutes on a 2-cor
     python bench/train_synthetic.py [--iters 3500] [--batch-size 4] [--train-images 2000] [--device cpu]
 
 Data are ``model.synthetic`` shapes (320 x 320, 2-6 shapes an image), train and held-out sets
-drawn from different seeds. Training is ``model.engine.train``, the code behind ``main.py
+drawn from different seeds. Training is ``model.training.loop.train``, the code behind ``main.py
 train``; the time counts training and the final evaluation, not data generation.
 """
 
@@ -21,8 +21,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.data import load_coco  # noqa: E402
-from model.engine import Distributed, EventLog, TrainOptions, build_training_model, train  # noqa: E402
 from model.synthetic import generate  # noqa: E402
+from model.training.comm import Distributed  # noqa: E402
+from model.training.events import EventLog  # noqa: E402
+from model.training.loop import train  # noqa: E402
+from model.training.options import TrainOptions  # noqa: E402
+from model.training.setup import build_training_model  # noqa: E402
 
 TARGET_MASK_AP = 0.6
 TARGET_MINUTES = 20.0

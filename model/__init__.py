@@ -14,16 +14,16 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "ModelConfig": "config",
     "MaskRCNN": "detector",
-    "build_model": "builders",
+    "build_model": "weights.resolve",
     "Instances": "structures",
     "Predictor": "predictor",
     "PredictionCancelled": "predictor",
-    "REGISTRY": "weights",
-    "WeightsInfo": "weights",
-    "WeightsUnavailableError": "weights",
-    "WeightsHashError": "weights",
-    "load_model": "weights",
-    "save_weights": "weights",
+    "REGISTRY": "weights.registry",
+    "WeightsInfo": "weights.registry",
+    "WeightsUnavailableError": "weights.download",
+    "WeightsHashError": "weights.download",
+    "load_model": "weights.resolve",
+    "save_weights": "weights.formats",
 }
 
 

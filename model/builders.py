@@ -1,4 +1,10 @@
-"""``build_model``: our Mask R-CNN under torchvision's builder names and keyword arguments."""
+"""Our architectures under torchvision's builder names (``maskrcnn_resnet50_fpn``, ...): the
+``ModelConfig`` each name stands for, torchvision's builder keyword arguments applied to it, and
+the one "unknown architecture" error.
+
+``build_model`` (a name and optional weights -> a model) lives in ``model.weights.resolve``:
+the weights registry needs these configs, so this module imports nothing of the weights.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,6 @@ from model.config import (
     COCO_PERSON_SKELETON,
     ModelConfig,
 )
-from model.detector import MaskRCNN
 
 # name -> the config torchvision's builder of that name makes with weights=None
 ARCHITECTURES: dict[str, ModelConfig] = {
@@ -67,6 +72,12 @@ def generic_class_names(num_classes: int) -> tuple[str, ...]:
     return ("__background__",) + tuple(f"class_{i}" for i in range(1, num_classes))
 
 
+def check_architecture(name: str) -> None:
+    """Refuse a name that is not one of ``ARCHITECTURES``, naming those that are."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+
+
 def config_for(name: str, **kwargs: Any) -> ModelConfig:
     """The config of architecture ``name`` with torchvision builder keyword arguments applied.
 
@@ -74,8 +85,7 @@ def config_for(name: str, **kwargs: Any) -> ModelConfig:
     generic ones otherwise; ``class_names`` / ``keypoint_names`` set names directly. Any
     ``ModelConfig`` field is accepted too (``backbone_depth``, ``mask_on``, ...).
     """
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    check_architecture(name)
     config = ARCHITECTURES[name]
     kwargs = dict(kwargs)
     for unsupported in ("weights_backbone", "rpn_anchor_generator", "rpn_head", "box_roi_pool", "box_head",
@@ -112,22 +122,3 @@ def config_for(name: str, **kwargs: Any) -> ModelConfig:
     if unknown:
         raise TypeError(f"unexpected keyword arguments for {name}: {', '.join(sorted(unknown))}")
     return config.replace(**kwargs)
-
-
-def build_model(name: str, weights: str | None = None, **kwargs: Any) -> MaskRCNN:
-    """Build ``maskrcnn_resnet50_fpn``, ``maskrcnn_resnet50_fpn_v2``, ``keypointrcnn_resnet50_fpn``
-    or our ``maskrcnn_resnet18_fpn_small``, with torchvision's keyword arguments (``num_classes``,
-    ``num_keypoints``, ``min_size``, ``max_size``, ``box_score_thresh``, ``rpn_*``, ...).
-
-    The module loads the state dict of torchvision's model of the same name (``strict=True``).
-    ``weights`` is a registry name (``"maskrcnn_resnet50_fpn.COCO_V1"``) or a local file; with a
-    different ``num_classes``/``num_keypoints`` only the predictor layers start fresh. The module
-    is returned in eval mode.
-    """
-    if weights is None:
-        model = MaskRCNN(config_for(name, **kwargs))
-    else:
-        from model.weights import load_model
-
-        model = load_model(weights, architecture=name, **kwargs)
-    return model.eval()

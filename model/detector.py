@@ -10,16 +10,8 @@ from torch import Tensor, nn
 
 from model.backbone import BackboneWithFPN
 from model.config import ModelConfig
-from model.roi_heads import (
-    BoxPredictor,
-    ConvFCBoxHead,
-    KeypointHead,
-    KeypointPredictor,
-    MaskHead,
-    MaskPredictor,
-    MLPBoxHead,
-    RoIHeads,
-)
+from model.keypoint_head import KeypointHead, KeypointPredictor
+from model.roi_heads import BoxPredictor, ConvFCBoxHead, MaskHead, MaskPredictor, MLPBoxHead, RoIHeads
 from model.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 from model.structures import Detections
 from model.transform import (
@@ -30,6 +22,7 @@ from model.transform import (
     rescale_keypoints,
     rescale_ratios,
 )
+from model.weights.legacy import upgrade_legacy_keys
 
 
 class MaskRCNN(nn.Module):
@@ -209,9 +202,6 @@ class MaskRCNN(nn.Module):
 def _upgrade_legacy_keys_hook(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
 ) -> None:
-    # imported here: model.weights builds models, so it imports this module at its top
-    from model.weights import upgrade_legacy_keys
-
     upgraded = upgrade_legacy_keys({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
     for key in [k for k in state_dict if k.startswith(prefix)]:
         del state_dict[key]

@@ -23,6 +23,7 @@ from torch import Tensor
 from model.detector import MaskRCNN
 from model.structures import Detections, Instances
 from model.transform import ImageBatch, paste_masks_in_image, rescale_boxes, rescale_keypoints, rescale_ratios
+from model.weights.resolve import load_model
 
 # upper bound on the float32 masks pasted at once (elements), to bound memory on large images
 _PASTE_CHUNK_ELEMENTS = 1 << 26
@@ -88,8 +89,6 @@ class Predictor:
         if isinstance(weights, MaskRCNN):
             model = weights
         else:
-            from model.weights import load_model
-
             model = load_model(weights, progress=progress, **overrides)
         self.device = pick_device(device)
         self.mixed_precision = self.device.type == "cuda" if mixed_precision is None else mixed_precision

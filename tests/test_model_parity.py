@@ -12,7 +12,7 @@ from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_h
 from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste_masks_in_image
 
 from model import build_model
-from model.roi_heads import heatmaps_to_keypoints
+from model.keypoint_head import heatmaps_to_keypoints
 from model.transform import paste_masks_in_image
 from tests.reference import synthetic_images, torchvision_reference
 

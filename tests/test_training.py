@@ -1,4 +1,4 @@
-"""Training: data, losses, the engine (overfit, resume, a torchrun run), evaluation and the CLI.
+"""Training: data, losses, the loop (overfit, resume, a torchrun run), evaluation and the CLI.
 
 Everything runs on the CPU on synthetic shapes (``model.synthetic``) at 128 pixels with the small
 architecture, so that the training tests together take a few minutes on two cores.
@@ -27,12 +27,18 @@ from model.box_ops import decode_boxes, encode_boxes
 from model.builders import config_for
 from model.data import CocoDataset, TrainingBatches, infer_flip_map, load_coco
 from model.detector import MaskRCNN
-from model.engine import EventLog, TrainOptions, build_training_model, latest_checkpoint, load_checkpoint, train
 from model.evaluation import coco_evaluate
-from model.roi_heads import heatmaps_to_keypoints, keypoints_to_heatmap, mask_targets
+from model.keypoint_head import heatmaps_to_keypoints, keypoints_to_heatmap
+from model.roi_heads import mask_targets
 from model.rpn import label_anchors
 from model.synthetic import generate
-from model.weights import load_transferred, save_weights
+from model.training.checkpoint import latest_checkpoint, load_checkpoint
+from model.training.events import EventLog
+from model.training.loop import train
+from model.training.options import TrainOptions
+from model.training.setup import build_training_model
+from model.weights.formats import save_weights
+from model.weights.transfer import load_transferred
 from tests.conftest import write_images, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,7 +263,7 @@ def test_an_imagenet_backbone_from_the_registry_initialises_only_the_resnet_body
 
     import torchvision
 
-    from model import weights
+    from model.weights import registry as weights
 
     torch.manual_seed(0)
     classifier = torchvision.models.resnet50(weights=None).state_dict()
@@ -303,7 +309,7 @@ def test_evaluate_prints_the_ap_figures_as_json_on_its_last_line(shapes, tmp_pat
         assert set(last[iou_type]["per_class"]) == {"ellipse", "rectangle", "triangle", "star"}
 
 
-# -- the engine ----------------------------------------------------------------------------------
+# -- the loop ------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow

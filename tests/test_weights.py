@@ -15,20 +15,13 @@ import pytest
 import torch
 import torchvision.models.detection as tv_detection
 
-from model import build_model
-from model.weights import (
-    REGISTRY,
-    DownloadCancelled,
-    WeightsHashError,
-    WeightsInfo,
-    WeightsUnavailableError,
-    fetch,
-    infer_config,
-    load_model,
-    read_weights,
-    save_weights,
-    upgrade_legacy_keys,
-)
+from model.weights.architecture import infer_config
+from model.weights.download import DownloadCancelled, WeightsHashError, WeightsUnavailableError, fetch
+from model.weights.formats import read_weights, save_weights
+from model.weights.legacy import upgrade_legacy_keys
+from model.weights.registry import REGISTRY, WeightsInfo
+from model.builders import config_for
+from model.weights.resolve import build_model, load_model, resolve_weights
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +296,50 @@ def test_other_keypoint_count_reinitialises_only_the_keypoint_predictor(tmp_path
     changed = {k for k in state if not k.endswith("num_batches_tracked") and not torch.equal(own[k], state[k])}
     assert changed == {"roi_heads.keypoint_predictor.kps_score_lowres.weight",
                        "roi_heads.keypoint_predictor.kps_score_lowres.bias"}  # fmt: skip
+
+
+def test_own_checkpoint_resolves_to_its_state_dict_config_and_version(tmp_path: Path) -> None:
+    model = build_model("maskrcnn_resnet50_fpn", backbone_depth=18, class_names=("__background__", "cat"))
+    path = save_weights(model, tmp_path / "run.safetensors")
+
+    resolved = resolve_weights(path, progress=False)
+
+    assert resolved.config == model.config
+    assert resolved.file.path == path and resolved.info is None
+    assert resolved.version == f"run@{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+    assert resolved.state_dict.keys() == model.state_dict().keys()
+
+
+def test_an_unknown_architecture_is_one_error_naming_the_known_ones_before_any_download(hub: Path) -> None:
+    url = unreachable_url("x-bf2d0c1e.pth")
+    info = WeightsInfo("x", "maskrcnn_resnet50_fpn", url, sha256_prefix="bf2d0c1e", categories=("__background__", "x"))
+    messages = []
+    for attempt in (
+        lambda: config_for("maskrcnn_resnet9000"),
+        lambda: build_model("maskrcnn_resnet9000"),
+        lambda: resolve_weights(info, "maskrcnn_resnet9000", progress=False),
+        lambda: load_model(info, architecture="maskrcnn_resnet9000", progress=False),
+    ):
+        with pytest.raises(ValueError) as error:
+            attempt()
+        messages.append(str(error.value))
+    assert set(messages) == {
+        "unknown architecture 'maskrcnn_resnet9000'; known: keypointrcnn_resnet50_fpn, maskrcnn_resnet18_fpn_small, "
+        "maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2"
+    }
+    assert not hub.exists()  # refused before the (unreachable) download was tried
+
+
+def test_weights_of_another_architecture_are_refused(hub: Path, tmp_path: Path) -> None:
+    small = save_weights(build_model("maskrcnn_resnet50_fpn", backbone_depth=18, num_classes=2), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="does not hold weights of maskrcnn_resnet50_fpn_v2"):
+        build_model("maskrcnn_resnet50_fpn_v2", weights=small)
+    with pytest.raises(ValueError, match="does not hold weights of maskrcnn_resnet50_fpn$"):
+        load_model(small, architecture="maskrcnn_resnet50_fpn", progress=False)
+
+    info, _ = few_megabytes_published(tmp_path / "server")  # a maskrcnn_resnet50_fpn entry
+    with pytest.raises(ValueError, match="few_megabytes.TEST are weights of maskrcnn_resnet50_fpn, not keypointrcnn"):
+        resolve_weights(info, "keypointrcnn_resnet50_fpn", progress=False)
 
 
 @pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn"])

@@ -1,0 +1,120 @@
+"""This process's place in a ``torchrun`` run and the few collectives training needs: a barrier,
+the mean of logged values, agreement on whether a step's loss is finite, gathering the random
+generators' states for a checkpoint. Without torchrun (world size 1) each is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands under ``torchrun`` (world size 1 without it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @staticmethod
+    def from_environment() -> Distributed:
+        return Distributed(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+    def device(self, requested: str) -> torch.device:
+        """``auto``: this rank's GPU under torchrun (or the GPU), else the CPU; MPS is not used
+        for training."""
+        if requested == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
+            return torch.device("cpu")
+        device = torch.device(requested)
+        if device.type == "cuda" and device.index is None and self.enabled:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def init(self, device: torch.device) -> None:
+        if self.enabled and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
+        """Each value averaged over the ranks (every rank passes the same keys in the same order)."""
+        if not self.enabled:
+            return values
+        tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return dict(zip(values, (tensor / self.world_size).tolist()))
+
+    def all_true(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on every rank: all ranks get the same answer."""
+        if not self.enabled:
+            return flag
+        tensor = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return bool(tensor.item())
+
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every rank, in rank order (any picklable object)."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+
+class RunStopped(RuntimeError):
+    """Another process of a ``torchrun`` run ended (its own error says why), so this one stops."""
+
+
+# What the process-group backends say when a peer process has gone: gloo raises a plain
+# RuntimeError, NCCL and the store torch.distributed's own error types.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker", "Broken pipe")
+
+
+def peer_gone(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process of the run has ended."""
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_GONE)
+    )
+
+
+@contextmanager
+def run_stopped_if_a_peer_ends(distributed: Distributed) -> Iterator[None]:
+    """Inside, a collective that fails because another process of the run ended raises
+    ``RunStopped`` (one line; the other process's own error says why) instead of the backend's
+    error with its traceback. Every other error passes as it is."""
+    try:
+        yield
+    except Exception as error:
+        if distributed.enabled and peer_gone(error):
+            message = f"rank {distributed.rank}: stopped because another process of the run ended (its error says why)"
+            raise RunStopped(message) from None
+        raise

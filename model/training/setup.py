@@ -1,0 +1,189 @@
+"""What a run trains: the model (from a weights file or registry name, an ImageNet backbone, or
+random initialisation) fitted to the data set's categories and keypoints, the data split, and on
+resume the checkpoint and options of the run being continued."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.builders import config_for
+from model.config import ModelConfig
+from model.data import CocoData, LabelSpace, load_coco
+from model.detector import MaskRCNN
+from model.errors import InputError
+from model.training.checkpoint import latest_checkpoint, load_checkpoint
+from model.training.options import TrainOptions
+from model.weights.download import fetch
+from model.weights.formats import read_weights
+from model.weights.registry import BACKBONES
+from model.weights.resolve import resolve_weights
+from model.weights.transfer import load_backbone, load_transferred
+
+DEFAULT_ARCHITECTURE = "maskrcnn_resnet18_fpn_small"
+
+
+def training_config(
+    base: ModelConfig, labels: LabelSpace, trainable_backbone_layers: int | None, **overrides: Any
+) -> ModelConfig:
+    """``base`` with the data set's classes and keypoint schema (the keypoint head on when the data
+    has keypoints, off when it has none) and ``overrides`` (``ModelConfig`` fields, e.g. sizes)."""
+    changes: dict[str, Any] = {
+        "class_names": labels.class_names,
+        "keypoint_on": bool(labels.keypoint_names),
+        **overrides,
+    }
+    if labels.keypoint_names:
+        flip_map = labels.keypoint_flip_map
+        if not flip_map and tuple(base.keypoint_names) == labels.keypoint_names:
+            flip_map = base.keypoint_flip_map
+        changes.update(
+            keypoint_names=labels.keypoint_names, keypoint_skeleton=labels.keypoint_skeleton, keypoint_flip_map=flip_map
+        )
+    else:
+        changes.update(keypoint_names=(), keypoint_skeleton=(), keypoint_flip_map=())
+    if trainable_backbone_layers is not None:
+        changes["trainable_backbone_layers"] = trainable_backbone_layers
+    return base.replace(**changes)
+
+
+def build_training_model(
+    weights: str | Path,
+    architecture: str | None,
+    labels: LabelSpace,
+    trainable_backbone_layers: int | None = None,
+    **overrides: Any,
+) -> tuple[MaskRCNN, list[str]]:
+    """The model to train on data of label space ``labels``, and notes for the log.
+
+    ``weights``: ``"none"`` (random init of ``architecture``), an ImageNet backbone of
+    ``model.weights.registry.BACKBONES`` (the ResNet body of ``architecture``, the rest fresh), a registry
+    name or a weights file (its architecture; classes and keypoints carried over by name, see
+    ``load_transferred``).
+    ``overrides``: ``ModelConfig`` fields such as ``min_size`` and ``max_size``.
+    """
+    if str(weights) in BACKBONES:
+        info = BACKBONES[str(weights)]
+        name = architecture or info.architecture
+        model = MaskRCNN(training_config(config_for(name), labels, trainable_backbone_layers, **overrides))
+        file = fetch(info)
+        load_backbone(model, read_weights(file.path)[0])
+        return model, [f"{name} with its ResNet body from {file.version}; FPN and heads start fresh"]
+    if str(weights) == "none":
+        name = architecture or DEFAULT_ARCHITECTURE
+        if trainable_backbone_layers is None:
+            # nothing to keep frozen in a random backbone
+            trainable_backbone_layers = 5
+        model = MaskRCNN(training_config(config_for(name), labels, trainable_backbone_layers, **overrides))
+        return model, [f"random initialisation of {name}"]
+
+    resolved = resolve_weights(weights, architecture)
+    model = MaskRCNN(training_config(resolved.config, labels, trainable_backbone_layers, **overrides))
+    report = load_transferred(model, resolved.state_dict, resolved.config)
+    model.weights_version = resolved.version
+    return model, [f"starting from {resolved.version}", *report.lines()]
+
+
+@dataclass
+class TrainingRun:
+    """What ``prepare_run`` sets up: the model, the options and the data split, and, when
+    resuming, the checkpoint to continue from."""
+
+    model: MaskRCNN
+    options: TrainOptions
+    train_data: CocoData
+    val_data: CocoData
+    resume: dict[str, Any] | None
+    warnings: list[str]  # about the data
+    notes: list[str]  # where the weights came from, what starts fresh
+
+    def describe(self, device: torch.device) -> str:
+        """``"40 training images, 4 held out, 500 iterations of 2 images on cuda:0"``."""
+        return (
+            f"{len(self.train_data.images)} training images, {len(self.val_data.images)} held out, "
+            f"{self.options.iterations} iterations of {self.options.batch_size} images on {device}"
+        )
+
+
+def prepare_run(
+    coco_file: Path | str,
+    image_root: Path | str,
+    run_dir: Path,
+    options: TrainOptions,
+    *,
+    weights: str,
+    architecture: str | None = None,
+    iterations: int | None = None,
+    epochs: float | None = None,
+    min_size: Sequence[int] | None = None,
+    max_size: int | None = None,
+    resume: bool = False,
+    world_size: int = 1,
+) -> TrainingRun:
+    """Read the data, split it, and build the model to train (or restore the run in ``run_dir``).
+
+    The run is ``iterations`` steps when given, else ``epochs`` passes over the training images
+    (at ``options.batch_size * world_size`` images a step), else ``options.iterations``.
+    ``min_size``: one shorter image side, or several drawn per image in training, and
+    ``max_size``: the longer side's limit (default: the architecture's). On resume the
+    checkpoint's options and model config are used.
+
+    Raises:
+        InputError: naming the data file, an image, the weights or the run folder.
+    """
+    if iterations:
+        options, epochs = dataclasses.replace(options, iterations=iterations), None
+    overrides: dict[str, Any] = {}
+    if min_size:
+        overrides["min_size"] = min_size[0] if len(min_size) == 1 else tuple(min_size)
+    if max_size:
+        overrides["max_size"] = max_size
+    checkpoint = None
+    if resume:
+        path = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        if path is None:
+            raise InputError(run_dir, "no checkpoint here to resume from")
+        checkpoint = load_checkpoint(path)
+        options = TrainOptions.from_dict(checkpoint["options"])
+    try:
+        data = load_coco(coco_file, image_root)
+        train_data, val_data = data.split(options.val_fraction, options.seed)
+    except InputError:  # naming the COCO file, or an image
+        raise
+    except ValueError as error:
+        raise InputError(coco_file, str(error)) from None
+    if not train_data.images:
+        raise InputError(coco_file, "no images to train on")
+
+    if checkpoint is not None:
+        model = MaskRCNN(ModelConfig.from_dict(checkpoint["config"]))
+        if model.config.class_names != data.labels.class_names:
+            raise InputError(
+                coco_file,
+                f"its categories {list(data.labels.class_names[1:])} are not those of the run "
+                f"being resumed {list(model.config.class_names[1:])}",
+            )
+        notes = [f"resuming {run_dir} at iteration {checkpoint['iteration']} of {options.iterations}"]
+        return TrainingRun(model, options, train_data, val_data, checkpoint, data.warnings, notes)
+
+    if epochs is not None:
+        images_per_step = options.batch_size * world_size
+        options = dataclasses.replace(
+            options, iterations=max(1, math.ceil(epochs * len(train_data.images) / images_per_step))
+        )
+    torch.manual_seed(options.seed)  # the initialisation of new layers
+    try:
+        model, notes = build_training_model(
+            weights, architecture, data.labels, options.trainable_backbone_layers, **overrides
+        )
+    except FileNotFoundError as error:
+        raise InputError(weights, str(error)) from None
+    except (ValueError, RuntimeError) as error:  # not weights, another architecture, or not downloadable
+        raise InputError(weights, f"cannot start from these weights ({error})") from None
+    return TrainingRun(model, options, train_data, val_data, None, data.warnings, notes)
