@@ -4,9 +4,9 @@ Every edit is recorded as the instances it touched, each as it was before and as
 (``None`` for "did not exist"). Undo puts the "before" versions back with
 :meth:`Project.restore_instance` (same ids, same timestamps) and deletes what did not exist;
 redo does the same with the "after" versions. That one rule covers adding, painting, deleting,
-merging, splitting and accepting, and it keeps working after the user has moved to another image,
-because the records name their image. The stack has no size limit: a record holds RLE strings, a
-few kilobytes each.
+merging, splitting, accepting and changing a category, and it keeps working after the user has
+moved to another image, because the records name their image. The stack has no size limit: a
+record holds RLE strings, a few kilobytes each.
 """
 
 from __future__ import annotations
@@ -176,6 +176,19 @@ class UndoStack:
                 changes.append(Change(before, after))
         if changes:
             self.push(Command(text, changes[0].image_id, changes))
+
+    def set_category(self, instance_ids: list[int], category_id: int, text: str = "Change category") -> list[Instance]:
+        """Gives instances another category as one step; those that have it already are left out
+        (nothing is recorded when none changes). Returns the instances changed, as they are now."""
+        changes = []
+        with self.project.transaction():
+            for instance_id in instance_ids:
+                before = self.project.instance(instance_id)
+                if before.category_id != category_id:
+                    changes.append(Change(before, self.project.update_instance(instance_id, category_id=category_id)))
+        if changes:
+            self.push(Command(text, changes[0].image_id, changes))
+        return [c.after for c in changes if c.after is not None]
 
     def merge(self, instance_ids: list[int]) -> Instance:
         """Unites the masks of several instances into the first; the others are deleted."""

@@ -175,5 +175,5 @@ def test_fine_tuning_from_the_window_starts_from_the_model_in_use(qtbot, window,
     offered = []
     answer_dialogs(qtbot, [lambda dialog: (offered.extend(dialog.base.itemText(i) for i in range(dialog.base.count())),
                                            dialog.reject())])
-    window.fine_tune()
+    window.model_control.fine_tune()
     assert offered[0] == "blob.pt" and offered[1:] == FineTuneDialog.default_bases()

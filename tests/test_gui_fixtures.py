@@ -5,6 +5,8 @@ drive the canvas with real mouse events in image coordinates."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +19,7 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QDialog, QMessageBox
 
 from annotator.gui.main_window import MainWindow
-from annotator.gui.proposals import ModelChoice
+from annotator.gui.proposals import ModelChoice, ModelKind
 from annotator.store import Project
 
 # Bright rectangles (x, y, w, h) on a dark background: what the tiny predictor should find.
@@ -146,7 +148,7 @@ def wait_for_image(qtbot, window: MainWindow, image_id: int) -> None:
 
 
 def load_model(qtbot, window: MainWindow) -> None:
-    window.load_model(ModelChoice("file", "blob.pt"), "cpu")
+    window.load_model(ModelChoice(ModelKind.FILE, "blob.pt"), "cpu")
     qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=10000)
 
 
@@ -176,6 +178,28 @@ def zoom_4x(window: MainWindow) -> None:
     """Scale 4 with the image at the widget's origin: image pixel (j, i) is widget pixels
     [4j, 4j+4) x [4i, 4i+4), so clicks land where the test says."""
     window.canvas.set_view(4.0, QPointF(0, 0))
+
+
+@contextmanager
+def warnings_shown() -> Iterator[list[str]]:
+    """The texts of the message boxes that open inside the block, each closed as it opens (so that
+    a test that expects none fails instead of waiting for a click)."""
+    texts: list[str] = []
+
+    def poll() -> None:
+        box = QApplication.activeModalWidget()
+        if isinstance(box, QMessageBox):
+            texts.append(box.text())
+            box.accept()
+
+    timer = QTimer(QApplication.instance())
+    timer.timeout.connect(poll)
+    timer.start(20)
+    try:
+        yield texts
+    finally:
+        timer.stop()
+        timer.deleteLater()
 
 
 def answer_dialogs(qtbot, answers: list[Callable[[QDialog], None]]) -> list[str]:

@@ -17,11 +17,11 @@ import torch
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QPushButton
 
-from annotator.gui.proposals import ModelChoice
+from annotator.gui.proposals import ModelChoice, ModelKind
 from annotator.store import ReviewState, Source
-from model.weights import REGISTRY, WeightsInfo
-from tests.test_gui_fixtures import (BLOBS, BlobPredictor, blob_project, key, load_model, make_window,  # noqa: F401
-                                     open_and_wait, settings, window)
+from model.weights.registry import REGISTRY, WeightsInfo
+from tests.test_gui_fixtures import (BLOBS, BlobPredictor, answer_dialogs, blob_project, key, load_model,  # noqa: F401
+                                     make_window, open_and_wait, settings, warnings_shown, window)
 from tests.test_weights import few_megabytes_published, hub, unreachable_url  # noqa: F401
 
 
@@ -40,7 +40,7 @@ def test_the_real_demo_model_proposes_in_a_new_project_and_its_categories_take_t
 
     from annotator.gui.demo import BUNDLED, bundled_model
     from annotator.gui.main_window import MainWindow
-    from model.weights import load_model as load_weights
+    from model.weights.resolve import load_model as load_weights
 
     folder = tmp_path / "shapes"
     folder.mkdir()
@@ -50,9 +50,9 @@ def test_the_real_demo_model_proposes_in_a_new_project_and_its_categories_take_t
     window.show()
     try:
         open_and_wait(qtbot, window, folder)
-        window.load_model(ModelChoice("file", str(bundled_model())), "cpu")
+        window.load_model(ModelChoice(ModelKind.FILE, str(bundled_model())), "cpu")
         qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=30000)
-        window.propose_current()
+        window.model_control.propose_current()
         qtbot.waitUntil(lambda: len(_stored(window)) > 0 and not window.proposals.busy, timeout=30000)
         config = load_weights(bundled_model(), progress=False).config
         categories = window.session.project.categories()
@@ -100,9 +100,9 @@ def test_propose_stores_scored_proposals_and_review_keys_accept_and_reject(qtbot
 
     # proposing again replaces proposals nobody accepted, never accepted instances
     window.session.project.set_review_state(image.id, ReviewState.PROPOSED)
-    window.propose_current()
+    window.model_control.propose_current()
     qtbot.waitUntil(lambda: len(_stored(window)) == 3 and not window.proposals.busy, timeout=10000)
-    window.propose_current()
+    window.model_control.propose_current()
     qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)
     assert len(_stored(window)) == 3 and _stored(window)[0].id == first.id
 
@@ -110,7 +110,7 @@ def test_propose_stores_scored_proposals_and_review_keys_accept_and_reject(qtbot
 def test_accept_all_above_threshold_and_mark_done_moves_to_the_next_unlabeled(qtbot, window, blob_project):
     open_and_wait(qtbot, window, blob_project)
     load_model(qtbot, window)
-    window.propose_current()
+    window.model_control.propose_current()
     qtbot.waitUntil(lambda: len(_stored(window)) == 2, timeout=10000)
     window.instances.threshold.setValue(80)
     window.accept_all_above_threshold()
@@ -129,7 +129,7 @@ def test_marking_done_accepts_proposals_shown_and_discards_those_under_the_thres
         qtbot, window, blob_project):
     open_and_wait(qtbot, window, blob_project)
     load_model(qtbot, window)
-    window.propose_current()
+    window.model_control.propose_current()
     qtbot.waitUntil(lambda: len(_stored(window)) == 2 and not window.proposals.busy, timeout=10000)
     weaker, stronger = sorted(_stored(window), key=lambda i: i.score)
     window.instances.threshold.setValue(80)  # between the two scores
@@ -150,7 +150,7 @@ def test_propose_all_reports_progress_and_can_be_cancelled(qtbot, blob_project, 
         load_model(qtbot, window)
         progress = []
         window.proposals.progress.connect(lambda done, total: progress.append((done, total)))
-        window.propose_all()
+        window.model_control.propose_all()
         assert window.status.progress.isVisible() or window.proposals.busy
         qtbot.waitUntil(lambda: not window.proposals.busy, timeout=20000)
         assert progress[0] == (0, 3) and progress[-1] == (3, 3)
@@ -159,7 +159,7 @@ def test_propose_all_reports_progress_and_can_be_cancelled(qtbot, blob_project, 
 
         for record in window.session.project.images():
             window.session.project.set_review_state(record.id, ReviewState.UNLABELED)
-        window.propose_all()
+        window.model_control.propose_all()
         qtbot.waitUntil(lambda: window.predictor.calls >= 4, timeout=10000)
         window.status.cancel_button.click()
         qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)
@@ -200,7 +200,7 @@ def test_the_event_loop_never_stalls_over_50_ms_during_a_proposal(qtbot, blob_pr
         timer.timeout.connect(tick)
         timer.start()
         last[0] = clock.elapsed()
-        window.propose_current()
+        window.model_control.propose_current()
         qtbot.waitUntil(lambda: not window.proposals.busy, timeout=20000)
         qtbot.wait(50)  # includes writing the results to the store
         timer.stop()
@@ -214,8 +214,8 @@ def test_the_event_loop_never_stalls_over_50_ms_during_a_proposal(qtbot, blob_pr
 
 def test_the_download_dialog_stays_hidden_while_nothing_downloads(qtbot, window):
     # a QProgressDialog shows itself minimumDuration after it is made unless told otherwise
-    qtbot.wait(window.downloads.minimumDuration() + 300)
-    assert not window.downloads.isVisible()
+    qtbot.wait(window.model_control.downloads.minimumDuration() + 300)
+    assert not window.model_control.downloads.isVisible()
 
 
 def test_registry_weights_download_under_a_progress_dialog_then_the_model_loads(
@@ -224,22 +224,22 @@ def test_registry_weights_download_under_a_progress_dialog_then_the_model_loads(
     monkeypatch.setitem(REGISTRY, info.name, info)
     seen = []  # what the user saw at each report: dialog shown, window blocked, label
     window.proposals.download_progress.connect(lambda name, done, total: seen.append(
-        (window.downloads.isVisible(), QApplication.activeModalWidget() is window.downloads,
-         window.downloads.labelText())))
+        (window.model_control.downloads.isVisible(), QApplication.activeModalWidget() is window.model_control.downloads,
+         window.model_control.downloads.labelText())))
     open_and_wait(qtbot, window, blob_project)
 
-    window.load_model(ModelChoice("registry", info.name), "cpu")
+    window.load_model(ModelChoice(ModelKind.REGISTRY, info.name), "cpu")
     qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=10000)
 
     megabytes = f"{source.stat().st_size / 2**20:.1f}"
     assert seen and all(shown and modal for shown, modal, _ in seen)
     assert seen[-1][2] == f"Downloading {info.name} — {megabytes} of {megabytes} MB"
-    assert not window.downloads.isVisible()
+    assert not window.model_control.downloads.isVisible()
     assert (hub / source.name).read_bytes() == source.read_bytes()
     assert window.status.model.text() == "blob-net@test on cpu"
 
     seen.clear()  # the second time the cached file is used: no download, no dialog
-    window.load_model(ModelChoice("registry", info.name), "cpu")
+    window.load_model(ModelChoice(ModelKind.REGISTRY, info.name), "cpu")
     qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)
     assert seen == [] and window.proposals.has_model
 
@@ -281,23 +281,23 @@ def test_cancelling_a_download_leaves_nothing_in_the_cache_and_the_app_usable(
     info, source = few_megabytes_published(tmp_path / "server")
     resume = threading.Event()
     open_and_wait(qtbot, window, blob_project)
-    with served_until_stalled(source, resume) as url:
+    with served_until_stalled(source, resume) as url, warnings_shown() as warnings:
         monkeypatch.setitem(REGISTRY, info.name, dataclasses.replace(info, url=url))
-        window.load_model(ModelChoice("registry", info.name), "cpu")
-        qtbot.waitUntil(window.downloads.isVisible, timeout=10000)
+        window.load_model(ModelChoice(ModelKind.REGISTRY, info.name), "cpu")
+        qtbot.waitUntil(window.model_control.downloads.isVisible, timeout=10000)
         # the stalled download shows the megabyte that did arrive, not the first report's 0
-        qtbot.waitUntil(lambda: "— 1.0 of" in window.downloads.labelText(), timeout=10000)
-        window.downloads.findChild(QPushButton).click()
+        qtbot.waitUntil(lambda: "— 1.0 of" in window.model_control.downloads.labelText(), timeout=10000)
+        window.model_control.downloads.findChild(QPushButton).click()
         resume.set()
         qtbot.waitUntil(lambda: not window.proposals.busy, timeout=10000)
 
-    assert not window.downloads.isVisible()
+    assert not window.model_control.downloads.isVisible()
     assert not hub.exists() or list(hub.iterdir()) == []  # neither the file nor a partial one
     assert not window.proposals.has_model
     assert window.status.model.text() == "no model (Model → Choose model)"  # not "loading…"
-    assert getattr(window, "last_error", "") == ""  # a cancel is not an error
+    assert warnings == [] and window.status.currentMessage() == "Download cancelled"  # a cancel is not an error
     load_model(qtbot, window)
-    window.propose_current()
+    window.model_control.propose_current()
     qtbot.waitUntil(lambda: len(_stored(window)) == 2, timeout=10000)
 
 
@@ -308,10 +308,13 @@ def test_offline_registry_weights_say_so_and_where_to_put_the_file(qtbot, window
     monkeypatch.setitem(REGISTRY, info.name, info)
     open_and_wait(qtbot, window, blob_project)
 
-    window.load_model(ModelChoice("registry", info.name), "cpu")
-    qtbot.waitUntil(lambda: not window.proposals.busy, timeout=20000)
+    warnings = answer_dialogs(qtbot, [lambda box: box.accept()])
+    window.load_model(ModelChoice(ModelKind.REGISTRY, info.name), "cpu")
+    qtbot.waitUntil(lambda: not window.proposals.busy and len(warnings) > 0, timeout=20000)
 
-    assert "offline" in window.last_error and "local file" in window.last_error
-    assert url in window.last_error and str(hub / info.filename) in window.last_error
-    assert "Traceback" not in window.last_error
-    assert not window.proposals.has_model and not window.downloads.isVisible()
+    (error,) = warnings
+    assert "offline" in error and "local file" in error
+    assert url in error and str(hub / info.filename) in error
+    assert "Traceback" not in error
+    assert window.status.currentMessage() == error.splitlines()[0]
+    assert not window.proposals.has_model and not window.model_control.downloads.isVisible()

@@ -16,7 +16,7 @@ from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QMessageBox
 
 from annotator.gui.help_dialog import HelpDialog, shortcut_rows
-from annotator.gui.proposals import ModelChoice
+from annotator.gui.proposals import ModelChoice, ModelKind
 from annotator.store import Project, ReviewState, Source
 from tests.test_gui_fixtures import (BlobPredictor, answer_dialogs, blob_project, key, load_model, make_window,  # noqa: F401
                                      open_and_wait, settings, wait_for_image, window, write_blob_images)
@@ -51,8 +51,10 @@ def test_a_recent_project_that_has_gone_leaves_the_menu_with_a_clear_message(qtb
     gone = tmp_path / "gone.annot"
     window.settings.setValue("recent/projects", [str(gone), str(blob_project.resolve())])
     window._rebuild_recent_menu()
+    warnings = answer_dialogs(qtbot, [lambda box: box.accept()])
     window.recent_menu.actions()[0].trigger()
-    assert window.last_error == f"{gone}: not there any more; removed from the recent projects"
+    assert warnings == [f"{gone}: not there any more; removed from the recent projects"]
+    assert window.status.currentMessage() == warnings[0]
     assert window.recent_projects() == [str(blob_project.resolve())]
     assert [a.text() for a in window.recent_menu.actions()] == [str(blob_project.resolve())]
     assert window.session.project.path == blob_project  # the open project stays
@@ -121,12 +123,15 @@ def test_a_folder_without_the_projects_images_changes_nothing(qtbot, window, blo
         dialog.setDirectory(str(tmp_path / "empty"))
         dialog.accept()
 
-    answer_dialogs(qtbot, [lambda box: box.button(QMessageBox.StandardButton.Yes).click(), choose_folder])
+    texts = answer_dialogs(qtbot, [lambda box: box.button(QMessageBox.StandardButton.Yes).click(), choose_folder,
+                                   lambda box: box.accept(), lambda box: box.accept()])
     window.open_path(blob_project)
-    qtbot.waitUntil(lambda: "does not hold 00.png; the project is unchanged" in (window.last_error or ""), timeout=5000)
+    qtbot.waitUntil(lambda: len(texts) == 3, timeout=5000)
+    assert texts[1].endswith("does not hold 00.png; the project is unchanged")
     # the first image cannot be read from the old place: the canvas says so instead of "Open a folder"
     qtbot.waitUntil(lambda: window.canvas.placeholder.startswith("This image cannot be shown."), timeout=5000)
     assert window.canvas.placeholder.endswith(f"{tmp_path / 'images' / '00.png'}: image file not found")
+    assert texts[2].endswith(f"{tmp_path / 'images' / '00.png'}: image file not found")
     with Project.open(blob_project) as reopened:
         assert reopened.image_root == tmp_path / "images"
 
@@ -163,9 +168,10 @@ def test_export_writes_coco_and_a_bad_import_leaves_the_project_unchanged(qtbot,
     from annotator.coco import import_coco
 
     before = window.session.project.instance_count()
+    warnings = answer_dialogs(qtbot, [lambda box: box.accept()])
     window._import(lambda project: import_coco(project, bad))
-    assert "bad.json" in window.last_error and "not valid JSON" in window.last_error
-    assert "unchanged" in window.last_error
+    assert "bad.json" in warnings[0] and "not valid JSON" in warnings[0]
+    assert "unchanged" in warnings[0]
     assert window.session.project.instance_count() == before
 
 
@@ -284,7 +290,7 @@ RUN_APP = textwrap.dedent("""
     from pathlib import Path
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
-    from annotator.app import run_app
+    from annotator.gui.app import run_app
     from annotator.gui.main_window import MainWindow
     app = QApplication(sys.argv[:1])  # run_app takes it over; timers need it before exec
     def look(tries=[0]):
@@ -322,7 +328,7 @@ def test_the_model_that_loaded_last_is_loaded_again_at_the_next_start(qtbot, win
     weights = tmp_path / "mine.safetensors"
     weights.write_bytes(b"the blob predictor's factory ignores the file; the window checks it exists")
     assert not window.restore_model()  # nothing loaded yet: nothing to restore
-    window.load_model(ModelChoice("file", str(weights)), "cpu")
+    window.load_model(ModelChoice(ModelKind.FILE, str(weights)), "cpu")
     qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=10000)
     window.close()
 

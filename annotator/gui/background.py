@@ -59,8 +59,3 @@ def run_in_background(work: Callable[[], Any], on_done: Callable[[Any], None],
     relay.done.connect(finish)
     relay.failed.connect(fail)
     QThreadPool.globalInstance().start(_Job(work, relay))
-
-
-def wait_for_background(timeout_ms: int = 30000) -> bool:
-    """Blocks until the pool is idle (tests and shutdown)."""
-    return QThreadPool.globalInstance().waitForDone(timeout_ms)

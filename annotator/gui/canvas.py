@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (QBrush, QColor, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen,
                            QResizeEvent, QWheelEvent)
 from PySide6.QtWidgets import QWidget
@@ -107,10 +107,7 @@ class Canvas(QWidget):
             self._instances, self._categories = [], {}
         else:
             self._categories = {c.id: c for c in self.session.project.categories()}
-            selected = set(self.session.selection)
-            self._instances = [i for i in self.session.instances()
-                               if i.id not in self.session.hidden
-                               and (self.session.passes_threshold(i) or i.id in selected)]
+            self._instances = self.session.shown_instances()
         self.update()
 
     @property
@@ -419,6 +416,3 @@ class Canvas(QWidget):
     def screen_distance(self, a: QPointF, b: QPointF) -> float:
         """Distance in screen pixels between two image points."""
         return ((a.x() - b.x()) ** 2 + (a.y() - b.y()) ** 2) ** 0.5 * self.scale
-
-    def widget_point(self, point: QPointF) -> QPoint:
-        return self.image_to_widget(point).toPoint()

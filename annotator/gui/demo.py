@@ -15,21 +15,16 @@ from pathlib import Path
 
 from PySide6.QtCore import QStandardPaths
 
-from annotator.store import Project
-from resources import DEMO_DIR
+from annotator.image_folder import create_project, scan_images
+from resources import DEMO_DIR, bundled_model
 
 BUNDLED = DEMO_DIR
-MODEL_NAMES = ("model.safetensors", "model.pth", "model.pt")
 DEMO_IMAGES = 12
 
 
 def user_demo_dir() -> Path:
     base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
     return Path(base or Path.home() / ".maskrcnn-annotator") / "demo"
-
-
-def bundled_model() -> Path | None:
-    return next((BUNDLED / name for name in MODEL_NAMES if (BUNDLED / name).is_file()), None)
 
 
 def demo_project_path(target: Path | None = None) -> Path:
@@ -40,9 +35,9 @@ def demo_project_path(target: Path | None = None) -> Path:
         return project_file
     target.mkdir(parents=True, exist_ok=True)
     if (BUNDLED / "demo.annot").is_file():
-        shutil.copytree(BUNDLED, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*MODEL_NAMES))
+        shutil.copytree(BUNDLED, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.*"))
         return project_file
-    from model.images import is_image_file, probe_image
+    from model.images import is_image_file
     from model.synthetic import coco_categories, generate
 
     images = target / "data" / "images"
@@ -53,13 +48,10 @@ def demo_project_path(target: Path | None = None) -> Path:
                 shutil.copy2(file, images / file.name)
     else:
         generate(target / "data", DEMO_IMAGES, seed=7, size=(360, 480))
-    with Project.create(project_file, images) as project, project.transaction():
+    with create_project(project_file, scan_images(images)) as project, project.transaction():
         for category in coco_categories():
             project.add_category(category["name"], category["supercategory"], keypoints=category["keypoints"],
                                  skeleton=[tuple(pair) for pair in category["skeleton"]])
-        for file in sorted(f for f in images.iterdir() if is_image_file(f)):
-            info = probe_image(file)
-            project.add_image(file.name, info.width, info.height, info.sha256)
     return project_file
 
 

@@ -88,7 +88,7 @@ class InstanceListPanel(QWidget):
             session.selection_changed.connect(self._selection_from_session)
             session.view_state_changed.connect(self.reload)
             session.categories_changed.connect(self.reload)
-            self.threshold.setValue(round(session.score_threshold * 100))
+            self.threshold.setValue(round(session.view.score_threshold * 100))
         self.reload()
 
     def _instances_changed(self, image_id: int) -> None:
@@ -102,7 +102,7 @@ class InstanceListPanel(QWidget):
             categories = {c.id: c for c in self.session.project.categories()}
             for instance in self.session.instances():
                 category = categories.get(instance.category_id)
-                below = not self.session.passes_threshold(instance)
+                below = not self.session.view.passes_threshold(instance)
                 item = QTreeWidgetItem([
                     str(instance.id), category.name if category else "?",
                     "" if instance.score is None else f"{instance.score:.2f}",
@@ -110,9 +110,9 @@ class InstanceListPanel(QWidget):
                 item.setData(0, Qt.ItemDataRole.UserRole, instance.id)
                 if category is not None:
                     item.setIcon(1, color_icon(category.color))
-                item.setCheckState(4, Qt.CheckState.Unchecked if instance.id in self.session.hidden
+                item.setCheckState(4, Qt.CheckState.Unchecked if instance.id in self.session.view.hidden
                                    else Qt.CheckState.Checked)
-                item.setCheckState(5, Qt.CheckState.Checked if instance.id in self.session.locked
+                item.setCheckState(5, Qt.CheckState.Checked if instance.id in self.session.view.locked
                                    else Qt.CheckState.Unchecked)
                 if below:
                     for column in range(len(COLUMNS)):

@@ -1,6 +1,7 @@
 """The main window: wires the image list, canvas and tools, instance and category panels, status
-bar, the model thread and the menus together. Each of those owns its job; this file only connects
-them and holds the actions (menus and shortcuts)."""
+bar, the model (annotator.gui.model_control) and the menus (declared in annotator.gui.actions)
+together. Each of those owns its job, and the rules they follow are Qt-free (annotator.review,
+annotator.prompts, annotator.auto_propose); this file only connects them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 from PySide6.QtCore import QByteArray, QSettings, Qt
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeyEvent, QKeySequence
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QInputDialog, QMainWindow,
-                               QMessageBox, QProgressDialog, QToolBar, QWidget)
+from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QInputDialog, QMainWindow, QMenu, QMessageBox,
+                               QProgressDialog, QToolBar, QWidget)
 
 from model.errors import InputError
+from annotator.gui.actions import build_actions
 from annotator.gui.background import run_in_background
 from annotator.gui.canvas import Canvas
 from annotator.gui.category_panel import CategoryPanel
@@ -20,9 +22,9 @@ from annotator.gui.garbage import collect_on_the_ui_thread
 from annotator.gui.help_dialog import HelpDialog
 from annotator.gui.image_list import ImageListPanel
 from annotator.gui.instance_list import InstanceListPanel
-from annotator.gui.model_picker import DownloadProgressDialog
+from annotator.gui.model_control import ModelControl
 from annotator.gui.project_files import create_folder_project, project_path_for_folder, scan_folder
-from annotator.gui.proposals import ModelChoice, PredictorLike, ProposalResult, ProposalService
+from annotator.gui.proposals import ModelChoice, PredictorLike
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
 from annotator.gui.session import Session
 from annotator.gui.status_bar import StatusBar
@@ -33,12 +35,9 @@ from annotator.gui.tools.click import ClickTool
 from annotator.gui.tools.keypoints import KeypointTool
 from annotator.gui.tools.polygon import PolygonTool
 from annotator.gui.tools.select import SelectTool
-from annotator.proposals import ProposalCategories
-from annotator.store import Project, ReviewState, Source
+from annotator.store import Project, ReviewState
 
 MAX_RECENT = 10
-# what "mark done and next" moves on to: images nobody has reviewed yet
-TO_REVIEW = (ReviewState.UNLABELED, ReviewState.PROPOSED)
 
 
 def app_settings() -> QSettings:
@@ -54,12 +53,6 @@ class MainWindow(QMainWindow):
         self.settings = settings or app_settings()
         self.session: Session | None = None
         self._load_generation = 0  # drops image decodes that finish after the user moved on
-        # auto-propose: the image its running job is for (0: none runs), whether that job has
-        # started in the model thread (a cancel before that is lost), whether it already ran for
-        # the image as now opened
-        self._auto_image, self._auto_started, self._auto_ran_here = 0, False, False
-        self._drop_results_until_idle = False  # a job of the project opened before this one
-        self._loading: tuple[ModelChoice, str] | None = None  # the model choice being loaded, and device
         self.pyramid: ImagePyramid | None = None
 
         self.canvas = Canvas()
@@ -73,21 +66,11 @@ class MainWindow(QMainWindow):
         self.status = StatusBar()
         self.setStatusBar(self.status)
 
-        self.proposals = ProposalService(predictor_factory, self) if predictor_factory else ProposalService(parent=self)
-        self.proposals.paths = self._image_path
-        self.proposals.result.connect(self._on_proposals)
-        self.proposals.progress.connect(self.status.set_progress)
-        self.proposals.failed.connect(lambda text: self._error("Model", text))
-        self.proposals.model_failed.connect(self._on_model_failed)
-        self.proposals.model_loaded.connect(self._on_model_loaded)
-        self.proposals.load_cancelled.connect(self._on_model_load_cancelled)
-        self.downloads = DownloadProgressDialog(self.proposals, self)
-        self.proposals.status.connect(lambda text: self.status.showMessage(text, 4000))
-        self.proposals.busy_changed.connect(self._on_model_busy)
-        self.proposals.progress.connect(self._on_model_progress)
-        self.status.cancel_button.clicked.connect(self.cancel_model_job)
-
         session_source = lambda: self.session  # noqa: E731
+        self.model_control = ModelControl(self, self.status, self.settings, session_source, predictor_factory)
+        self.proposals = self.model_control.service  # the model thread: the tools ask it too
+        self.model_control.error.connect(self._error)
+        self.model_control.state_changed.connect(self._update_enabled)
         self.tools: dict[str, Tool] = {
             "select": SelectTool(self.canvas, session_source),
             "click": ClickTool(self.canvas, session_source, self.proposals),
@@ -106,13 +89,18 @@ class MainWindow(QMainWindow):
         self.instances.reject_requested.connect(self.delete_selected)
         self.instances.accept_all_requested.connect(self.accept_all_above_threshold)
 
-        self.actions_by_name: dict[str, QAction] = {}
-        self._build_actions()
+        self.recent_menu = QMenu("Open &recent", self)
+        toolbar = QToolBar("Tools")
+        toolbar.setObjectName("toolbar-tools")
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, toolbar)
+        self.actions_by_name: dict[str, QAction] = build_actions(self, toolbar)
+        auto = self.actions_by_name["auto_propose"]
+        auto.setChecked(self.model_control.auto.enabled)
+        auto.toggled.connect(self.model_control.auto.set_enabled)  # also when the demo checks it
+        self._rebuild_recent_menu()
         self.set_tool("select")
         self._restore_settings()
         self._update_enabled()
-
-    # -- construction ---------------------------------------------------------------------------
 
     def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -121,103 +109,6 @@ class MainWindow(QMainWindow):
         widget.setMinimumWidth(250 if area == Qt.DockWidgetArea.LeftDockWidgetArea else 300)
         self.addDockWidget(area, dock)
         return dock
-
-    def _action(self, name: str, text: str, slot: Callable, shortcut: str | list[str] = "",
-                menu=None, tip: str = "") -> QAction:
-        action = QAction(text, self)
-        shortcuts = [shortcut] if isinstance(shortcut, str) else shortcut
-        action.setShortcuts([QKeySequence(s) for s in shortcuts if s])
-        action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-        if tip:
-            action.setStatusTip(tip)
-        action.triggered.connect(lambda checked=False: slot())
-        self.addAction(action)
-        if menu is not None:
-            menu.addAction(action)
-        self.actions_by_name[name] = action
-        return action
-
-    def _build_actions(self) -> None:
-        bar = self.menuBar()
-        file = bar.addMenu("&File")
-        self._action("open_folder", "Open &folder…", self.choose_folder, "Ctrl+O", file)
-        self._action("open_project", "Open &project…", self.choose_project, "Ctrl+Shift+O", file)
-        self.recent_menu = file.addMenu("Open &recent")
-        file.addSeparator()
-        self._action("import_coco", "Import COCO JSON…", self.import_coco, "", file)
-        self._action("import_labelme", "Import labelme folder…", self.import_labelme, "", file)
-        self._action("export_coco", "Export COCO JSON…", lambda: self.export_coco(False), "Ctrl+E", file)
-        self._action("export_done", "Export done images as COCO JSON…", lambda: self.export_coco(True), "", file)
-        file.addSeparator()
-        self._action("quit", "&Quit", self.close, "Ctrl+Q", file)
-
-        edit = bar.addMenu("&Edit")
-        self._action("undo", "&Undo", self.undo, "Ctrl+Z", edit)
-        self._action("redo", "&Redo", self.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], edit)
-        edit.addSeparator()
-        self._action("change_category", "Change &category…", self.change_category, "C", edit)
-        self._action("merge", "&Merge selected", self.merge_selected, "Ctrl+G", edit)
-        self._action("split", "&Split into parts", self.split_selected, "Ctrl+Shift+G", edit)
-        self._action("delete", "&Delete / reject selected", self.delete_selected, ["Delete", "Backspace"], edit)
-        self._action("brush_bigger", "Brush bigger", lambda: self._brush_size(1), ["+", "="], edit)
-        self._action("brush_smaller", "Brush smaller", lambda: self._brush_size(-1), "-", edit)
-
-        view = bar.addMenu("&View")
-        self._action("fit", "&Fit image", self.canvas.fit, "F", view)
-        self._action("zoom_1to1", "Zoom &1:1", self.canvas.zoom_1to1, "1", view)
-        self._action("zoom_in", "Zoom in", lambda: self.canvas.zoom_by(1.25), "Ctrl++", view)
-        self._action("zoom_out", "Zoom out", lambda: self.canvas.zoom_by(0.8), "Ctrl+-", view)
-        view.addSeparator()
-        for dock in self.findChildren(QDockWidget):
-            view.addAction(dock.toggleViewAction())
-
-        tools_menu = bar.addMenu("&Tools")
-        toolbar = QToolBar("Tools")
-        toolbar.setObjectName("toolbar-tools")
-        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, toolbar)
-        group = QActionGroup(self)
-        for name, tool in self.tools.items():
-            action = self._action(f"tool_{name}", tool.label, lambda n=name: self.set_tool(n), tool.shortcut,
-                                  tools_menu, tool.status_tip)
-            action.setCheckable(True)
-            action.setToolTip(f"{tool.label} ({tool.shortcut})\n{tool.status_tip}")
-            group.addAction(action)
-            toolbar.addAction(action)
-
-        review = bar.addMenu("&Review")
-        self._action("prev_image", "&Previous image", lambda: self.step_image(-1), "A", review)
-        self._action("next_image", "&Next image", lambda: self.step_image(1), "D", review)
-        self._action("accept", "&Accept selected proposals", self.accept_selected, ["Return", "Enter"], review)
-        self._action("accept_all", "Accept all above the threshold", self.accept_all_above_threshold, "Shift+Return",
-                     review)
-        self._action("done_next", "Mark &done and go to the next unlabeled image", self.mark_done_and_next,
-                     "Space", review)
-        self._action("mark_in_review", "Mark in review", lambda: self._set_state(ReviewState.IN_REVIEW), "", review)
-
-        model = bar.addMenu("&Model")
-        self._action("choose_model", "Choose &model…", self.choose_model, "Ctrl+M", model)
-        self._action("propose", "&Propose for this image", self.propose_current, "Ctrl+P", model)
-        self._action("propose_all", "Propose for &all unlabeled images", self.propose_all, "Ctrl+Shift+P", model)
-        auto = self._action("auto_propose", "A&uto-propose on opening an unlabeled image", self._on_auto_toggled,
-                            "", model, "Runs the model on each image you open that is unlabeled and has no "
-                            "instances yet")
-        auto.setCheckable(True)
-        auto.setChecked(self.settings.value("model/auto_propose", False, type=bool))
-        self._action("cancel", "&Cancel (drawing, or the model's job)",
-                     lambda: self._offer_key(Qt.Key.Key_Escape) or self.cancel_model_job(), "Escape", model)
-        model.addSeparator()
-        self._action("fine_tune", "&Fine-tune on done images…", self.fine_tune, "", model)
-        toolbar.addSeparator()
-        # short words on the toolbar (the whole of it fits a 1100-pixel window); menus keep the long ones
-        for name, short in (("propose", "Propose"), ("propose_all", "Propose all"), ("done_next", "Done, next")):
-            action = self.actions_by_name[name]
-            action.setIconText(short)
-            action.setToolTip(f"{action.text().replace('&', '')} ({action.shortcut().toString()})")
-            toolbar.addAction(action)
-
-        help_menu = bar.addMenu("&Help")
-        self._action("help", "&Keyboard shortcuts", self.show_help, ["F1", "?"], help_menu)
-        self._rebuild_recent_menu()
 
     # -- settings -------------------------------------------------------------------------------
 
@@ -235,7 +126,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         if self.session is not None:
-            self.settings.setValue("view/threshold", self.session.score_threshold)
+            self.settings.setValue("view/threshold", self.session.view.score_threshold)
         self.settings.sync()
 
     def recent_projects(self) -> list[str]:
@@ -336,24 +227,19 @@ class MainWindow(QMainWindow):
         run_in_background(lambda: scan_folder(folder), done, failed)
 
     def set_project(self, project: Project) -> None:
-        # results of a job still running are for the previous project's images: ids that this
-        # project may use for others
-        self._drop_results_until_idle = self.proposals.busy
-        if self._auto_image and self._auto_started:
-            self.proposals.cancel()
-        self._auto_image = 0
+        self.model_control.project_changing()
         if self.session is not None:
             self.session.project.close()
             self.session.deleteLater()
         self.session = Session(project, self)
         threshold = self.settings.value("view/threshold")
         if threshold is not None:
-            self.session.score_threshold = float(threshold)
+            self.session.view.score_threshold = float(threshold)
         self.session.instances_changed.connect(lambda _: self._update_enabled())
         self.session.selection_changed.connect(lambda _: self._on_selection())
         self.session.history_changed.connect(self._update_enabled)
         self.session.image_changed.connect(self._load_image)
-        self.session.image_changed.connect(self._on_image_opened)
+        self.session.image_changed.connect(self.model_control.on_image_opened)
         for panel in (self.images, self.instances, self.categories):
             panel.set_session(self.session)
         self.canvas.set_session(self.session)
@@ -363,9 +249,6 @@ class MainWindow(QMainWindow):
         if first is not None:
             self.show_image(first.id)
         self._update_enabled()
-
-    def _image_path(self, image_id: int) -> str:
-        return str(self.session.project.image_path(self.session.project.image(image_id))) if self.session else ""
 
     def show_image(self, image_id: int) -> None:
         if self.session is not None:
@@ -413,7 +296,7 @@ class MainWindow(QMainWindow):
                 and self.canvas.pyramid is self.pyramid and self._load_generation > 0
                 and self.pyramid.width == self.session.image.width)
 
-    # -- navigation and review ------------------------------------------------------------------
+    # -- navigation and review (annotator.review) ------------------------------------------------
 
     def step_image(self, step: int) -> None:
         ids = self.images.visible_ids()
@@ -424,30 +307,49 @@ class MainWindow(QMainWindow):
         self.show_image(ids[target])
 
     def mark_done_and_next(self) -> None:
-        """Done means the image holds what the user sees: proposals at or above the score threshold
-        are accepted, those under it (hidden) are discarded, so an export of done images never
-        carries unreviewed low-score guesses. Locked instances are left as they are."""
         session = self.session
         if session is None or not session.image_id:
             return
-        pending = [i for i in session.instances() if i.source == Source.MODEL and i.id not in session.locked]
-        below = [i.id for i in pending if not session.passes_threshold(i)]
-        above = [i.id for i in pending if session.passes_threshold(i)]
-        if below:
-            session.history.delete(below, f"Discard {len(below)} proposals under the threshold")
-        if above:
-            session.history.accept(above, f"Accept {len(above)} proposals")
-        session.set_review_state(session.image_id, ReviewState.DONE)
-        ids = [r.id for r in session.project.iter_images() if r.state in TO_REVIEW]
-        later = [i for i in ids if i > session.image_id] or ids
+        session.review.mark_done(session.image_id)
+        later = session.review.next_to_review(session.image_id)
         if later:
-            self.show_image(later[0])
+            self.show_image(later)
         else:
             self.status.showMessage("Every image is reviewed", 5000)
 
-    def _set_state(self, state: ReviewState) -> None:
+    def set_review_state(self, state: ReviewState) -> None:
         if self.session is not None and self.session.image_id:
             self.session.set_review_state(self.session.image_id, state)
+
+    def accept_selected(self) -> None:
+        if not self._offer_key(Qt.Key.Key_Return) and self.session is not None:
+            self.session.review.accept(self.session.image_id, self.session.selection)
+
+    def delete_selected(self) -> None:
+        if not self._offer_key(Qt.Key.Key_Backspace) and self.session is not None:  # a polygon drops its last vertex
+            self.session.review.reject(self.session.image_id, self.session.selection)
+
+    def accept_all_above_threshold(self) -> None:
+        if self.session is not None:
+            self.session.review.accept_all_shown(self.session.image_id)
+
+    def change_category(self) -> None:
+        session = self.session
+        ids = session.review.editable_selection(session.selection) if session else []
+        if not ids:
+            self.status.showMessage("Select instances first", 3000)
+            return
+        categories = session.project.categories()
+        names = [c.name for c in categories]
+        current = session.project.instance(ids[0]).category_id
+        index = next((n for n, c in enumerate(categories) if c.id == current), 0)
+        name, ok = QInputDialog.getItem(self, "Change category", "Category", names, index, False)
+        if ok:
+            self.set_category_of_selection(categories[names.index(name)].id)
+
+    def set_category_of_selection(self, category_id: int) -> None:
+        if self.session is not None:
+            self.session.review.set_category(self.session.image_id, self.session.selection, category_id)
 
     # -- editing --------------------------------------------------------------------------------
 
@@ -471,7 +373,12 @@ class MainWindow(QMainWindow):
             return True
         return False
 
-    def _brush_size(self, steps: int) -> None:
+    def cancel(self) -> None:
+        """Escape: the active tool's gesture if it has one, else the model's job."""
+        if not self._offer_key(Qt.Key.Key_Escape):
+            self.model_control.cancel_job()
+
+    def grow_brush(self, steps: int) -> None:
         tool = self.canvas.tool if isinstance(self.canvas.tool, BrushTool) else self.tools["brush"]
         tool.grow(steps)
 
@@ -487,73 +394,8 @@ class MainWindow(QMainWindow):
             if command is not None:
                 self.status.showMessage(f"Redid: {command.text}", 3000)
 
-    def _editable_selection(self) -> list[int]:
-        session = self.session
-        if session is None:
-            return []
-        return [i for i in session.selection if session.project.id_in_use("instances", i) and i not in session.locked]
-
-    def delete_selected(self) -> None:
-        if self._offer_key(Qt.Key.Key_Backspace):  # the polygon tool drops its last vertex
-            return
-        ids = self._editable_selection()
-        if ids:
-            proposals = all(self.session.project.instance(i).source == Source.MODEL for i in ids)
-            self.session.history.delete(ids, "Reject" if proposals else "Delete")
-            self.session.mark_in_review()
-
-    def accept_selected(self) -> None:
-        if self._offer_key(Qt.Key.Key_Return):
-            return
-        ids = self._editable_selection()
-        if ids:
-            self.session.history.accept(ids)
-            self.session.mark_in_review()
-
-    def accept_all_above_threshold(self) -> None:
-        session = self.session
-        if session is None:
-            return
-        ids = [i.id for i in session.instances() if i.source == Source.MODEL and i.id not in session.hidden
-               and i.id not in session.locked and session.passes_threshold(i)]
-        if ids:
-            session.history.accept(ids, f"Accept {len(ids)} proposals")
-            session.mark_in_review()
-
-    def change_category(self) -> None:
-        session = self.session
-        ids = self._editable_selection()
-        if not ids:
-            self.status.showMessage("Select instances first", 3000)
-            return
-        categories = session.project.categories()
-        names = [c.name for c in categories]
-        current = session.project.instance(ids[0]).category_id
-        index = next((n for n, c in enumerate(categories) if c.id == current), 0)
-        name, ok = QInputDialog.getItem(self, "Change category", "Category", names, index, False)
-        if ok:
-            self.set_category_of_selection(categories[names.index(name)].id)
-
-    def set_category_of_selection(self, category_id: int) -> None:
-        session = self.session
-        ids = self._editable_selection()
-        if not ids:
-            return
-        project = session.project
-        changes = []
-        from annotator.commands import Change
-
-        with project.transaction():
-            for instance_id in ids:
-                before = project.instance(instance_id)
-                if before.category_id != category_id:
-                    changes.append(Change(before, project.update_instance(instance_id, category_id=category_id)))
-        if changes:
-            session.history.record("Change category", session.image_id, changes)
-            session.mark_in_review()
-
     def merge_selected(self) -> None:
-        ids = self._editable_selection()
+        ids = self.session.review.editable_selection(self.session.selection) if self.session else []
         if len(ids) < 2:
             self.status.showMessage("Select two or more instances to merge (Ctrl+click)", 4000)
             return
@@ -566,7 +408,7 @@ class MainWindow(QMainWindow):
         self.session.mark_in_review()
 
     def split_selected(self) -> None:
-        ids = self._editable_selection()
+        ids = self.session.review.editable_selection(self.session.selection) if self.session else []
         if len(ids) != 1:
             self.status.showMessage("Select one instance to split", 4000)
             return
@@ -580,171 +422,14 @@ class MainWindow(QMainWindow):
         self.session.select([p.id for p in parts])
         self.session.mark_in_review()
 
-    # -- model ----------------------------------------------------------------------------------
+    # -- model (annotator.gui.model_control) ----------------------------------------------------
 
     def load_model(self, choice: ModelChoice, device: str = "auto") -> None:
-        self._loading = (choice, device)  # remembered in the settings once it has loaded
-        self.status.set_model(f"loading {choice.title}…", device)
-        self.proposals.load(choice, device)
+        self.model_control.load(choice, device)
 
     def restore_model(self) -> bool:
-        """Loads the model that last loaded (kept in the settings), as labelme and CVAT users
-        expect of a desktop tool; not a file that has gone since. Registry weights loaded before
-        are in torch's cache, so this downloads nothing unless the cache was emptied."""
-        kind, name = self.settings.value("model/kind"), self.settings.value("model/name")
-        if kind not in ("registry", "file", "run") or not name:
-            return False
-        if kind != "registry" and not Path(name).is_file():
-            return False
-        label = self.settings.value("model/label", "") or ""
-        self.load_model(ModelChoice(kind, name, label), self.settings.value("model/device", "auto") or "auto")
-        return True
-
-    def choose_model(self) -> None:
-        from annotator.gui.model_picker import ModelPickerDialog
-
-        dialog = ModelPickerDialog(self.session.project.path if self.session else None, self)
-        if dialog.exec():
-            choice, device = dialog.selection()
-            if choice is not None:
-                self.load_model(choice, device)
-
-    def _on_model_loaded(self, version: str, device: str) -> None:
-        collect_on_the_ui_thread().freeze()  # the model and torch's modules stay: keep full collections cheap
-        if self._loading is not None:
-            choice, requested = self._loading
-            for key, value in (("kind", choice.kind), ("name", choice.name), ("label", choice.label),
-                               ("device", requested)):
-                self.settings.setValue(f"model/{key}", value)
-            self._loading = None
-        self.status.set_model(version, device)
-        self.status.showMessage(f"Model ready: {version} on {device}", 5000)
-        self._update_enabled()
-
-    def _on_model_failed(self, message: str) -> None:
-        self._on_model_load_cancelled()
-        self._error("Model", message)
-
-    def _on_model_load_cancelled(self) -> None:
-        self._loading = None  # the model in use, if any, stays; so does the remembered choice
-        self.status.set_model(self.proposals.model_version, self.proposals.device)
-
-    def _on_model_busy(self, busy: bool) -> None:
-        if not busy:
-            self.status.set_progress(0, 0)
-            self._auto_image, self._auto_started = 0, False
-            self._drop_results_until_idle = False
-        self._update_enabled()
-        if not busy:
-            self.auto_propose()
-
-    def cancel_model_job(self) -> None:
-        if self.proposals.busy:
-            self._auto_ran_here = True  # the user stopped the model: no auto-propose here until reopened
-        self.proposals.cancel()
-
-    # -- auto-propose: the model runs on each unlabeled image as it is opened ---------------------
-
-    def _on_auto_toggled(self) -> None:
-        checked = self.actions_by_name["auto_propose"].isChecked()
-        self.settings.setValue("model/auto_propose", checked)
-        if checked:
-            self._auto_ran_here = False
-            self.auto_propose()
-
-    def _on_image_opened(self, image_id: int) -> None:
-        self._auto_ran_here = False
-        if self._auto_image and self._auto_image != image_id and self._auto_started:
-            self.proposals.cancel()  # the user moved on; the image now open gets the next job
-        self.auto_propose()
-
-    def _on_model_progress(self, done: int, total: int) -> None:
-        if self._auto_image and not self._auto_started:
-            self._auto_started = True
-            if self.session is None or self._auto_image != self.session.image_id:
-                self.proposals.cancel()  # left before the job started
-
-    def auto_propose(self) -> None:
-        """Proposes for the current image when auto-propose is on, a model is loaded and free,
-        and the image is unlabeled with no instances; once each time the image is opened. A
-        job for an image the user has left is cancelled, so at most one runs and the image
-        in view comes next."""
-        session = self.session
-        if (not self.actions_by_name["auto_propose"].isChecked() or session is None or not session.image_id
-                or self._auto_ran_here or not self.proposals.has_model or self.proposals.busy):
-            return
-        if session.image.state != ReviewState.UNLABELED or session.instances():
-            return
-        if self.proposals.propose([session.image_id]):
-            self._auto_image, self._auto_started, self._auto_ran_here = session.image_id, False, True
-
-    def propose_current(self) -> None:
-        if self.session is None or not self.session.image_id:
-            return
-        if not self.proposals.has_model:
-            self._error("Model", "No model is loaded: choose one in Model → Choose model")
-            return
-        self.proposals.propose([self.session.image_id])
-
-    def propose_all(self) -> None:
-        if self.session is None:
-            return
-        if not self.proposals.has_model:
-            self._error("Model", "No model is loaded: choose one in Model → Choose model")
-            return
-        ids = [r.id for r in self.session.project.iter_images(ReviewState.UNLABELED)]
-        if not ids:
-            self.status.showMessage("No unlabeled images left", 4000)
-            return
-        self.status.set_progress(0, len(ids))
-        self.proposals.propose(ids)
-
-    def _on_proposals(self, result: ProposalResult) -> None:
-        session = self.session
-        if (session is None or self._drop_results_until_idle
-                or not session.project.id_in_use("images", result.image_id)):
-            return
-        categories = ProposalCategories(session.project, result.keypoint_names, result.keypoint_skeleton)
-        if result.prompt == "image":
-            if session.project.image(result.image_id).state in (ReviewState.IN_REVIEW, ReviewState.DONE):
-                return  # someone reviewed it meanwhile: proposals would replace nothing a person kept
-            session.history.add_proposals(result.image_id, result.proposals, result.model_version,
-                                          category_for=categories)
-            if result.image_id == session.image_id:
-                self.status.showMessage(f"{len(result.proposals)} proposals", 4000)
-            return
-        if not result.proposals:
-            self.status.showMessage("The model found nothing there", 4000)
-            return
-        category = session.ensure_category()
-        proposals = result.proposals
-        if result.prompt == "box":
-            for proposal in proposals:  # the box was drawn for the current category, by a person:
-                proposal.label_name = category.name
-                proposal.score = None  # the class score of a drawn box is no detection score
-        text = "Box to mask" if result.prompt == "box" else "Click to segment"
-        added = session.history.add_proposals(
-            result.image_id, proposals, result.model_version, replace=False,
-            source=Source.HUMAN if result.prompt == "box" else Source.MODEL, text=text, category_for=categories)
-        if added and result.image_id == session.image_id:
-            session.select([added[0].id])
-            if result.prompt == "box":
-                session.mark_in_review()
-            self.status.showMessage(f"{text}: added {session.project.category(added[0].category_id).name}", 4000)
-
-    def fine_tune(self) -> None:
-        if self.session is None:
-            return
-        from annotator.gui.finetune_dialog import FineTuneDialog
-
-        # the model in use comes first: fine-tuning again goes on from the last run, not the demo
-        bases = FineTuneDialog.default_bases()
-        current = self.settings.value("model/name") if self.proposals.has_model else None
-        if current:
-            bases = [current] + [base for base in bases if base != current]
-        dialog = FineTuneDialog(self.session.project, self, base_weights=bases)
-        dialog.model_ready.connect(lambda path: self.load_model(ModelChoice("run", path), self.proposals.device or "auto"))
-        dialog.exec()
+        """Loads the model that loaded last (:meth:`ModelControl.restore`)."""
+        return self.model_control.restore()
 
     # -- import / export ------------------------------------------------------------------------
 
@@ -837,10 +522,8 @@ class MainWindow(QMainWindow):
         redo.setText(f"&Redo {history.redo_text}" if can_redo else "&Redo")
 
     def _error(self, title: str, text: str) -> None:
+        """The first line in the status bar, the whole text in a warning box."""
         self.status.showMessage(text.splitlines()[0] if text else title, 8000)
-        if QApplication.platformName() == "offscreen" or getattr(self, "quiet_errors", False):
-            self.last_error = text  # tests read it; a modal box would wait for a click
-            return
         QMessageBox.warning(self, title, text)
 
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog
                                QVBoxLayout, QWidget)
 from PySide6.QtCore import Qt
 
-from annotator.gui.proposals import ModelChoice, ProposalService
+from annotator.gui.proposals import ModelChoice, ModelKind, ProposalService
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -23,10 +23,10 @@ def runs_dir(project_path: Path) -> Path:
 
 def registry_choices() -> list[ModelChoice]:
     try:
-        from model.weights import REGISTRY  # imports torch: only when the dialog opens
+        from model.weights.registry import REGISTRY  # imports torch: only when the dialog opens
     except Exception:
         return []
-    return [ModelChoice("registry", name, f"{name}  ({info.file_size_mb:.0f} MB download once)")
+    return [ModelChoice(ModelKind.REGISTRY, name, f"{name}  ({info.file_size_mb:.0f} MB download once)")
             for name, info in REGISTRY.items()]
 
 
@@ -38,7 +38,7 @@ def run_choices(project_path: Path | None) -> list[ModelChoice]:
         for suffix in WEIGHT_SUFFIXES:
             files = sorted(run.glob(f"*{suffix}")) if run.is_dir() else []
             if files:
-                found.append(ModelChoice("run", str(files[-1]), f"fine-tuned: {run.name}"))
+                found.append(ModelChoice(ModelKind.RUN, str(files[-1]), f"fine-tuned: {run.name}"))
                 break
     return found
 
@@ -62,7 +62,8 @@ class ModelPickerDialog(QDialog):
         from annotator.gui.demo import bundled_model
 
         demo = bundled_model()
-        choices = run_choices(project_path) + ([ModelChoice("file", str(demo), "bundled demo model")] if demo else [])
+        choices = run_choices(project_path)
+        choices += [ModelChoice(ModelKind.FILE, str(demo), "bundled demo model")] if demo else []
         choices += registry_choices()
         for choice in choices:
             self._add(choice)
@@ -97,7 +98,7 @@ class ModelPickerDialog(QDialog):
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Weights file", "", "Weights (*.safetensors *.pth *.pt)")
         if path:
-            self.list.setCurrentItem(self._add(ModelChoice("file", path)))
+            self.list.setCurrentItem(self._add(ModelChoice(ModelKind.FILE, path)))
 
     def selection(self) -> tuple[ModelChoice | None, str]:
         item = self.list.currentItem()

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import enum
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, Callable, Protocol
@@ -28,7 +29,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, SignalInstance, Slot
 
-from annotator.proposals import Proposal, to_proposals
+from annotator.prompts import PromptKind, ProposalResult, proposals_for
 from model.images import read_image
 
 # A download reports after 0.1 s or 1 % of the file (1 MB when the size is unknown), whichever
@@ -48,28 +49,30 @@ class PredictorLike(Protocol):
                        label: str | None = None) -> Any: ...
 
 
+class ModelKind(enum.StrEnum):
+    """Where a model choice's weights are; the values are kept in the settings (``model/kind``)."""
+
+    REGISTRY = "registry"  # published weights, by registry name (downloaded once into torch's cache)
+    FILE = "file"  # a local weights file
+    RUN = "run"  # the weights of a fine-tuning run of the project
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     """What the user picked: registry weights (by name), a local file, or a fine-tuned run."""
 
-    kind: str  # "registry", "file" or "run"
+    kind: ModelKind
     name: str  # registry name or file path
     label: str = ""
 
+    def __post_init__(self) -> None:
+        # the settings keep the kind's value: ModelChoice(settings.value("model/kind"), ...) works,
+        # and an unknown kind is a ValueError here rather than a wrong branch later
+        object.__setattr__(self, "kind", ModelKind(self.kind))
+
     @property
     def title(self) -> str:
-        return self.label or (Path(self.name).name if self.kind != "registry" else self.name)
-
-
-@dataclass
-class ProposalResult:
-    image_id: int
-    model_version: str
-    proposals: list[Proposal] = field(default_factory=list)
-    prompt: str = "image"  # "image", "box" or "point"
-    # the model's keypoint names and skeleton (0-based pairs), for categories it adds to the project
-    keypoint_names: tuple[str, ...] = ()
-    keypoint_skeleton: tuple[tuple[int, int], ...] = ()
+        return self.label or (self.name if self.kind == ModelKind.REGISTRY else Path(self.name).name)
 
 
 def default_predictor_factory(choice: ModelChoice, device: str) -> PredictorLike:
@@ -128,7 +131,7 @@ class ProposalWorker(QObject):
     def load(self, choice: ModelChoice, device: str) -> None:
         with self._job(f"Loading {choice.title}", failed=self.model_failed, cancelled=self.load_cancelled):
             _leave_a_core_for_the_ui()
-            if choice.kind == "registry":
+            if choice.kind == ModelKind.REGISTRY:
                 self._download(choice.name)
             self.predictor = self.factory(choice, device)
             self._last_prediction = None
@@ -140,7 +143,7 @@ class ProposalWorker(QObject):
         """Registry weights into the cache, unless there already. ``download_progress`` reports
         the bytes (the first and last report always, others as DOWNLOAD_REPORT_* say);
         ``download_finished`` follows a download that started, however it ended."""
-        from model.weights import DownloadCancelled, fetch  # imports torch: in the model thread only
+        from model.weights.download import DownloadCancelled, fetch  # imports torch: in the model thread only
 
         started, last_time, last_done = False, 0.0, 0
 
@@ -174,7 +177,7 @@ class ProposalWorker(QObject):
                 if self.cancel_event.is_set():
                     break
                 self._last_prediction = (image_id, instances)
-                self.result.emit(self._result(image_id, instances, to_proposals(instances), "image"))
+                self.result.emit(self._result(image_id, instances, PromptKind.IMAGE))
             self.progress.emit(len(jobs), len(jobs))
 
     @Slot(int, str, tuple, str)
@@ -182,8 +185,7 @@ class ProposalWorker(QObject):
         with self._job("Segmenting the box"):
             image = self._image(image_id, path)
             instances = self.predictor.predict_in_box(image, tuple(box), label or None)
-            proposals = to_proposals(instances)[:1]
-            self.result.emit(self._result(image_id, instances, proposals, "box"))
+            self.result.emit(self._result(image_id, instances, PromptKind.BOX))
 
     @Slot(int, str, tuple)
     def segment_point(self, image_id: int, path: str, point: tuple) -> None:
@@ -193,21 +195,13 @@ class ProposalWorker(QObject):
             image = self._image(image_id, path)
             if self._last_prediction is None or self._last_prediction[0] != image_id:
                 self._last_prediction = (image_id, self.predictor.predict(image))
-            instances = self._last_prediction[1]
-            x, y = int(point[0]), int(point[1])
-            found = None if getattr(instances, "masks", None) is None else np.asarray(instances.masks)
-            best = []
-            if found is not None and len(found):
-                holding = np.flatnonzero(found[:, y, x])
-                if holding.size:
-                    scores = np.asarray(instances.scores)[holding]
-                    best = [int(holding[int(np.argmax(scores))])]
-            proposals = to_proposals(instances, best) if best else []
-            self.result.emit(self._result(image_id, instances, proposals, "point"))
+            self.result.emit(self._result(image_id, self._last_prediction[1], PromptKind.POINT, tuple(point)))
 
-    def _result(self, image_id: int, instances: Any, proposals: list[Proposal], prompt: str) -> ProposalResult:
+    def _result(self, image_id: int, instances: Any, prompt: PromptKind,
+                point: tuple[float, float] | None = None) -> ProposalResult:
+        """The proposals ``prompt`` gives (annotator.prompts), masks encoded here, in the model thread."""
         version = str(getattr(instances, "model_version", "") or getattr(self.predictor, "model_version", ""))
-        return ProposalResult(image_id, version, proposals, prompt,
+        return ProposalResult(image_id, version, proposals_for(prompt, instances, point), prompt,
                               tuple(getattr(self.predictor, "keypoint_names", ())),
                               tuple(getattr(self.predictor, "keypoint_skeleton", ())))
 

@@ -1,11 +1,14 @@
-"""The open project as the GUI sees it: the store, the undo history, the current image, the
-selection and per-instance view state (hidden, locked), with typed signals for every change."""
+"""The open project as the GUI sees it: the store, the undo history, the review rules, the current
+image, the selection and the view state (hidden, locked, score threshold), with typed signals for
+every change. The state and the rules are Qt-free (annotator.review); this object adds the
+signals that panels, canvas and tools redraw on."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
 from annotator.commands import Command, UndoStack
+from annotator.review import Review, ViewState
 from annotator.store import Category, ImageRecord, Instance, Project, ReviewState
 
 
@@ -15,7 +18,7 @@ class Session(QObject):
     image_changed = Signal(int)  # image id, or 0 for none
     instances_changed = Signal(int)  # image id whose instances changed
     selection_changed = Signal(list)  # instance ids
-    view_state_changed = Signal()  # hidden / locked flags
+    view_state_changed = Signal()  # hidden / locked flags, score threshold
     categories_changed = Signal()
     review_state_changed = Signal(int)  # image id
     current_category_changed = Signal(int)  # category id
@@ -27,10 +30,9 @@ class Session(QObject):
         self.history = UndoStack(project, self._on_command)
         self.image_id = 0
         self.selection: list[int] = []
-        self.hidden: set[int] = set()
-        self.locked: set[int] = set()
+        self.view = ViewState()
+        self.review = Review(self.history, self.view, self.review_state_changed.emit)
         self.current_category_id = 0
-        self.score_threshold = 0.5
         categories = project.categories()
         if categories:
             self.current_category_id = categories[0].id
@@ -52,15 +54,9 @@ class Session(QObject):
     def instances(self) -> list[Instance]:
         return self.project.instances(self.image_id) if self.image_id else []
 
-    def visible_instances(self) -> list[Instance]:
-        """Instances drawn on the canvas: not hidden, and proposals only above the score threshold."""
-        return [i for i in self.instances() if i.id not in self.hidden and self.passes_threshold(i)]
-
-    def passes_threshold(self, instance: Instance) -> bool:
-        return instance.source != "model" or instance.score is None or instance.score >= self.score_threshold
-
-    def editable(self, instance_id: int) -> bool:
-        return instance_id not in self.locked and instance_id not in self.hidden
+    def shown_instances(self) -> list[Instance]:
+        """The current image's instances that are shown (:meth:`ViewState.shows`), in drawing order."""
+        return [i for i in self.instances() if self.view.shows(i, self.selection)]
 
     # -- selection and view state ---------------------------------------------------------------
 
@@ -78,15 +74,15 @@ class Session(QObject):
         return None
 
     def set_hidden(self, instance_id: int, hidden: bool) -> None:
-        (self.hidden.add if hidden else self.hidden.discard)(instance_id)
+        (self.view.hidden.add if hidden else self.view.hidden.discard)(instance_id)
         self.view_state_changed.emit()
 
     def set_locked(self, instance_id: int, locked: bool) -> None:
-        (self.locked.add if locked else self.locked.discard)(instance_id)
+        (self.view.locked.add if locked else self.view.locked.discard)(instance_id)
         self.view_state_changed.emit()
 
     def set_score_threshold(self, threshold: float) -> None:
-        self.score_threshold = threshold
+        self.view.score_threshold = threshold
         self.view_state_changed.emit()
 
     # -- categories -----------------------------------------------------------------------------
@@ -123,11 +119,8 @@ class Session(QObject):
         self.history.set_review_state(image_id, state)
 
     def mark_in_review(self) -> None:
-        """The first edit a person makes on an unlabeled or proposed image puts it in review."""
-        image = self.image
-        if image is not None and image.state in (ReviewState.UNLABELED, ReviewState.PROPOSED):
-            self.project.set_review_state(image.id, ReviewState.IN_REVIEW)
-            self.review_state_changed.emit(image.id)
+        """A person edited the current image (:meth:`Review.mark_in_review`)."""
+        self.review.mark_in_review(self.image_id)
 
     # -- history --------------------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ class Tool(QObject):
         """The selected instance if it can be edited."""
         session = self.session
         instance = session.selected if session else None
-        if instance is not None and not session.editable(instance.id):
+        if instance is not None and not session.view.editable(instance.id):
             self.message.emit("The selected instance is locked or hidden")
             return None
         return instance

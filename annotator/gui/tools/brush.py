@@ -85,7 +85,7 @@ class BrushTool(Tool):
             return True  # locked: swallow the stroke
         if target is None and self.erase:
             target = self.canvas.instance_at(event.pos)
-            if target is None or not session.editable(target.id):
+            if target is None or not session.view.editable(target.id):
                 self.message.emit("Nothing to erase here")
                 return True
         self._target_id = target.id if target else 0

@@ -1,5 +1,5 @@
 """Click to segment: a click inside an object selects the best proposal there; where there is
-none, the model is asked for the best mask holding the clicked point."""
+none, the model is asked for the best mask holding the clicked point (annotator.prompts)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from PySide6.QtCore import Qt
 
 from annotator.gui.canvas import ToolEvent
 from annotator.gui.tools.base import Tool
+from annotator.prompts import instance_at_click
 from annotator.store import Source
 
 
@@ -25,17 +26,12 @@ class ClickTool(Tool):
         if session is None or event.button != Qt.MouseButton.LeftButton:
             return False
         x, y = event.pos.x(), event.pos.y()
-        # every proposal of the image counts here, also those under the score threshold
-        candidates = [i for i in session.instances()
-                      if i.id not in session.hidden and self.canvas.overlay(i).contains(x, y)]
-        proposals = [i for i in candidates if i.source == Source.MODEL]
-        if proposals:
-            best = max(proposals, key=lambda i: i.score or 0.0)
-            session.select([best.id])
-            self.message.emit(f"Selected the best proposal here (score {best.score or 0:.2f}); Enter accepts")
-            return True
-        if candidates:
-            session.select([min(candidates, key=lambda i: i.area).id])
+        picked = instance_at_click([i for i in session.instances()
+                                    if i.id not in session.view.hidden and self.canvas.overlay(i).contains(x, y)])
+        if picked is not None:
+            session.select([picked.id])
+            if picked.source == Source.MODEL:
+                self.message.emit(f"Selected the best proposal here (score {picked.score or 0:.2f}); Enter accepts")
             return True
         if self.proposals is not None and self.proposals.has_model:
             image = session.image

@@ -9,7 +9,7 @@ from model.errors import InputError
 
 
 def run_app(path: Path | None = None, demo: bool = False) -> int:
-    if path is not None and not path.exists():
+    if path is not None and not path.exists():  # one line of error, before the window's imports
         raise InputError(path, "no such folder or project file")
     from PySide6.QtWidgets import QApplication
 

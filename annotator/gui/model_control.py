@@ -1,0 +1,209 @@
+"""The proposal model as the window uses it: choosing and loading one (and loading it again at the
+next start), proposing for the image in view or for every unlabeled image, auto-propose, writing
+what comes back to the project, and fine-tuning. The rules are Qt-free (annotator.prompts for what
+a result becomes, annotator.auto_propose for when an image is drafted); this wires them to the
+model thread (annotator.gui.proposals), the status bar and the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QSettings, Signal
+from PySide6.QtWidgets import QWidget
+
+from annotator.auto_propose import AutoPropose
+from annotator.gui.garbage import collect_on_the_ui_thread
+from annotator.gui.model_picker import DownloadProgressDialog
+from annotator.gui.proposals import ModelChoice, ModelKind, PredictorLike, ProposalService
+from annotator.gui.session import Session
+from annotator.gui.status_bar import StatusBar
+from annotator.prompts import ProposalResult, store_result
+from annotator.store import ReviewState
+
+NO_MODEL = "No model is loaded: choose one in Model → Choose model"
+
+
+class ModelControl(QObject):
+    """Owns the model thread's service (``service``) and its download dialog (``downloads``).
+    ``session()`` gives the open project's session, or None."""
+
+    error = Signal(str, str)  # title, text: for the window to show
+    state_changed = Signal()  # a model loaded, or the model thread became busy or free
+
+    def __init__(self, parent: QWidget, status: StatusBar, settings: QSettings,
+                 session: Callable[[], Session | None],
+                 predictor_factory: Callable[[ModelChoice, str], PredictorLike] | None = None) -> None:
+        super().__init__(parent)
+        self.status, self.settings, self.session = status, settings, session
+        self.service = ProposalService(predictor_factory, self) if predictor_factory else ProposalService(parent=self)
+        self.service.paths = self._image_path
+        self.auto = AutoPropose(enabled=settings.value("model/auto_propose", False, type=bool))
+        self._loading: tuple[ModelChoice, str] | None = None  # the model choice being loaded, and device
+        self._drop_results_until_idle = False  # a job of the project opened before this one
+        service = self.service
+        service.result.connect(self._on_result)
+        service.progress.connect(status.set_progress)
+        service.failed.connect(lambda text: self.error.emit("Model", text))
+        service.model_failed.connect(self._on_failed)
+        service.model_loaded.connect(self._on_loaded)
+        service.load_cancelled.connect(self._on_load_cancelled)
+        self.downloads = DownloadProgressDialog(service, parent)
+        service.status.connect(lambda text: status.showMessage(text, 4000))
+        service.busy_changed.connect(self._on_busy)
+        service.progress.connect(self._on_progress)
+        status.cancel_button.clicked.connect(self.cancel_job)
+
+    def _image_path(self, image_id: int) -> str:
+        session = self.session()
+        return str(session.project.image_path(session.project.image(image_id))) if session else ""
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def load(self, choice: ModelChoice, device: str = "auto") -> None:
+        self._loading = (choice, device)  # remembered in the settings once it has loaded
+        self.status.set_model(f"loading {choice.title}…", device)
+        self.service.load(choice, device)
+
+    def restore(self) -> bool:
+        """Loads the model that last loaded (kept in the settings), as labelme and CVAT users
+        expect of a desktop tool; not a file that has gone since. Registry weights loaded before
+        are in torch's cache, so this downloads nothing unless the cache was emptied."""
+        kind, name = self.settings.value("model/kind"), self.settings.value("model/name")
+        if kind not in tuple(ModelKind) or not name:
+            return False
+        if kind != ModelKind.REGISTRY and not Path(name).is_file():
+            return False
+        label = self.settings.value("model/label", "") or ""
+        self.load(ModelChoice(kind, name, label), self.settings.value("model/device", "auto") or "auto")
+        return True
+
+    def choose(self) -> None:
+        from annotator.gui.model_picker import ModelPickerDialog
+
+        session = self.session()
+        dialog = ModelPickerDialog(session.project.path if session else None, self.parent())
+        if dialog.exec():
+            choice, device = dialog.selection()
+            if choice is not None:
+                self.load(choice, device)
+
+    def _on_loaded(self, version: str, device: str) -> None:
+        collect_on_the_ui_thread().freeze()  # the model and torch's modules stay: keep full collections cheap
+        if self._loading is not None:
+            choice, requested = self._loading
+            for key, value in (("kind", choice.kind.value), ("name", choice.name), ("label", choice.label),
+                               ("device", requested)):
+                self.settings.setValue(f"model/{key}", value)
+            self._loading = None
+        self.status.set_model(version, device)
+        self.status.showMessage(f"Model ready: {version} on {device}", 5000)
+        self.state_changed.emit()
+
+    def _on_failed(self, message: str) -> None:
+        self._on_load_cancelled()
+        self.error.emit("Model", message)
+
+    def _on_load_cancelled(self) -> None:
+        self._loading = None  # the model in use, if any, stays; so does the remembered choice
+        self.status.set_model(self.service.model_version, self.service.device)
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def _on_busy(self, busy: bool) -> None:
+        if not busy:
+            self.status.set_progress(0, 0)
+            self.auto.job_finished()
+            self._drop_results_until_idle = False
+        self.state_changed.emit()  # before a job auto-propose starts, which makes the thread busy again
+        if not busy:
+            self.auto_propose()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        session = self.session()
+        if self.auto.job_progressed(session.image_id if session else 0):
+            self.service.cancel()
+
+    def cancel_job(self) -> None:
+        if self.service.busy:
+            self.auto.cancelled_by_user()
+        self.service.cancel()
+
+    def project_changing(self) -> None:
+        """Another project opens: results of a job still running are for the previous project's
+        images, whose ids this project may use for others."""
+        self._drop_results_until_idle = self.service.busy
+        if self.auto.project_closed():
+            self.service.cancel()
+
+    def propose_current(self) -> None:
+        session = self.session()
+        if session is None or not session.image_id:
+            return
+        if not self.service.has_model:
+            self.error.emit("Model", NO_MODEL)
+            return
+        self.service.propose([session.image_id])
+
+    def propose_all(self) -> None:
+        session = self.session()
+        if session is None:
+            return
+        if not self.service.has_model:
+            self.error.emit("Model", NO_MODEL)
+            return
+        ids = [r.id for r in session.project.iter_images(ReviewState.UNLABELED)]
+        if not ids:
+            self.status.showMessage("No unlabeled images left", 4000)
+            return
+        self.status.set_progress(0, len(ids))
+        self.service.propose(ids)
+
+    def _on_result(self, result: ProposalResult) -> None:
+        session = self.session()
+        if (session is None or self._drop_results_until_idle
+                or not session.project.id_in_use("images", result.image_id)):
+            return
+        outcome = store_result(session.review, result, session.ensure_category, session.image_id)
+        if outcome.select:
+            session.select(outcome.select)
+        if outcome.message:
+            self.status.showMessage(outcome.message, 4000)
+
+    # -- auto-propose (annotator.auto_propose) ---------------------------------------------------
+
+    def on_auto_triggered(self) -> None:
+        """The person turned auto-propose on or off (the action's toggle set ``auto.enabled``)."""
+        self.settings.setValue("model/auto_propose", self.auto.enabled)
+        self.auto_propose()
+
+    def on_image_opened(self, image_id: int) -> None:
+        if self.auto.image_opened(image_id):
+            self.service.cancel()  # the person moved on; the image now open gets the next job
+        self.auto_propose()
+
+    def auto_propose(self) -> None:
+        session = self.session()
+        image_id = session.image_id if session else 0
+        model_free = self.service.has_model and not self.service.busy
+        if self.auto.wants(session.project if session else None, image_id, model_free):
+            if self.service.propose([image_id]):
+                self.auto.submitted(image_id)
+
+    # -- fine-tuning ----------------------------------------------------------------------------
+
+    def fine_tune(self) -> None:
+        session = self.session()
+        if session is None:
+            return
+        from annotator.gui.finetune_dialog import FineTuneDialog
+
+        # the model in use comes first: fine-tuning again goes on from the last run, not the demo
+        bases = FineTuneDialog.default_bases()
+        current = self.settings.value("model/name") if self.service.has_model else None
+        if current:
+            bases = [current] + [base for base in bases if base != current]
+        dialog = FineTuneDialog(session.project, self.parent(), base_weights=bases)
+        dialog.model_ready.connect(lambda path: self.load(ModelChoice(ModelKind.RUN, path),
+                                                          self.service.device or "auto"))
+        dialog.exec()

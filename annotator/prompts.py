@@ -1,0 +1,132 @@
+"""What a model result means for the project, Qt-free. The model thread (annotator.gui.proposals)
+turns the predictor's output into proposals with :func:`proposals_for`; the UI thread writes them
+with :func:`store_result`. The window only passes results along (tests/test_prompts.py checks the
+rules headless).
+
+There are three kinds of request (:class:`PromptKind`):
+
+- the whole image (Model → Propose, auto-propose): every detection becomes a proposal
+  (``source=model``, with its score), replacing the image's proposals nobody touched; an image a
+  person has started on (in review) or finished (done) meanwhile is left as it is;
+- a box a person drew (box to mask): the best detection in the box becomes a label of the current
+  category. The person drew the box for that category, so it is ``source=human`` and has no score
+  (the class score of a drawn box is no detection score); the model version stays as its
+  provenance, and the image goes in review;
+- a click (click to segment): the highest-scoring detection whose mask holds the clicked pixel,
+  at any score, becomes a proposal with its class and score, selected so that Enter accepts it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from annotator.proposals import Proposal, ProposalCategories, to_proposals
+from annotator.review import Review
+from annotator.store import Category, Instance, ReviewState, Source
+
+
+class PromptKind(enum.StrEnum):
+    """What the model was asked about: a whole image, a box or a point a person gave."""
+
+    IMAGE = "image"
+    BOX = "box"
+    POINT = "point"
+
+    @property
+    def title(self) -> str:
+        """The name of the edit (undo menu, status bar)."""
+        return {PromptKind.IMAGE: "Propose", PromptKind.BOX: "Box to mask", PromptKind.POINT: "Click to segment"}[self]
+
+
+@dataclass
+class ProposalResult:
+    """One answer of the model thread, for one image, with the masks already encoded."""
+
+    image_id: int
+    model_version: str
+    proposals: list[Proposal] = field(default_factory=list)
+    prompt: PromptKind = PromptKind.IMAGE
+    # the model's keypoint names and skeleton (0-based pairs), for categories it adds to the project
+    keypoint_names: tuple[str, ...] = ()
+    keypoint_skeleton: tuple[tuple[int, int], ...] = ()
+
+
+def detection_at(instances: Any, point: tuple[float, float]) -> int | None:
+    """The index of the highest-scoring detection in ``instances`` (``scores`` N, ``masks``
+    N x H x W) whose mask holds the pixel under image point ``point`` (x, y); None where no mask
+    does."""
+    found = None if getattr(instances, "masks", None) is None else np.asarray(instances.masks)
+    if found is None or not len(found):
+        return None
+    holding = np.flatnonzero(found[:, int(point[1]), int(point[0])])
+    if not holding.size:
+        return None
+    return int(holding[int(np.argmax(np.asarray(instances.scores)[holding]))])
+
+
+def instance_at_click(under_click: list[Instance]) -> Instance | None:
+    """What a click on existing instances picks before the model is asked: the best-scoring
+    proposal under the click (every proposal counts, also those under the score threshold), else
+    the smallest instance there; None for none."""
+    proposals = [i for i in under_click if i.source == Source.MODEL]
+    if proposals:
+        return max(proposals, key=lambda i: i.score or 0.0)
+    return min(under_click, key=lambda i: i.area, default=None)
+
+
+def proposals_for(prompt: PromptKind, instances: Any, point: tuple[float, float] | None = None) -> list[Proposal]:
+    """The proposals a prediction gives for ``prompt``: all of them for an image, the first (best)
+    for a box, the detection at ``point`` for a point. Encodes masks: the model thread's work."""
+    if prompt == PromptKind.BOX:
+        return to_proposals(instances)[:1]
+    if prompt == PromptKind.POINT:
+        best = detection_at(instances, point)
+        return [] if best is None else to_proposals(instances, [best])
+    return to_proposals(instances)
+
+
+@dataclass(frozen=True)
+class PromptOutcome:
+    """What :func:`store_result` did: the instances added, a line for the status bar ("" for
+    none), and the instances to select."""
+
+    added: list[Instance]
+    message: str = ""
+    select: list[int] = field(default_factory=list)
+
+
+def store_result(review: Review, result: ProposalResult, current_category: Callable[[], Category],
+                 image_in_view: int) -> PromptOutcome:
+    """Writes ``result`` to the project as one undo step, as its prompt means (module docstring).
+    ``current_category()`` gives the category a box's label takes; ``image_in_view`` is the image
+    the person has open (only what concerns it is selected and reported)."""
+    project = review.project
+    categories = ProposalCategories(project, result.keypoint_names, result.keypoint_skeleton)
+    in_view = result.image_id == image_in_view
+    if result.prompt == PromptKind.IMAGE:
+        if project.image(result.image_id).state in (ReviewState.IN_REVIEW, ReviewState.DONE):
+            return PromptOutcome([])  # a person reviewed it meanwhile: proposals would replace nothing they kept
+        added = review.history.add_proposals(result.image_id, result.proposals, result.model_version,
+                                             category_for=categories)
+        return PromptOutcome(added, f"{len(result.proposals)} proposals" if in_view else "")
+    if not result.proposals:
+        return PromptOutcome([], "The model found nothing there")
+    box = result.prompt == PromptKind.BOX
+    proposals = result.proposals
+    if box:
+        category = current_category()
+        proposals = [replace(p, label_name=category.name, score=None) for p in proposals]
+    added = review.history.add_proposals(result.image_id, proposals, result.model_version, replace=False,
+                                         source=Source.HUMAN if box else Source.MODEL, text=result.prompt.title,
+                                         category_for=categories)
+    if not (added and in_view):
+        return PromptOutcome(added)
+    if box:
+        review.mark_in_review(result.image_id)
+    return PromptOutcome(added, f"{result.prompt.title}: added {project.category(added[0].category_id).name}",
+                         [added[0].id])

@@ -1,0 +1,149 @@
+"""What a model result becomes without a window: proposals for a whole image, a label for a box a
+person drew, a proposal for a click; and which detection a box or a click picks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotator.commands import UndoStack
+from annotator.prompts import (PromptKind, ProposalResult, detection_at, instance_at_click, proposals_for,
+                               store_result)
+from annotator.review import Review, ViewState
+from annotator.store import Category, Project, ReviewState, Source
+
+HEIGHT, WIDTH = 30, 40
+
+
+@dataclass
+class Detections:
+    """The fields of the Predictor's ``Instances`` that proposals are made from."""
+
+    boxes: np.ndarray  # N x 4, x1 y1 x2 y2
+    scores: np.ndarray  # N
+    label_names: list[str]
+    masks: np.ndarray  # N x H x W bool
+    keypoints: None = None
+
+
+def detections(*found: tuple[str, float, tuple[int, int, int, int]]) -> Detections:
+    """Detections of rectangular masks: (class name, score, (x, y, w, h)) each."""
+    masks = np.zeros((len(found), HEIGHT, WIDTH), dtype=bool)
+    for index, (_, _, (x, y, w, h)) in enumerate(found):
+        masks[index, y:y + h, x:x + w] = True
+    boxes = np.array([[x, y, x + w, y + h] for _, _, (x, y, w, h) in found], dtype=np.float32).reshape(-1, 4)
+    return Detections(boxes, np.array([s for _, s, _ in found], dtype=np.float32), [n for n, _, _ in found], masks)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    project = Project.create(tmp_path / "prompts.annot", tmp_path)
+    for name in ("a.png", "b.png"):
+        project.add_image(name, WIDTH, HEIGHT, "hash-" + name)
+    project.add_category("cell")
+    yield project
+    project.close()
+
+
+@pytest.fixture
+def review(project: Project) -> Review:
+    return Review(UndoStack(project), ViewState())
+
+
+def result(kind: PromptKind, found: Detections, image_id: int = 1, point=None) -> ProposalResult:
+    return ProposalResult(image_id, "net@1234abcd", proposals_for(kind, found, point), kind)
+
+
+def no_category() -> Category:
+    raise AssertionError("only a box takes the current category; proposals take the model's classes")
+
+
+def test_an_image_result_replaces_untouched_proposals_and_leaves_reviewed_images_alone(
+        project: Project, review: Review) -> None:
+    found = detections(("blob", 0.9, (0, 0, 5, 5)), ("blob", 0.3, (10, 10, 4, 4)))
+    outcome = store_result(review, result(PromptKind.IMAGE, found), no_category, image_in_view=1)
+    assert [(i.source, i.score, i.model_version) for i in outcome.added] == [
+        (Source.MODEL, pytest.approx(0.9), "net@1234abcd"), (Source.MODEL, pytest.approx(0.3), "net@1234abcd")]
+    assert project.category(outcome.added[0].category_id).name == "blob"  # the model's class
+    assert outcome.message == "2 proposals" and outcome.select == []
+    assert project.image(1).state == ReviewState.PROPOSED and review.history.undo_text == "Propose"
+    review.accept(1, [outcome.added[0].id])
+    again = store_result(review, result(PromptKind.IMAGE, found), no_category, image_in_view=2)
+    assert again.added == [] and project.image(1).state == ReviewState.IN_REVIEW  # reviewed meanwhile: left alone
+    project.set_review_state(1, ReviewState.PROPOSED)
+    again = store_result(review, result(PromptKind.IMAGE, found), no_category, image_in_view=2)
+    assert again.message == ""  # not the image in view: nothing to say
+    kept = [i for i in project.instances(1) if i.source == Source.HUMAN]
+    assert [i.id for i in kept] == [outcome.added[0].id] and len(project.instances(1)) == 3
+
+
+def test_a_box_becomes_a_label_of_the_current_category_without_a_score_and_puts_the_image_in_review(
+        project: Project, review: Review) -> None:
+    found = detections(("blob", 0.8, (2, 3, 6, 5)), ("other", 0.7, (20, 20, 3, 3)))
+    cell = project.category_by_name("cell")
+    outcome = store_result(review, result(PromptKind.BOX, found), lambda: cell, image_in_view=1)
+    (added,) = outcome.added
+    assert (added.category_id, added.source, added.score, added.model_version) == (
+        cell.id, Source.HUMAN, None, "net@1234abcd")
+    assert added.bbox == (2.0, 3.0, 6.0, 5.0)  # the best detection only
+    assert outcome.select == [added.id] and outcome.message == "Box to mask: added cell"
+    assert project.image(1).state == ReviewState.IN_REVIEW
+    assert review.history.undo_text == "Box to mask" and project.category_by_name("blob") is None
+    review.history.undo()
+    assert project.instances(1) == []
+
+
+def test_a_click_becomes_a_selected_proposal_of_the_models_class_with_its_score(
+        project: Project, review: Review) -> None:
+    found = detections(("blob", 0.4, (0, 0, 10, 10)), ("ring", 0.6, (5, 5, 10, 10)), ("far", 0.9, (30, 20, 5, 5)))
+    outcome = store_result(review, result(PromptKind.POINT, found, point=(7.5, 6.2)), no_category, image_in_view=1)
+    (added,) = outcome.added
+    assert project.category(added.category_id).name == "ring" and added.score == pytest.approx(0.6)
+    assert added.source == Source.MODEL and outcome.select == [added.id]
+    assert outcome.message == "Click to segment: added ring"
+    assert project.image(1).state == ReviewState.PROPOSED and review.history.undo_text == "Click to segment"
+
+
+def test_a_prompt_that_finds_nothing_says_so_and_adds_nothing(project: Project, review: Review) -> None:
+    found = detections(("blob", 0.9, (0, 0, 5, 5)))
+    outcome = store_result(review, result(PromptKind.POINT, found, point=(30, 25)), no_category, image_in_view=2)
+    assert outcome.added == [] and outcome.message == "The model found nothing there"
+    assert project.instances(1) == [] and len(review.history) == 0
+
+
+def test_a_prompts_result_for_an_image_no_longer_in_view_is_stored_but_not_selected(
+        project: Project, review: Review) -> None:
+    cell = project.category_by_name("cell")
+    outcome = store_result(review, result(PromptKind.BOX, detections(("blob", 0.8, (2, 3, 6, 5)))), lambda: cell,
+                           image_in_view=2)
+    assert len(outcome.added) == 1 and outcome.select == [] and outcome.message == ""
+    assert project.image(1).state == ReviewState.UNLABELED
+
+
+def test_the_detection_at_a_point_is_the_best_scoring_mask_holding_its_pixel() -> None:
+    found = detections(("a", 0.5, (0, 0, 10, 10)), ("b", 0.7, (5, 5, 10, 10)), ("c", 0.9, (8, 0, 2, 2)))
+    assert detection_at(found, (6.9, 6.9)) == 1
+    assert detection_at(found, (4.9, 4.9)) == 0  # pixel (4, 4): only the first holds it
+    assert detection_at(found, (39, 29)) is None
+    assert detection_at(detections(), (1, 1)) is None
+
+
+def test_a_click_on_instances_picks_the_best_proposal_there_else_the_smallest(project: Project) -> None:
+    def add(side: int, score: float | None) -> object:
+        mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+        mask[:side, :side] = True
+        source = Source.HUMAN if score is None else Source.MODEL
+        return project.add_instance(1, 1, mask=mask, score=score, source=source)
+
+    big_label, small_label, weak, strong = add(20, None), add(5, None), add(15, 0.2), add(10, 0.6)
+    assert instance_at_click([big_label, weak, small_label, strong]) == strong  # under the threshold counts too
+    assert instance_at_click([big_label, small_label]) == small_label
+    assert instance_at_click([]) is None
+
+
+def test_prompt_kinds_name_their_edits() -> None:
+    assert [kind.title for kind in PromptKind] == ["Propose", "Box to mask", "Click to segment"]
+    assert PromptKind("point") is PromptKind.POINT
