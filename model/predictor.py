@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.detector import MaskRCNN
+from model.devices import choose_device
 from model.structures import Detections, Instances
 from model.transform import ImageBatch, paste_masks_in_image, rescale_boxes, rescale_keypoints, rescale_ratios
 from model.weights.resolve import load_model
@@ -36,17 +37,6 @@ class PredictionCancelled(Exception):
 
     def __init__(self) -> None:
         super().__init__("prediction cancelled")
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA, then Apple MPS, then the CPU; anything else as given."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -90,7 +80,7 @@ class Predictor:
             model = weights
         else:
             model = load_model(weights, progress=progress, **overrides)
-        self.device = pick_device(device)
+        self.device = choose_device(device)
         self.mixed_precision = self.device.type == "cuda" if mixed_precision is None else mixed_precision
         self.channels_last = self.device.type in ("cuda", "cpu") if channels_last is None else channels_last
         # the Predictor owns the module from here: device and memory format are its choice

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model import Instances, PredictionCancelled, Predictor, build_model, save_weights
-from model.predictor import pick_device
+from model.devices import choose_device
 from model.synthetic import make_sample
 
 SMALL = {"min_size": 224, "max_size": 320, "box_score_thresh": 0.0, "box_detections_per_img": 10}
@@ -181,7 +181,7 @@ def test_model_version_names_the_weights_file(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="has an accelerator")
 def test_auto_device_is_the_cpu_without_an_accelerator() -> None:
-    assert pick_device("auto") == torch.device("cpu")
+    assert choose_device("auto") == torch.device("cpu")
 
 
 def test_importing_the_model_package_and_image_reader_does_not_import_torch() -> None:

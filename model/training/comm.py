@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from model.devices import choose_device
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -40,16 +42,9 @@ class Distributed:
         )
 
     def device(self, requested: str) -> torch.device:
-        """``auto``: this rank's GPU under torchrun (or the GPU), else the CPU; MPS is not used
-        for training."""
-        if requested == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
-            return torch.device("cpu")
-        device = torch.device(requested)
-        if device.type == "cuda" and device.index is None and self.enabled:
-            return torch.device("cuda", self.local_rank)
-        return device
+        """This rank's device for ``requested`` (``model.devices.choose_device``); ``auto`` never
+        picks MPS for training."""
+        return choose_device(requested, local_rank=self.local_rank if self.enabled else None, mps=False)
 
     def init(self, device: torch.device) -> None:
         if self.enabled and not dist.is_initialized():

@@ -21,6 +21,7 @@ from model.config import (
     COCO_PERSON_SKELETON,
     ModelConfig,
 )
+from resources import bundled_model
 
 
 @dataclass(frozen=True)
@@ -135,3 +136,10 @@ def lookup(name: str) -> WeightsInfo:
     if name in DEFAULT_WEIGHTS:
         return REGISTRY[DEFAULT_WEIGHTS[name]]
     raise KeyError(f"unknown weights {name!r}; known: {', '.join(sorted(REGISTRY))}")
+
+
+def default_weights() -> str:
+    """The weights proposals, training and evaluation use when none are named: the bundled demo
+    model when this installation has it, else torchvision's COCO Mask R-CNN."""
+    demo = bundled_model()
+    return str(demo) if demo is not None else "maskrcnn_resnet50_fpn.COCO_V1"
