@@ -38,7 +38,7 @@ def test_the_real_demo_model_proposes_in_a_new_project_and_its_categories_take_t
         qtbot, settings, tmp_path):
     import shutil
 
-    from annotator.gui.demo import BUNDLED, bundled_model
+    from resources import DEMO_DIR as BUNDLED, bundled_model
     from annotator.gui.main_window import MainWindow
     from model.weights.resolve import load_model as load_weights
 

@@ -14,7 +14,7 @@ from PySide6.QtGui import QColor, QPainter, QPen, QPolygonF
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
                                QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from annotator.gui.model_picker import device_choices, runs_dir
+from annotator.gui.model_picker import runs_dir
 from annotator.gui.training import TrainingProcess, TrainingRequest, train_command
 from annotator.store import Project, ReviewState
 
@@ -105,18 +105,20 @@ class FineTuneDialog(QDialog):
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
         self.epochs.setValue(12)
-        self.holdout = QDoubleSpinBox()
-        self.holdout.setRange(0.0, 0.5)
-        self.holdout.setSingleStep(0.05)
-        self.holdout.setValue(0.2)
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.0, 0.5)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(0.2)
         self.device = QComboBox()
+        from model.devices import device_choices  # imports torch: only when the dialog opens
+
         self.device.addItems(device_choices())
         done = project.review_state_counts()[ReviewState.DONE]
         self.summary = QLabel(f"{done} images are marked done and will be used.")
         form = QFormLayout()
         form.addRow("Base weights", self.base)
         form.addRow("Epochs", self.epochs)
-        form.addRow("Held-out fraction", self.holdout)
+        form.addRow("Held-out fraction", self.val_fraction)
         form.addRow("Device", self.device)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
@@ -158,7 +160,7 @@ class FineTuneDialog(QDialog):
     @staticmethod
     def default_bases() -> list[str]:
         """The bundled demo model, then the registry's weights."""
-        from annotator.gui.demo import bundled_model
+        from resources import bundled_model
         from annotator.gui.model_picker import registry_choices
 
         demo = bundled_model()
@@ -166,7 +168,7 @@ class FineTuneDialog(QDialog):
 
     def request(self) -> TrainingRequest:
         run = runs_dir(self.project.path) / time.strftime("run-%Y%m%d-%H%M%S")
-        return TrainingRequest(self.base.currentText(), self.epochs.value(), self.holdout.value(),
+        return TrainingRequest(self.base.currentText(), self.epochs.value(), self.val_fraction.value(),
                                self.device.currentText(), run)
 
     def start(self) -> bool:

@@ -23,7 +23,7 @@ from annotator.gui.help_dialog import HelpDialog
 from annotator.gui.image_list import ImageListPanel
 from annotator.gui.instance_list import InstanceListPanel
 from annotator.gui.model_control import ModelControl
-from annotator.gui.project_files import create_folder_project, project_path_for_folder, scan_folder
+from annotator.image_folder import FolderScan, create_project, project_path_for_folder, scan_images
 from annotator.gui.proposals import ModelChoice, PredictorLike
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
 from annotator.gui.session import Session
@@ -209,22 +209,21 @@ class MainWindow(QMainWindow):
         dialog.setWindowModality(Qt.WindowModality.WindowModal)
         dialog.setMinimumDuration(300)
 
-        def done(result) -> None:
+        def done(scan: FolderScan) -> None:
             dialog.close()
-            found, warnings = result
             try:
-                self.set_project(create_folder_project(folder, found))
+                self.set_project(create_project(project_path_for_folder(folder), scan))
             except InputError as error:
                 self._error("Open", str(error))
                 return
-            if warnings:
-                self._error("Some images were left out", "\n".join(warnings[:20]))
+            if scan.unreadable:
+                self._error("Some images were left out", "\n".join(scan.warnings()[:20]))
 
         def failed(message: str) -> None:
             dialog.close()
             self._error("Open", message)
 
-        run_in_background(lambda: scan_folder(folder), done, failed)
+        run_in_background(lambda: scan_images(folder), done, failed)
 
     def set_project(self, project: Project) -> None:
         self.model_control.project_changing()

@@ -43,15 +43,6 @@ def run_choices(project_path: Path | None) -> list[ModelChoice]:
     return found
 
 
-def device_choices() -> list[str]:
-    devices = ["auto", "cpu"]
-    try:
-        import torch
-
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    except Exception:
-        pass
-    return devices
 
 
 class ModelPickerDialog(QDialog):
@@ -59,7 +50,7 @@ class ModelPickerDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Choose the proposal model")
         self.list = QListWidget()
-        from annotator.gui.demo import bundled_model
+        from resources import bundled_model
 
         demo = bundled_model()
         choices = run_choices(project_path)
@@ -70,6 +61,8 @@ class ModelPickerDialog(QDialog):
         browse = QPushButton("Local weights file…")
         browse.clicked.connect(self._browse)
         self.device = QComboBox()
+        from model.devices import device_choices  # imports torch: only when the dialog opens
+
         self.device.addItems(device_choices())
         form = QFormLayout()
         form.addRow("Device", self.device)

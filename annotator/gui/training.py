@@ -23,7 +23,7 @@ MAIN_PY = Path(__file__).resolve().parents[2] / "main.py"
 class TrainingRequest:
     base_weights: str  # registry name or weights file
     epochs: int
-    holdout: float  # fraction of the done images held out for evaluation
+    val_fraction: float  # fraction of the done images held out for evaluation
     device: str
     run_dir: Path
 
@@ -35,7 +35,7 @@ def train_command(request: TrainingRequest, coco_file: Path, image_root: Path) -
     (path), ``done`` (path of the final weights), ``error`` (message)."""
     return [sys.executable, "-u", str(MAIN_PY), "train", str(coco_file), "--images", str(image_root),
             "--weights", request.base_weights, "--epochs", str(request.epochs),
-            "--val-fraction", f"{request.holdout:g}", "--device", request.device,
+            "--val-fraction", f"{request.val_fraction:g}", "--device", request.device,
             "--out", str(request.run_dir),
             "--log-period", "1"]  # a point on the loss plot every step: a short run is a line too
 
