@@ -8,32 +8,14 @@ from the instance under the stroke's first point.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtGui import QColor, QCursor, QKeyEvent, QPainter, QPainterPath, QPen
 
 from annotator.gui.canvas import ToolEvent
 from annotator.gui.tools.base import Tool
+from annotator.strokes import MAX_RADIUS, MIN_RADIUS, rasterise_stroke
 
-MIN_RADIUS, MAX_RADIUS = 1, 500  # image pixels
-
-
-def rasterise_stroke(shape: tuple[int, int], points: list[tuple[float, float]], radius: float) -> np.ndarray:
-    """The ``H x W`` bool mask of pixels whose centres lie within ``radius`` of the polyline
-    ``points`` (image coordinates)."""
-    stroke = np.zeros(shape, dtype=np.uint8)
-    shift = 4  # sub-pixel precision of cv2's drawing: coordinates in 1/16 pixel
-    scale = 1 << shift
-    # cv2 puts pixel centres at integers; ours are at +0.5
-    fixed = [(int(round((x - 0.5) * scale)), int(round((y - 0.5) * scale))) for x, y in points]
-    r = int(round(radius * scale))
-    for point in fixed:
-        cv2.circle(stroke, point, r, 1, -1, cv2.LINE_8, shift)
-    thickness = max(1, int(round(2 * radius)))
-    for a, b in zip(fixed, fixed[1:]):
-        cv2.line(stroke, a, b, 1, thickness, cv2.LINE_8, shift)
-    return stroke.astype(bool)
 
 
 class BrushTool(Tool):
