@@ -9,7 +9,8 @@ covers ``[col, col+1) x [row, row+1)``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,9 +45,13 @@ def run_lengths(counts: str) -> np.ndarray:
     fourth run on, each value is stored as the difference to the run two before).
 
     Raises ValueError for a string that is not such a code or holds a negative run. pycocotools
-    itself does not check, and decoding a bad string writes outside its buffer.
+    itself does not check, and decoding a bad string writes outside its buffer. A number of more
+    than ``MAX_RLE_NUMBER_CHARACTERS`` is refused too: pycocotools shifts a 32-bit ``int`` by
+    ``5 * k`` for the k-th character, so it would read such a number as another one.
     """
-    codes = np.frombuffer(counts.encode("ascii", errors="replace"), dtype=np.uint8).astype(np.int64) - 48
+    if not counts.isascii():
+        raise ValueError("RLE counts hold characters outside the compressed-RLE alphabet")
+    codes = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
     if codes.size == 0:
         return np.zeros(0, dtype=np.int64)
     if codes.min() < 0 or codes.max() > 63:
@@ -57,7 +62,7 @@ def run_lengths(counts: str) -> np.ndarray:
     number = np.cumsum(np.concatenate([[0], last[:-1]]))  # which number each character belongs to
     starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
     position = np.arange(codes.size) - starts[number]
-    if position.max() > 11:
+    if position.max() >= MAX_RLE_NUMBER_CHARACTERS:
         raise ValueError("RLE counts hold a number too large for an image")
     values = np.zeros(int(number[-1]) + 1, dtype=np.int64)
     np.add.at(values, number, (codes & 0x1F) << (5 * position))
@@ -72,12 +77,41 @@ def run_lengths(counts: str) -> np.ndarray:
     return values
 
 
-def check(rle: RLE) -> None:
-    """Raises ValueError unless ``rle`` is a compressed RLE whose runs cover its size exactly."""
-    height, width = rle["size"]
-    total = int(run_lengths(rle["counts"]).sum())
+# The longest number, in characters, that pycocotools reads as written (6 x 5 bits, see
+# run_lengths); its encoder writes no longer ones for images of up to 2**29 pixels.
+MAX_RLE_NUMBER_CHARACTERS = 6
+
+
+def _without_empty_runs(runs: np.ndarray) -> np.ndarray:
+    """The same mask's runs with the zero-length ones merged away (a leading 0, "starts with
+    foreground", stays). pycocotools decodes empty runs, but its ``toBbox`` does not: for some it
+    gives a box 2**32 pixels wide, which export then cannot write."""
+    values = np.arange(runs.size) % 2  # 0 = background, 1 = foreground
+    keep = runs > 0
+    values, runs = values[keep], runs[keep]
+    if runs.size == 0:
+        return runs
+    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    merged = np.add.reduceat(runs, starts)
+    return np.concatenate([[0], merged]) if values[0] == 1 else merged
+
+
+def _encode_runs(runs: np.ndarray, height: int, width: int) -> RLE:
+    return _as_json(mask_utils.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width))
+
+
+def validated(rle: RLE) -> RLE:
+    """``rle`` as both this module and pycocotools read it. Raises ValueError unless it is a
+    compressed RLE whose runs cover its size exactly; zero-length runs (after a leading one) are
+    merged away, so the result may hold other ``counts`` for the same pixels."""
+    height, width = (int(v) for v in rle["size"])
+    runs = run_lengths(rle["counts"])
+    total = int(runs.sum())
     if total != height * width:
         raise ValueError(f"RLE runs cover {total} pixels, not height*width = {height * width}")
+    if runs.size > 1 and not runs[1:].all():
+        return _encode_runs(_without_empty_runs(runs), height, width)
+    return {"size": [height, width], "counts": rle["counts"]}
 
 
 def decode(rle: RLE) -> np.ndarray:
@@ -86,15 +120,95 @@ def decode(rle: RLE) -> np.ndarray:
 
 
 def from_uncompressed(rle: dict) -> RLE:
-    """Compressed RLE from COCO's uncompressed form ``{"size": [h, w], "counts": [int, ...]}``."""
-    height, width = rle["size"]
-    return _as_json(mask_utils.frPyObjects(rle, height, width))
+    """Compressed RLE from COCO's uncompressed form ``{"size": [h, w], "counts": [int, ...]}``
+    (non-negative runs covering ``h * w``; zero-length ones are merged away as in ``validated``)."""
+    height, width = (int(v) for v in rle["size"])
+    return _encode_runs(_without_empty_runs(np.asarray(rle["counts"], dtype=np.int64)), height, width)
+
+
+def polygon_bounds(height: int, width: int) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)``: the region a coordinate of an image of this size may lie in, one
+    image size beyond each side. A person partly outside the frame stays well inside it; a
+    coordinate of 1e10 does not (docs/decisions/0006)."""
+    margin = float(max(height, width))
+    return -margin, -margin, width + margin, height + margin
+
+
+Point = tuple[float, float]
+
+
+def _clip(points: list[Point], inside: Callable[[Point], bool], cross: Callable[[Point, Point], Point]) -> list[Point]:
+    """One Sutherland-Hodgman step: the polygon cut by one half-plane. ``cross(a, b)`` is where
+    the edge from ``a`` inside to ``b`` outside leaves: measured from the inside end, so that an
+    outside end at 1e300 does not round the crossing away."""
+    out = []
+    for k, current in enumerate(points):
+        previous = points[k - 1]
+        if inside(current):
+            if not inside(previous):
+                out.append(cross(current, previous))
+            out.append(current)
+        elif inside(previous):
+            out.append(cross(previous, current))
+    return out
+
+
+def _between(a: float, b: float, t: float) -> float:
+    return a * (1.0 - t) + b * t  # no overflow for any finite a and b, t in [0, 1]
+
+
+def _fraction(start: float, end: float, at: float) -> float:
+    """Where ``at`` lies from ``start`` to ``end``, 0..1 (halved first: ``end - start`` of two
+    finite doubles can overflow)."""
+    return (at / 2 - start / 2) / (end / 2 - start / 2)
+
+
+def _at_x(x: float) -> Callable[[Point, Point], Point]:
+    return lambda p, q: (x, _between(p[1], q[1], _fraction(p[0], q[0], x)))
+
+
+def _at_y(y: float) -> Callable[[Point, Point], Point]:
+    return lambda p, q: (_between(p[0], q[0], _fraction(p[1], q[1], y)), y)
+
+
+def bounded_polygons(polygons: Sequence[Polygon], height: int, width: int) -> list[Polygon]:
+    """``polygons`` clipped to ``polygon_bounds``; parts left with fewer than 3 points are dropped,
+    and polygons inside the bounds come back unchanged.
+
+    Clipping to a region that holds the image keeps which points of the image are inside (also
+    for self-intersecting polygons, under the even-odd rule pycocotools fills by). It bounds the
+    work of rasterising, which grows with the length of the outline: pycocotools takes 5 GB for a
+    triangle with a corner at 4e7 and crashes on one at 1e10.
+    """
+    x0, y0, x1, y1 = polygon_bounds(height, width)
+    half_planes = (
+        (lambda p: p[0] >= x0, _at_x(x0)),
+        (lambda p: p[0] <= x1, _at_x(x1)),
+        (lambda p: p[1] >= y0, _at_y(y0)),
+        (lambda p: p[1] <= y1, _at_y(y1)),
+    )
+    bounded = []
+    for polygon in polygons:
+        values = [float(v) for v in polygon]
+        xs, ys = values[0::2], values[1::2]
+        if min(xs) >= x0 and max(xs) <= x1 and min(ys) >= y0 and max(ys) <= y1:
+            bounded.append(values)
+            continue
+        points = list(zip(xs, ys))
+        for inside, cross in half_planes:
+            points = _clip(points, inside, cross) if points else points
+        if len(points) >= 3:
+            bounded.append([v for point in points for v in point])
+    return bounded
 
 
 def from_polygons(polygons: Sequence[Polygon], height: int, width: int) -> RLE:
-    """Compressed RLE of the union of ``polygons`` rasterised by pycocotools, as COCO does."""
-    parts = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
-    return _as_json(mask_utils.merge(parts))
+    """Compressed RLE of the union of ``polygons`` rasterised by pycocotools, as COCO does, after
+    ``bounded_polygons`` (the one place this module rasterises polygons)."""
+    bounded = bounded_polygons(polygons, height, width)
+    if not bounded:
+        return encode(np.zeros((height, width), dtype=np.uint8))
+    return _as_json(mask_utils.merge(mask_utils.frPyObjects(bounded, height, width)))
 
 
 def area(rle: RLE) -> int:
@@ -151,8 +265,9 @@ _quarter_text = np.array([], dtype=object)
 def polygons_json(rle: RLE) -> str:
     """The mask's outer contours as COCO polygons in compact JSON (holes are not representable
     and are dropped; parts smaller than a triangle are left out). Rasterised again, the polygons
-    give back the mask's pixels with its holes filled. The coordinates are multiples of 0.25, so their text is looked up rather
-    than formatted: several times faster than ``json.dumps`` for large exports."""
+    give back the mask's pixels with its holes filled. The coordinates are multiples of 0.25, so
+    their text is looked up rather than formatted: several times faster than ``json.dumps`` for
+    large exports."""
     global _quarter_text
     outlines = _outlines_in_quarter_pixels(rle)
     largest = max((int(o.max()) for o in outlines), default=0)

@@ -5,199 +5,68 @@ a process killed at any moment loses no edit that had returned, and the file sti
 (docs/decisions/0004-project-store.md). Several edits that belong together (an import, a batch of
 proposals) share one transaction through :meth:`Project.transaction`, so they land all or nothing.
 
-Conventions: ids are SQLite rowids and start at 1; image file names are POSIX paths relative to the
-project's image root; masks are COCO compressed RLE with ``str`` counts (see ``annotator.masks``);
-boxes are ``(x, y, width, height)`` in pixels; keypoints are COCO's flat ``[x, y, v] * K``.
+Conventions: ids are SQLite rowids from 1 to ``MAX_ID``; image file names are POSIX paths relative
+to the project's image root; masks are COCO compressed RLE with ``str`` counts (see
+``annotator.masks``); boxes are ``(x, y, width, height)`` in pixels; keypoints are COCO's flat
+``[x, y, v] * K``. The records read from the store are in ``annotator.records``, the schema in
+``annotator.schema``, and the rules for an instance's mask, box and keypoints in
+``annotator.geometry``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import math
 import os
 import sqlite3
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 from annotator import masks
+from annotator.geometry import check_id, instance_geometry
+from annotator.records import Category, ImageRecord, Instance, ReviewState, Source, check_file_name
+from annotator.schema import (
+    INSTANCE_COLUMNS,
+    MAX_ID,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SELECT_INSTANCES,
+    category_from_row,
+    create_database,
+    image_from_row,
+    instance_filter,
+    instance_from_row,
+    open_database,
+)
 from model.errors import InputError
+
+__all__ = [
+    "MAX_ID",
+    "MIGRATIONS",
+    "PALETTE",
+    "PROJECT_SUFFIX",
+    "SCHEMA_VERSION",
+    "Category",
+    "ImageRecord",
+    "Instance",
+    "Project",
+    "ReviewState",
+    "Source",
+    "check_file_name",
+    "default_color",
+]
 
 PROJECT_SUFFIX = ".annot"
 
 
-class ReviewState(enum.IntEnum):
-    UNLABELED = 0
-    PROPOSED = 1
-    IN_REVIEW = 2
-    DONE = 3
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", " ")
-
-    @classmethod
-    def from_label(cls, label: str) -> ReviewState:
-        return cls[label.upper().replace(" ", "_").replace("-", "_")]
-
-
-class Source(enum.StrEnum):
-    MODEL = "model"
-    HUMAN = "human"
-
-
-@dataclass(frozen=True)
-class Category:
-    id: int
-    name: str
-    supercategory: str = ""
-    color: str = "#1f77b4"
-    keypoints: tuple[str, ...] = ()
-    skeleton: tuple[tuple[int, int], ...] = ()  # 1-based keypoint indices, as in COCO
-
-    @property
-    def num_keypoints(self) -> int:
-        return len(self.keypoints)
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    id: int
-    file_name: str  # POSIX path relative to the image root
-    width: int
-    height: int
-    sha256: str
-    state: ReviewState
-
-
-@dataclass(frozen=True)
-class Instance:
-    id: int
-    image_id: int
-    category_id: int
-    rle: masks.RLE | None  # None for a box-only annotation
-    bbox: tuple[float, float, float, float]
-    area: float
-    keypoints: tuple[float, ...] | None  # [x, y, v] * K, or None for a category without keypoints
-    score: float | None
-    source: Source
-    model_version: str | None
-    iscrowd: bool
-    # The outline the mask was drawn as (JSON list of flat polygons), kept while the mask is
-    # unchanged; held as stored text so that an export can write it without parsing it.
-    polygons_json: str | None
-    created_at: float
-    updated_at: float
-
-    @property
-    def polygons(self) -> tuple[tuple[float, ...], ...] | None:
-        return None if self.polygons_json is None else tuple(tuple(p) for p in json.loads(self.polygons_json))
-
-    @property
-    def mask(self) -> np.ndarray | None:
-        """The ``H x W`` bool mask, or None for a box-only annotation."""
-        return None if self.rle is None else masks.decode(self.rle)
-
-    @property
-    def keypoints_array(self) -> np.ndarray | None:
-        """Keypoints as a ``K x 3`` float array of ``(x, y, v)``."""
-        return None if self.keypoints is None else np.asarray(self.keypoints, dtype=np.float64).reshape(-1, 3)
-
-    @property
-    def num_keypoints(self) -> int:
-        """Keypoints labelled (v > 0), COCO's ``num_keypoints``."""
-        return 0 if self.keypoints is None else sum(1 for v in self.keypoints[2::3] if v > 0)
-
-
-# Each entry upgrades the schema by one version; PRAGMA user_version counts the entries applied.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE images (
-        id INTEGER PRIMARY KEY AUTOINCREMENT CHECK (id >= 1),
-        file_name TEXT NOT NULL UNIQUE,
-        width INTEGER NOT NULL CHECK (width > 0),
-        height INTEGER NOT NULL CHECK (height > 0),
-        sha256 TEXT NOT NULL,
-        state INTEGER NOT NULL DEFAULT 0 CHECK (state BETWEEN 0 AND 3),
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX images_by_state ON images (state, id);
-    CREATE TABLE categories (
-        id INTEGER PRIMARY KEY CHECK (id >= 1),
-        name TEXT NOT NULL UNIQUE,
-        supercategory TEXT NOT NULL DEFAULT '',
-        color TEXT NOT NULL,
-        keypoints TEXT NOT NULL DEFAULT '[]',
-        skeleton TEXT NOT NULL DEFAULT '[]'
-    );
-    CREATE TABLE instances (
-        -- AUTOINCREMENT: a deleted instance's id is never handed to a new one, so an undo record
-        -- or an exported annotation id can never come to name another instance
-        id INTEGER PRIMARY KEY AUTOINCREMENT CHECK (id >= 1),
-        image_id INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE,
-        category_id INTEGER NOT NULL REFERENCES categories (id),
-        rle_counts TEXT,
-        bbox TEXT NOT NULL,
-        area REAL NOT NULL,
-        keypoints TEXT,
-        score REAL,
-        source TEXT NOT NULL CHECK (source IN ('model', 'human')),
-        model_version TEXT,
-        iscrowd INTEGER NOT NULL DEFAULT 0,
-        polygons TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX instances_by_image ON instances (image_id);
-    CREATE INDEX instances_by_category ON instances (category_id);
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
 # Distinct, readable colours for new categories (Tableau 10), cycled by category id.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-
-_INSTANCE_COLUMNS = (
-    "id, image_id, category_id, rle_counts, bbox, area, keypoints, score, source, model_version,"
-    " iscrowd, polygons, created_at, updated_at"
-)
-# The instance columns and, last, the size of the instance's image (an RLE needs it).
-_SELECT_INSTANCES = (
-    "SELECT " + ", ".join(f"instances.{c.strip()}" for c in _INSTANCE_COLUMNS.split(","))
-    + ", images.height, images.width FROM instances JOIN images ON images.id = instances.image_id"
-)
-
-
-def check_file_name(file_name: str) -> str:
-    """The normalised POSIX form of an image path relative to the image root.
-
-    Raises ValueError for an empty, absolute or Windows-drive path, or one that climbs out of the
-    root with ``..``: a label file must not reach files outside the folder the user chose.
-    """
-    if not isinstance(file_name, str) or not file_name.strip():
-        raise ValueError("file name is empty")
-    posix = file_name.replace("\\", "/")
-    path = PurePosixPath(posix)
-    if path.is_absolute() or (len(posix) > 1 and posix[1] == ":"):
-        raise ValueError(f"file name {file_name!r} is absolute; it must be relative to the image root")
-    parts: list[str] = []
-    for part in path.parts:
-        if part == "..":
-            if not parts:
-                raise ValueError(f"file name {file_name!r} climbs out of the image root with '..'")
-            parts.pop()
-        elif part != ".":
-            parts.append(part)
-    if not parts:
-        raise ValueError(f"file name {file_name!r} names no file")
-    return "/".join(parts)
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def default_color(category_id: int) -> str:
@@ -219,14 +88,6 @@ class Project:
 
     # -- opening --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per edit.
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA synchronous = FULL")
-        return db
-
     @classmethod
     def create(cls, path: Path | str, image_root: Path | str) -> Project:
         """Creates a new, empty project file at ``path`` for images under ``image_root``."""
@@ -235,57 +96,12 @@ class Project:
             raise InputError(path, "a file already exists here; open it instead of creating a project")
         path.parent.mkdir(parents=True, exist_ok=True)
         stored_root = cls._stored_root(path, image_root)
-        db = cls._connect(path)
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            cls._migrate(db, path)
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("image_root", stored_root), ("created_at", repr(time.time()))],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.close()
-            path.unlink(missing_ok=True)
-            raise
-        return cls(path, db)
+        return cls(path, create_database(path, {"image_root": stored_root, "created_at": repr(time.time())}))
 
     @classmethod
     def open(cls, path: Path | str) -> Project:
         """Opens an existing project file, upgrading an older schema in place."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "no project file here")
-        try:
-            db = cls._connect(path)
-            db.execute("PRAGMA journal_mode = WAL")
-            cls._migrate(db, path)
-            if db.execute("SELECT 1 FROM meta WHERE key = 'image_root'").fetchone() is None:
-                raise sqlite3.DatabaseError("no image root recorded")
-        except sqlite3.DatabaseError as error:
-            raise InputError(path, f"not a project file ({error})") from None
-        return cls(path, db)
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection, path: Path) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise InputError(path, f"project schema version {version} is newer than this program's "
-                                   f"({SCHEMA_VERSION}); update the program")
-        if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise InputError(path, "an SQLite file, but not a project file")
-        for number in range(version, SCHEMA_VERSION):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number + 1}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        return cls(Path(path), open_database(Path(path)))
 
     def close(self) -> None:
         self._db.close()
@@ -358,13 +174,17 @@ class Project:
     def image_path(self, image: ImageRecord) -> Path:
         return self._image_root / image.file_name
 
-    @staticmethod
-    def _image(row: Sequence[Any]) -> ImageRecord:
-        return ImageRecord(row[0], row[1], row[2], row[3], row[4], ReviewState(row[5]))
-
-    def add_image(self, file_name: str, width: int, height: int, sha256: str,
-                  state: ReviewState = ReviewState.UNLABELED, id: int | None = None) -> ImageRecord:
+    def add_image(
+        self,
+        file_name: str,
+        width: int,
+        height: int,
+        sha256: str,
+        state: ReviewState = ReviewState.UNLABELED,
+        id: int | None = None,
+    ) -> ImageRecord:
         file_name = check_file_name(file_name)
+        check_id(id, "image")
         with self.transaction():
             cursor = self._db.execute(
                 "INSERT INTO images (id, file_name, width, height, sha256, state, updated_at)"
@@ -373,33 +193,46 @@ class Project:
             )
         return ImageRecord(cursor.lastrowid, file_name, int(width), int(height), sha256, ReviewState(state))
 
+    def change_image_id(self, image_id: int, new_id: int) -> ImageRecord:
+        """Gives an image that no instance refers to yet a free id: an import keeps a file's image
+        ids so for images that ``new`` added (and numbered in file-name order)."""
+        check_id(new_id, "image")
+        with self.transaction():
+            if self.id_in_use("images", new_id):
+                raise ValueError(f"image id {new_id} is in use")
+            if self._db.execute("SELECT 1 FROM instances WHERE image_id = ? LIMIT 1", (image_id,)).fetchone():
+                raise ValueError(f"image {image_id} has instances; its id stays")
+            self._db.execute("UPDATE images SET id = ? WHERE id = ?", (new_id, image_id))
+        return self.image(new_id)
+
     def image(self, image_id: int) -> ImageRecord:
         row = self._db.execute(
             "SELECT id, file_name, width, height, sha256, state FROM images WHERE id = ?", (image_id,)
         ).fetchone()
         if row is None:
             raise KeyError(f"no image with id {image_id}")
-        return self._image(row)
+        return image_from_row(row)
 
     def image_by_file_name(self, file_name: str) -> ImageRecord | None:
         row = self._db.execute(
             "SELECT id, file_name, width, height, sha256, state FROM images WHERE file_name = ?",
             (check_file_name(file_name),),
         ).fetchone()
-        return None if row is None else self._image(row)
+        return None if row is None else image_from_row(row)
 
     def images(self, state: ReviewState | None = None) -> list[ImageRecord]:
         """Images in id order, optionally only those in one review state."""
         return list(self.iter_images(state))
 
-    def iter_images(self, state: ReviewState | None = None,
-                    states: Iterable[ReviewState] | None = None) -> Iterator[ImageRecord]:
+    def iter_images(
+        self, state: ReviewState | None = None, states: Iterable[ReviewState] | None = None
+    ) -> Iterator[ImageRecord]:
         query = "SELECT id, file_name, width, height, sha256, state FROM images"
         wanted = [int(s) for s in (states or ([] if state is None else [state]))]
         if wanted:
             query += f" WHERE state IN ({','.join('?' * len(wanted))})"
         for row in self._db.execute(query + " ORDER BY id", wanted):
-            yield self._image(row)
+            yield image_from_row(row)
 
     def image_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM images").fetchone()[0]
@@ -422,11 +255,6 @@ class Project:
     # -- categories -----------------------------------------------------------------------------
 
     @staticmethod
-    def _category(row: Sequence[Any]) -> Category:
-        return Category(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])),
-                        tuple(tuple(pair) for pair in json.loads(row[5])))
-
-    @staticmethod
     def _check_schema(keypoints: Sequence[str], skeleton: Sequence[Sequence[int]]) -> None:
         if len(set(keypoints)) != len(keypoints):
             raise ValueError("keypoint names must be unique")
@@ -442,23 +270,40 @@ class Project:
         if other:
             raise ValueError(f"there is already a category named '{name}' (id {other[0]})")
 
-    def add_category(self, name: str, supercategory: str = "", color: str | None = None,
-                     keypoints: Sequence[str] = (), skeleton: Sequence[Sequence[int]] = (),
-                     id: int | None = None) -> Category:
-        if id is not None and id < 1:
-            raise ValueError(f"category id must be at least 1, got {id}")
+    def add_category(
+        self,
+        name: str,
+        supercategory: str = "",
+        color: str | None = None,
+        keypoints: Sequence[str] = (),
+        skeleton: Sequence[Sequence[int]] = (),
+        id: int | None = None,
+    ) -> Category:
+        check_id(id, "category")
         self._check_schema(keypoints, skeleton)
         with self.transaction():
             if id is None:
                 id = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM categories").fetchone()[0]
-            category = Category(id, name, supercategory, color or default_color(id), tuple(keypoints),
-                                tuple(tuple(int(i) for i in pair) for pair in skeleton))
+            category = Category(
+                id,
+                name,
+                supercategory,
+                color or default_color(id),
+                tuple(keypoints),
+                tuple(tuple(int(i) for i in pair) for pair in skeleton),
+            )
             self._check_name(name, id)
             self._db.execute(
                 "INSERT INTO categories (id, name, supercategory, color, keypoints, skeleton)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (category.id, category.name, category.supercategory, category.color,
-                 _json(list(category.keypoints)), _json([list(p) for p in category.skeleton])),
+                (
+                    category.id,
+                    category.name,
+                    category.supercategory,
+                    category.color,
+                    _json(list(category.keypoints)),
+                    _json([list(p) for p in category.skeleton]),
+                ),
             )
         return category
 
@@ -470,8 +315,9 @@ class Project:
         """
         with self.transaction():
             category = replace(self.category(category_id), **changes)
-            category = replace(category, keypoints=tuple(category.keypoints),
-                               skeleton=tuple(tuple(p) for p in category.skeleton))
+            category = replace(
+                category, keypoints=tuple(category.keypoints), skeleton=tuple(tuple(p) for p in category.skeleton)
+            )
             self._check_name(category.name, category_id)
             self._check_schema(category.keypoints, category.skeleton)
             if len(category.keypoints) != self.category(category_id).num_keypoints:
@@ -480,13 +326,20 @@ class Project:
                     (category_id,),
                 ).fetchone()[0]
                 if used:
-                    raise ValueError(f"{used} instances of '{category.name}' hold keypoints; "
-                                     "their number cannot change")
+                    raise ValueError(
+                        f"{used} instances of '{category.name}' hold keypoints; their number cannot change"
+                    )
             self._db.execute(
                 "UPDATE categories SET name = ?, supercategory = ?, color = ?, keypoints = ?, skeleton = ?"
                 " WHERE id = ?",
-                (category.name, category.supercategory, category.color, _json(list(category.keypoints)),
-                 _json([list(p) for p in category.skeleton]), category_id),
+                (
+                    category.name,
+                    category.supercategory,
+                    category.color,
+                    _json(list(category.keypoints)),
+                    _json([list(p) for p in category.skeleton]),
+                    category_id,
+                ),
             )
         return category
 
@@ -497,11 +350,15 @@ class Project:
         ).fetchone()
         if row is None:
             raise KeyError(f"no category with id {category_id}")
-        return self._category(row)
+        return category_from_row(row)
 
     def categories(self) -> list[Category]:
-        return [self._category(row) for row in self._db.execute(
-            "SELECT id, name, supercategory, color, keypoints, skeleton FROM categories ORDER BY id")]
+        return [
+            category_from_row(row)
+            for row in self._db.execute(
+                "SELECT id, name, supercategory, color, keypoints, skeleton FROM categories ORDER BY id"
+            )
+        ]
 
     def category_by_name(self, name: str) -> Category | None:
         return next((c for c in self.categories() if c.name == name), None)
@@ -512,169 +369,192 @@ class Project:
         counts = {category.id: 0 for category in self.categories()}
         where, parameters = ("", ()) if source is None else (" WHERE source = ?", (str(source),))
         for category_id, count in self._db.execute(
-                f"SELECT category_id, count(*) FROM instances{where} GROUP BY category_id", parameters):
+            f"SELECT category_id, count(*) FROM instances{where} GROUP BY category_id", parameters
+        ):
             counts[category_id] = count
         return counts
 
     # -- instances ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _instance(row: Sequence[Any]) -> Instance:
-        height, width = row[14], row[15]
-        return Instance(
-            id=row[0], image_id=row[1], category_id=row[2],
-            rle=None if row[3] is None else {"size": [height, width], "counts": row[3]},
-            bbox=tuple(json.loads(row[4])), area=row[5],
-            keypoints=None if row[6] is None else tuple(json.loads(row[6])),
-            score=row[7], source=Source(row[8]), model_version=row[9], iscrowd=bool(row[10]),
-            polygons_json=row[11],
-            created_at=row[12], updated_at=row[13],
-        )
-
     def instances(self, image_id: int) -> list[Instance]:
         """The instances of one image, oldest first."""
-        rows = self._db.execute(
-            f"{_SELECT_INSTANCES} WHERE instances.image_id = ? ORDER BY instances.id", (image_id,))
-        return [self._instance(row) for row in rows]
+        rows = self._db.execute(f"{SELECT_INSTANCES} WHERE instances.image_id = ? ORDER BY instances.id", (image_id,))
+        return [instance_from_row(row) for row in rows]
 
     def instance(self, instance_id: int) -> Instance:
-        row = self._db.execute(f"{_SELECT_INSTANCES} WHERE instances.id = ?", (instance_id,)).fetchone()
+        row = self._db.execute(f"{SELECT_INSTANCES} WHERE instances.id = ?", (instance_id,)).fetchone()
         if row is None:
             raise KeyError(f"no instance with id {instance_id}")
-        return self._instance(row)
+        return instance_from_row(row)
 
-    @staticmethod
-    def _instance_filter(states: Iterable[ReviewState] | None, image_ids: tuple[int, int] | None,
-                         min_proposal_score: float) -> tuple[str, list[Any]]:
-        """The WHERE clause (over instances joined with images) and its parameters."""
-        conditions, parameters = [], []
-        if states is not None:
-            wanted = [int(s) for s in states]
-            conditions.append(f"images.state IN ({','.join('?' * len(wanted)) or 'NULL'})")
-            parameters += wanted
-        if image_ids is not None:
-            conditions.append("instances.image_id BETWEEN ? AND ?")
-            parameters += list(image_ids)
-        if min_proposal_score == math.inf:
-            conditions.append(f"instances.source != '{Source.MODEL}'")
-        elif min_proposal_score > -math.inf:
-            conditions.append(f"(instances.source != '{Source.MODEL}' OR instances.score >= ?)")
-            parameters.append(float(min_proposal_score))
-        return (f" WHERE {' AND '.join(conditions)}" if conditions else ""), parameters
-
-    def iter_instances(self, states: Iterable[ReviewState] | None = None,
-                       image_ids: tuple[int, int] | None = None,
-                       min_proposal_score: float = -math.inf) -> Iterator[Instance]:
+    def iter_instances(
+        self,
+        states: Iterable[ReviewState] | None = None,
+        image_ids: tuple[int, int] | None = None,
+        min_proposal_score: float = -math.inf,
+    ) -> Iterator[Instance]:
         """Every instance, ordered by image then id, streamed (bounded memory); optionally only
         those of images in the given review states, or with ids in the inclusive range
         ``image_ids = (first, last)``. Model proposals scoring under ``min_proposal_score`` are
         left out (``math.inf``: every proposal)."""
-        where, parameters = self._instance_filter(states, image_ids, min_proposal_score)
-        query = f"{_SELECT_INSTANCES}{where} ORDER BY instances.image_id, instances.id"
+        where, parameters = instance_filter(states, image_ids, min_proposal_score)
+        query = f"{SELECT_INSTANCES}{where} ORDER BY instances.image_id, instances.id"
         # A cursor of its own: the caller may read other tables while iterating.
         for row in self._db.cursor().execute(query, parameters):
-            yield self._instance(row)
+            yield instance_from_row(row)
 
     def instance_count(self, states: Iterable[ReviewState] | None = None) -> int:
         """How many instances there are, or of images in the given review states."""
-        where, parameters = self._instance_filter(states, None, -math.inf)
+        where, parameters = instance_filter(states, None, -math.inf)
         joined = " JOIN images ON images.id = instances.image_id" if where else ""  # the join costs at 1M rows
         query = f"SELECT count(*) FROM instances{joined}{where}"
         return self._db.execute(query, parameters).fetchone()[0]
 
-    def _shape(self, image: ImageRecord, category: Category, *, mask: np.ndarray | None,
-               rle: masks.RLE | None, polygons: Sequence[Sequence[float]] | None,
-               bbox: Sequence[float] | None, keypoints: Sequence[float] | np.ndarray | None,
-               ) -> dict[str, Any]:
-        """Columns describing an instance's geometry, checked against its image and category."""
-        given = [name for name, value in (("mask", mask), ("rle", rle), ("polygons", polygons))
-                 if value is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one of mask, rle or polygons, not {' and '.join(given)}")
-        size = [image.height, image.width]
-        if mask is not None:
-            if tuple(mask.shape) != tuple(size):
-                raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {image.width}x{image.height}")
-            rle = masks.encode(mask)
-        elif polygons is not None:
-            polygons = [[float(v) for v in polygon] for polygon in polygons]
-            for polygon in polygons:
-                if len(polygon) < 6 or len(polygon) % 2:
-                    raise ValueError("a polygon needs at least 3 points as [x1, y1, x2, y2, ...]")
-            rle = masks.from_polygons(polygons, image.height, image.width)
-        elif rle is not None:
-            if list(rle["size"]) != size:
-                raise ValueError(f"mask size {list(rle['size'])} differs from the image's {size}")
-            masks.check(rle)
-        if rle is not None:
-            rle = {"size": size, "counts": rle["counts"]}
-            box, area = masks.bbox(rle), float(masks.area(rle))
-        elif bbox is not None:
-            box = tuple(float(v) for v in bbox)
-            area = box[2] * box[3]
-        else:
-            raise ValueError("an instance needs a mask, polygons or at least a box")
-        flat = None
-        if keypoints is not None:
-            flat = [float(v) for v in np.asarray(keypoints, dtype=np.float64).reshape(-1)]
-            if len(flat) != 3 * category.num_keypoints:
-                raise ValueError(f"category '{category.name}' has {category.num_keypoints} keypoints; "
-                                 f"got {len(flat) // 3 if len(flat) % 3 == 0 else len(flat) / 3:g}")
-        elif category.num_keypoints:
-            flat = [0.0] * (3 * category.num_keypoints)
-        return {
-            "rle_counts": None if rle is None else rle["counts"],
-            "bbox": _json(list(box)),
-            "area": area,
-            "keypoints": None if flat is None else _json(flat),
-            "polygons": None if polygons is None else _json(polygons),
-        }
+    def _geometry(self, image_id: int, category: Category, **given: Any) -> dict[str, Any]:
+        """The geometry columns, serialised, of an instance of ``category`` on the image."""
+        geometry = instance_geometry(self.image(image_id), category, **given)
+        for key in ("bbox", "keypoints", "polygons"):
+            geometry[key] = None if geometry[key] is None else _json(geometry[key])
+        return geometry
 
-    def add_instance(self, image_id: int, category_id: int, *, mask: np.ndarray | None = None,
-                     rle: masks.RLE | None = None, polygons: Sequence[Sequence[float]] | None = None,
-                     bbox: Sequence[float] | None = None,
-                     keypoints: Sequence[float] | np.ndarray | None = None, score: float | None = None,
-                     source: Source = Source.HUMAN, model_version: str | None = None,
-                     iscrowd: bool = False, id: int | None = None) -> Instance:
-        """Adds one instance; its box and area are computed from the mask when there is one."""
-        image, category = self.image(image_id), self.category(category_id)
-        columns = self._shape(image, category, mask=mask, rle=rle, polygons=polygons, bbox=bbox,
-                              keypoints=keypoints)
+    def _insert_instance(
+        self,
+        image_id: int,
+        category_id: int,
+        geometry: dict[str, Any],
+        *,
+        score: float | None = None,
+        source: Source = Source.HUMAN,
+        model_version: str | None = None,
+        iscrowd: bool = False,
+        id: int | None = None,
+    ) -> Instance:
+        check_id(id, "instance")
         now = time.time()
         with self.transaction():
             cursor = self._db.execute(
-                f"INSERT INTO instances ({_INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-                (id, image_id, category_id, columns["rle_counts"], columns["bbox"], columns["area"],
-                 columns["keypoints"], score, str(Source(source)), model_version, int(iscrowd),
-                 columns["polygons"], now, now),
+                f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                (
+                    id,
+                    image_id,
+                    category_id,
+                    geometry["rle_counts"],
+                    geometry["bbox"],
+                    geometry["area"],
+                    geometry["keypoints"],
+                    None if score is None else float(score),
+                    str(Source(source)),
+                    model_version,
+                    int(iscrowd),
+                    geometry["polygons"],
+                    now,
+                    now,
+                ),
             )
         return self.instance(cursor.lastrowid)
 
-    def update_instance(self, instance_id: int, *, category_id: int | None = None,
-                        mask: np.ndarray | None = None, rle: masks.RLE | None = None,
-                        polygons: Sequence[Sequence[float]] | None = None,
-                        keypoints: Sequence[float] | np.ndarray | None = None,
-                        source: Source | None = Source.HUMAN) -> Instance:
+    def add_instance(
+        self,
+        image_id: int,
+        category_id: int,
+        *,
+        mask: np.ndarray | None = None,
+        rle: masks.RLE | None = None,
+        polygons: Sequence[Sequence[float]] | None = None,
+        bbox: Sequence[float] | None = None,
+        area: float | None = None,
+        keypoints: Sequence[float] | np.ndarray | None = None,
+        score: float | None = None,
+        source: Source = Source.HUMAN,
+        model_version: str | None = None,
+        iscrowd: bool = False,
+        id: int | None = None,
+    ) -> Instance:
+        """Adds one instance. With a mask, its box and area are the mask's, unless ``bbox`` (with
+        ``area``) holds the mask: then those are kept (``annotator.geometry``)."""
+        geometry = self._geometry(
+            image_id,
+            self.category(category_id),
+            mask=mask,
+            rle=rle,
+            polygons=polygons,
+            bbox=bbox,
+            area=area,
+            keypoints=keypoints,
+        )
+        return self._insert_instance(
+            image_id,
+            category_id,
+            geometry,
+            score=score,
+            source=source,
+            model_version=model_version,
+            iscrowd=iscrowd,
+            id=id,
+        )
+
+    def add_instance_if_new(self, image_id: int, category_id: int, **fields: Any) -> Instance | None:
+        """:meth:`add_instance` (same ``fields``), unless the image has an instance of that category
+        with the same mask already (or, both without a mask, the same box): then nothing is added
+        and None is returned. So importing a file twice does not double its instances."""
+        given = {key: fields.pop(key, None) for key in ("mask", "rle", "polygons", "bbox", "area", "keypoints")}
+        geometry = self._geometry(image_id, self.category(category_id), **given)
+        same = self._db.execute(
+            "SELECT 1 FROM instances WHERE image_id = ? AND category_id = ? AND rle_counts IS ?"
+            " AND (rle_counts IS NOT NULL OR bbox = ?) LIMIT 1",
+            (image_id, category_id, geometry["rle_counts"], geometry["bbox"]),
+        ).fetchone()
+        return None if same is not None else self._insert_instance(image_id, category_id, geometry, **fields)
+
+    def update_instance(
+        self,
+        instance_id: int,
+        *,
+        category_id: int | None = None,
+        mask: np.ndarray | None = None,
+        rle: masks.RLE | None = None,
+        polygons: Sequence[Sequence[float]] | None = None,
+        keypoints: Sequence[float] | np.ndarray | None = None,
+        source: Source | None = Source.HUMAN,
+    ) -> Instance:
         """Changes an instance's category, mask or keypoints. An edit by a person makes the
-        instance ``source=human`` (pass ``source=None`` to keep the recorded source)."""
+        instance ``source=human`` (pass ``source=None`` to keep the recorded source). A new mask
+        brings its own box and area; the outline, box and area kept from before go."""
         old = self.instance(instance_id)
         category = self.category(category_id if category_id is not None else old.category_id)
         if keypoints is None and old.keypoints is not None and category.num_keypoints == len(old.keypoints) // 3:
             keypoints = old.keypoints
-        geometry_given = mask is not None or rle is not None or polygons is not None
-        columns = self._shape(
-            self.image(old.image_id), category, mask=mask,
-            rle=rle if geometry_given else old.rle,
-            polygons=polygons, bbox=None if geometry_given else old.bbox, keypoints=keypoints,
-        )
-        if not geometry_given:
+        if mask is not None or rle is not None or polygons is not None:
+            columns = self._geometry(
+                old.image_id, category, mask=mask, rle=rle, polygons=polygons, bbox=None, area=None, keypoints=keypoints
+            )
+        else:
+            columns = self._geometry(
+                old.image_id,
+                category,
+                mask=None,
+                rle=old.rle,
+                polygons=None,
+                bbox=old.bbox,
+                area=old.area,
+                keypoints=keypoints,
+            )
             columns["polygons"] = old.polygons_json
         with self.transaction():
             self._db.execute(
                 "UPDATE instances SET category_id = ?, rle_counts = ?, bbox = ?, area = ?, keypoints = ?,"
                 " polygons = ?, source = ?, updated_at = ? WHERE id = ?",
-                (category.id, columns["rle_counts"], columns["bbox"], columns["area"], columns["keypoints"],
-                 columns["polygons"], str(source or old.source), time.time(), instance_id),
+                (
+                    category.id,
+                    columns["rle_counts"],
+                    columns["bbox"],
+                    columns["area"],
+                    columns["keypoints"],
+                    columns["polygons"],
+                    str(source or old.source),
+                    time.time(),
+                    instance_id,
+                ),
             )
         return self.instance(instance_id)
 
@@ -690,12 +570,22 @@ class Project:
         with self.transaction():
             self._db.execute("DELETE FROM instances WHERE id = ?", (instance.id,))
             self._db.execute(
-                f"INSERT INTO instances ({_INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-                (instance.id, instance.image_id, instance.category_id,
-                 None if instance.rle is None else instance.rle["counts"], _json(list(instance.bbox)),
-                 instance.area, None if instance.keypoints is None else _json(list(instance.keypoints)),
-                 instance.score, str(instance.source), instance.model_version, int(instance.iscrowd),
-                 instance.polygons_json,
-                 instance.created_at, instance.updated_at),
+                f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                (
+                    instance.id,
+                    instance.image_id,
+                    instance.category_id,
+                    None if instance.rle is None else instance.rle["counts"],
+                    _json(list(instance.bbox)),
+                    instance.area,
+                    None if instance.keypoints is None else _json(list(instance.keypoints)),
+                    instance.score,
+                    str(instance.source),
+                    instance.model_version,
+                    int(instance.iscrowd),
+                    instance.polygons_json,
+                    instance.created_at,
+                    instance.updated_at,
+                ),
             )
         return self.instance(instance.id)

@@ -12,7 +12,8 @@ from PIL import Image
 
 import main
 from annotator.store import Project, ReviewState, Source
-from tests.conftest import write_images
+from tests.coco_writers import roboflow
+from tests.conftest import write_images, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +101,19 @@ def test_export_says_how_many_proposals_it_left_out_and_writes_them_when_asked(
     assert "left out 1 model proposal(s)" in capsys.readouterr().err
 
 
+def test_the_cli_skips_duplicates_unless_asked_to_keep_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = write_json(tmp_path / "images" / "source.json", roboflow(tmp_path / "images"))
+    project = str(tmp_path / "p")
+    assert main.main(["import", project, str(source)]) == 0
+    assert main.main(["import", project, str(source)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 2 already in the project" in captured.out
+    assert "--duplicates keep imports the skipped ones anyway" in captured.err
+    assert main.main(["import", project, str(source), "--duplicates", "keep"]) == 0
+    with Project.open(tmp_path / "p.annot") as opened:
+        assert opened.instance_count() == 4
+
+
 @pytest.mark.parametrize("command", ["new", "import", "export", "info"])
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -109,8 +123,13 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture) 
 
 
 def test_main_script_runs_as_a_program(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "main.py", "info", str(tmp_path / "none")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "main.py", "info", str(tmp_path / "none")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == main.EXIT_BAD_INPUT
     assert done.stderr == f"error: {tmp_path / 'none.annot'}: no project file here\n"
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -9,42 +7,65 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from annotator import masks
 from annotator.coco import export_coco, import_coco
 from annotator.store import Project, ReviewState, Source
+from tests.coco_writers import average_precision
 from tests.conftest import write_images, write_json
 
 SIZES = [(80, 60), (64, 48), (100, 75)]
-PERSON = {"id": 1, "name": "person", "supercategory": "person", "keypoints": ["nose", "left_eye", "right_eye"],
-          "skeleton": [[1, 2], [1, 3]]}
+PERSON = {
+    "id": 1,
+    "name": "person",
+    "supercategory": "person",
+    "keypoints": ["nose", "left_eye", "right_eye"],
+    "skeleton": [[1, 2], [1, 3]],
+}
 BOX = {"id": 7, "name": "box", "supercategory": "thing"}
 
 
 def _mask_with_hole(height: int, width: int, offset: int) -> np.ndarray:
     mask = np.zeros((height, width), dtype=np.uint8)
-    mask[5 + offset:35, 8:40 + offset] = 1
+    mask[5 + offset : 35, 8 : 40 + offset] = 1
     mask[15:20, 15:22] = 0  # a hole: only RLE keeps it
     return mask
 
 
 def _source_coco(folder: Path) -> dict:
     names = write_images(folder, SIZES)
-    images = [{"id": 10 + i, "file_name": name, "width": w, "height": h}
-              for i, (name, (w, h)) in enumerate(zip(names, SIZES))]
+    images = [
+        {"id": 10 + i, "file_name": name, "width": w, "height": h} for i, (name, (w, h)) in enumerate(zip(names, SIZES))
+    ]
     annotations = []
     for i, image in enumerate(images):
         rle = masks.encode(_mask_with_hole(image["height"], image["width"], i))
-        annotations.append({"id": 100 + 2 * i, "image_id": image["id"], "category_id": 1, "iscrowd": 0,
-                            "segmentation": rle, "area": masks.area(rle), "bbox": list(masks.bbox(rle)),
-                            "keypoints": [12.5, 9.0, 2, 20.0, 8.0, 1, 0, 0, 0], "num_keypoints": 2})
+        annotations.append(
+            {
+                "id": 100 + 2 * i,
+                "image_id": image["id"],
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": rle,
+                "area": masks.area(rle),
+                "bbox": list(masks.bbox(rle)),
+                "keypoints": [12.5, 9.0, 2, 20.0, 8.0, 1, 0, 0, 0],
+                "num_keypoints": 2,
+            }
+        )
         polygons = [[45, 5, 60, 5, 60, 30, 45, 30], [50, 35, 58, 35, 54, 44]]
         outline = masks.from_polygons(polygons, image["height"], image["width"])
-        annotations.append({"id": 101 + 2 * i, "image_id": image["id"], "category_id": 7, "iscrowd": 0,
-                            "segmentation": polygons, "area": masks.area(outline),
-                            "bbox": list(masks.bbox(outline))})
+        annotations.append(
+            {
+                "id": 101 + 2 * i,
+                "image_id": image["id"],
+                "category_id": 7,
+                "iscrowd": 0,
+                "segmentation": polygons,
+                "area": masks.area(outline),
+                "bbox": list(masks.bbox(outline)),
+            }
+        )
     return {"images": images, "annotations": annotations, "categories": [PERSON, BOX]}
 
 
@@ -59,39 +80,19 @@ def _import(tmp_path: Path, coco_file: Path, name: str = "p.annot") -> Project:
     return project
 
 
-def _quiet(function, *args):
-    with contextlib.redirect_stdout(io.StringIO()):
-        return function(*args)
-
-
-def _average_precision(source: Path, results: list[dict], iou_type: str,
-                       category_ids: list[int] | None = None) -> float:
-    ground_truth = _quiet(COCO, str(source))
-    detections = _quiet(ground_truth.loadRes, results)
-    evaluation = COCOeval(ground_truth, detections, iou_type)
-    if category_ids is not None:
-        evaluation.params.catIds = category_ids
-    if iou_type == "keypoints":  # pycocotools assumes COCO's 17 person keypoints
-        evaluation.params.kpt_oks_sigmas = np.full(len(PERSON["keypoints"]), 0.05)
-    _quiet(evaluation.evaluate)
-    _quiet(evaluation.accumulate)
-    _quiet(evaluation.summarize)
-    return float(evaluation.stats[0])
-
-
 def test_rle_export_evaluates_to_ap_one_against_the_source(tmp_path: Path, coco_file: Path) -> None:
     with _import(tmp_path, coco_file) as project:
         export_coco(project, tmp_path / "out.json", rle=True)
     exported = json.loads((tmp_path / "out.json").read_text())
     results = [dict(a, score=1.0) for a in exported["annotations"]]
-    assert _average_precision(coco_file, results, "segm") == pytest.approx(1.0)
-    assert _average_precision(coco_file, results, "bbox") == pytest.approx(1.0)
+    assert average_precision(coco_file, results, "segm") == pytest.approx(1.0)
+    assert average_precision(coco_file, results, "bbox") == pytest.approx(1.0)
     keypoint_results = [r for r in results if r["category_id"] == 1]
-    assert _average_precision(coco_file, keypoint_results, "keypoints", [1]) == pytest.approx(1.0)
+    keypoint_ap = average_precision(coco_file, keypoint_results, "keypoints", [1], len(PERSON["keypoints"]))
+    assert keypoint_ap == pytest.approx(1.0)
 
 
-def test_round_trip_keeps_masks_pixel_exact_and_keypoints_and_categories_exact(
-        tmp_path: Path, coco_file: Path) -> None:
+def test_round_trip_keeps_masks_pixel_exact_and_keypoints_and_categories_exact(tmp_path: Path, coco_file: Path) -> None:
     with _import(tmp_path, coco_file) as project:
         export_coco(project, tmp_path / "out.json", rle=True)
     again = Project.create(tmp_path / "again.annot", coco_file.parent)
@@ -108,7 +109,8 @@ def test_round_trip_keeps_masks_pixel_exact_and_keypoints_and_categories_exact(
 
 
 def test_export_has_ids_from_one_and_everything_of_an_instance_in_one_annotation(
-        tmp_path: Path, coco_file: Path) -> None:
+    tmp_path: Path, coco_file: Path
+) -> None:
     with _import(tmp_path, coco_file) as project:
         export_coco(project, tmp_path / "out.json")
     exported = json.loads((tmp_path / "out.json").read_text())
@@ -136,8 +138,7 @@ def test_polygon_export_keeps_drawn_polygons_and_outlines_masks(tmp_path: Path, 
             assert annotation["segmentation"] == source_by_id[annotation["id"]]["segmentation"]
         else:  # a mask with a hole: the outline covers the mask without its hole
             image = next(i for i in source["images"] if i["id"] == annotation["image_id"])
-            outline = masks.decode(masks.from_polygons(annotation["segmentation"], image["height"],
-                                                       image["width"]))
+            outline = masks.decode(masks.from_polygons(annotation["segmentation"], image["height"], image["width"]))
             mask = masks.decode(source_by_id[annotation["id"]]["segmentation"])
             assert (mask & ~outline).sum() == 0
             assert (outline & ~mask).sum() == 5 * 7  # exactly the hole
@@ -155,10 +156,21 @@ def test_uncompressed_rle_and_crowd_regions_import(tmp_path: Path) -> None:
             value, run = pixel, 0
         run += 1
     counts.append(run)
-    coco = {"images": [{"id": 1, "file_name": "0.png", "width": 8, "height": 6}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 1, "area": 9,
-                             "segmentation": {"size": [6, 8], "counts": counts}, "bbox": [2, 1, 3, 3]}],
-            "categories": [{"id": 1, "name": "crowd"}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "0.png", "width": 8, "height": 6}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 1,
+                "area": 9,
+                "segmentation": {"size": [6, 8], "counts": counts},
+                "bbox": [2, 1, 3, 3],
+            }
+        ],
+        "categories": [{"id": 1, "name": "crowd"}],
+    }
     with _import(tmp_path, write_json(tmp_path / "images" / "c.json", coco)) as project:
         (instance,) = project.instances(1)
         assert instance.iscrowd and np.array_equal(instance.mask, mask.astype(bool))
@@ -182,14 +194,14 @@ def _add_proposals(project: Project, image_id: int, scores: list[float]) -> list
     ids = []
     for i, score in enumerate(scores):
         mask = np.zeros((image.height, image.width), dtype=np.uint8)
-        mask[2 + i:10 + i, 2:12] = 1
-        ids.append(project.add_instance(image_id, 7, mask=mask, score=score, source=Source.MODEL,
-                                        model_version="m@1").id)
+        mask[2 + i : 10 + i, 2:12] = 1
+        ids.append(
+            project.add_instance(image_id, 7, mask=mask, score=score, source=Source.MODEL, model_version="m@1").id
+        )
     return ids
 
 
-def test_export_leaves_out_proposals_nobody_accepted_unless_asked_for_by_score(
-        tmp_path: Path, coco_file: Path) -> None:
+def test_export_leaves_out_proposals_nobody_accepted_unless_asked_for_by_score(tmp_path: Path, coco_file: Path) -> None:
     with _import(tmp_path, coco_file) as project:
         weak, strong = _add_proposals(project, 10, [0.3, 0.9])
         counts = export_coco(project, tmp_path / "labels.json")
@@ -205,13 +217,15 @@ def test_export_leaves_out_proposals_nobody_accepted_unless_asked_for_by_score(
     assert asked["annotations"] == 7 and asked["proposals_left_out"] == 1
 
 
-def test_failed_export_leaves_the_previous_file_intact(tmp_path: Path, coco_file: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_export_leaves_the_previous_file_intact(
+    tmp_path: Path, coco_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out.json"
     out.write_text('{"previous": true}')
     import annotator.coco as coco
 
     with _import(tmp_path, coco_file) as project:
+
         def broken(*args, **kwargs):
             raise OSError("disk full")
 
@@ -222,14 +236,14 @@ def test_failed_export_leaves_the_previous_file_intact(tmp_path: Path, coco_file
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.json")] == []
 
 
-def test_import_into_a_project_that_uses_the_ids_renumbers_without_clashes(
-        tmp_path: Path, coco_file: Path) -> None:
+def test_import_into_a_project_that_uses_the_ids_renumbers_without_clashes(tmp_path: Path, coco_file: Path) -> None:
     with _import(tmp_path, coco_file) as project:
         renamed = json.loads(coco_file.read_text())
         for image in renamed["images"]:
             image["file_name"] = "copy_" + image["file_name"]
             (coco_file.parent / image["file_name"]).write_bytes(
-                (coco_file.parent / image["file_name"][5:]).read_bytes())
+                (coco_file.parent / image["file_name"][5:]).read_bytes()
+            )
         report = import_coco(project, write_json(coco_file.parent / "copy.json", renamed))
         assert (report.images, report.categories, report.instances) == (3, 0, 6)
         assert project.image_count() == 6 and project.instance_count() == 12
@@ -268,19 +282,38 @@ coordinate = st.floats(0, 60, allow_nan=False).map(lambda v: round(v, 2))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(polygons=st.lists(st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=8)
-                         .map(lambda points: [v for p in points for v in p]), min_size=1, max_size=3),
-       keypoints=st.lists(st.tuples(coordinate, coordinate, st.sampled_from([0, 1, 2])), min_size=2,
-                          max_size=2))
-def test_polygons_and_keypoints_round_trip_exactly(tmp_path_factory, polygons: list[list[float]],
-                                                   keypoints: list[tuple]) -> None:
+@given(
+    polygons=st.lists(
+        st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=8).map(
+            lambda points: [v for p in points for v in p]
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    keypoints=st.lists(st.tuples(coordinate, coordinate, st.sampled_from([0, 1, 2])), min_size=2, max_size=2),
+)
+def test_polygons_and_keypoints_round_trip_exactly(
+    tmp_path_factory, polygons: list[list[float]], keypoints: list[tuple]
+) -> None:
     folder = tmp_path_factory.mktemp("p")
     write_images(folder, [(64, 64)])
     flat = [float(v) for point in keypoints for v in point]
-    coco = {"images": [{"id": 1, "file_name": "0.png", "width": 64, "height": 64}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": polygons,
-                             "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0, "keypoints": flat}],
-            "categories": [{"id": 1, "name": "thing", "keypoints": ["a", "b"], "skeleton": [[1, 2]]}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "0.png", "width": 64, "height": 64}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": polygons,
+                "bbox": [0, 0, 1, 1],
+                "area": 1,
+                "iscrowd": 0,
+                "keypoints": flat,
+            }
+        ],
+        "categories": [{"id": 1, "name": "thing", "keypoints": ["a", "b"], "skeleton": [[1, 2]]}],
+    }
     with _import(folder, write_json(folder / "in.json", coco)) as project:
         export_coco(project, folder / "out.json")
     (annotation,) = json.loads((folder / "out.json").read_text())["annotations"]
@@ -293,7 +326,8 @@ def test_polygons_and_keypoints_round_trip_exactly(tmp_path_factory, polygons: l
 
 
 def test_parallel_export_writes_the_same_file_as_a_single_process(
-        tmp_path: Path, coco_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, coco_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import annotator.coco as coco
 
     monkeypatch.setattr(coco, "IMAGES_PER_PIECE", 1)  # three pieces, over two worker processes

@@ -165,11 +165,9 @@ def test_export_writes_coco_and_a_bad_import_leaves_the_project_unchanged(qtbot,
     assert window.status.currentMessage().endswith("; 1 proposal was left out (nobody accepted it)")
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [}')
-    from annotator.coco import import_coco
-
     before = window.session.project.instance_count()
     warnings = answer_dialogs(qtbot, [lambda box: box.accept()])
-    window._import(lambda project: import_coco(project, bad))
+    window._import(bad)
     assert "bad.json" in warnings[0] and "not valid JSON" in warnings[0]
     assert "unchanged" in warnings[0]
     assert window.session.project.instance_count() == before

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import math
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from annotator import masks
+from annotator.store import MAX_ID, SCHEMA_VERSION, Project, ReviewState, Source, check_file_name
 from model.errors import InputError
-from annotator.store import SCHEMA_VERSION, Project, ReviewState, Source, check_file_name
 
 
 @pytest.fixture
@@ -103,8 +105,14 @@ def test_mask_of_the_wrong_size_is_refused(project: Project) -> None:
 def test_editing_a_proposal_makes_it_human_and_drops_the_stale_polygon(project: Project) -> None:
     image = project.add_image("a.png", 64, 48, "hash")
     category = project.add_category("cat")
-    proposal = project.add_instance(image.id, category.id, polygons=[[5, 10, 30, 10, 30, 20, 5, 20]],
-                                    score=0.9, source=Source.MODEL, model_version="m1")
+    proposal = project.add_instance(
+        image.id,
+        category.id,
+        polygons=[[5, 10, 30, 10, 30, 20, 5, 20]],
+        score=0.9,
+        source=Source.MODEL,
+        model_version="m1",
+    )
     assert proposal.polygons is not None
     edited = project.update_instance(proposal.id, mask=_square())
     assert edited.source == Source.HUMAN and edited.polygons is None
@@ -123,8 +131,9 @@ def test_changing_only_the_category_keeps_mask_and_polygon(project: Project) -> 
 def test_deleted_instance_is_restored_exactly_for_undo(project: Project) -> None:
     image = project.add_image("a.png", 64, 48, "hash")
     person = project.add_category("person", keypoints=["a"])
-    instance = project.add_instance(image.id, person.id, mask=_square(), keypoints=[3, 4, 2], score=0.5,
-                                    source=Source.MODEL, model_version="v")
+    instance = project.add_instance(
+        image.id, person.id, mask=_square(), keypoints=[3, 4, 2], score=0.5, source=Source.MODEL, model_version="v"
+    )
     deleted = project.delete_instance(instance.id)
     assert project.instances(image.id) == []
     assert project.restore_instance(deleted) == instance
@@ -200,8 +209,10 @@ def test_other_sqlite_files_and_garbage_are_not_projects(tmp_path: Path) -> None
     assert garbage.read_bytes() == b"\x00not sqlite" * 100
 
 
-@pytest.mark.parametrize("name, normalised", [("a.png", "a.png"), ("sub/./b.png", "sub/b.png"),
-                                              ("sub\\c.png", "sub/c.png"), ("x/../d.png", "d.png")])
+@pytest.mark.parametrize(
+    "name, normalised",
+    [("a.png", "a.png"), ("sub/./b.png", "sub/b.png"), ("sub\\c.png", "sub/c.png"), ("x/../d.png", "d.png")],
+)
 def test_file_names_are_normalised_posix_paths(name: str, normalised: str) -> None:
     assert check_file_name(name) == normalised
 
@@ -225,3 +236,73 @@ def test_ids_of_deleted_instances_are_never_reused(project: Project) -> None:
     project.delete_instance(first.id)
     second = project.add_instance(image.id, category.id, mask=_square())
     assert second.id != first.id
+
+
+@pytest.mark.parametrize(
+    "table, id",
+    [("image", 0), ("image", 2**63 - 1), ("category", 2**53), ("instance", 2**63), ("instance", MAX_ID + 1)],
+)
+def test_ids_the_store_cannot_go_on_from_are_refused(project: Project, table: str, id: int) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    add = {
+        "image": lambda: project.add_image("b.png", 64, 48, "hash", id=id),
+        "category": lambda: project.add_category("dog", id=id),
+        "instance": lambda: project.add_instance(image.id, category.id, bbox=[1, 2, 3, 4], id=id),
+    }[table]
+    with pytest.raises(ValueError, match=f"{table} id must be at least 1 and at most {MAX_ID}"):
+        add()
+    assert project.add_instance(image.id, category.id, bbox=[1, 2, 3, 4], id=MAX_ID).id == MAX_ID
+    assert project.add_instance(image.id, category.id, bbox=[1, 2, 3, 4]).id == MAX_ID + 1  # SQLite's next
+
+
+def test_a_given_box_holding_the_mask_is_kept_with_its_area(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("person")
+    whole = project.add_instance(image.id, category.id, mask=_square(), bbox=[4.5, 9.2, 40, 30], area=321.5)
+    assert (whole.bbox, whole.area) == ((4.5, 9.2, 40.0, 30.0), 321.5)
+    inside = project.add_instance(image.id, category.id, mask=_square(), bbox=[6, 10, 20, 10], area=1.0)
+    assert (inside.bbox, inside.area) == ((5.0, 10.0, 25.0, 10.0), 250.0)
+    with pytest.raises(ValueError, match="more than one image size outside"):
+        project.add_instance(image.id, category.id, bbox=[1, 1, 1e300, 3])
+    with pytest.raises(ValueError, match="finite"):
+        project.add_instance(image.id, category.id, bbox=[1, 1, math.inf, 3])
+
+
+def test_polygons_far_outside_the_image_are_stored_clipped(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    category = project.add_category("cat")
+    instance = project.add_instance(image.id, category.id, polygons=[[0, 0, 30, 5, 1e10, 1e10]])
+    assert max(max(polygon) for polygon in instance.polygons) == 64 + 64
+    assert instance.mask.sum() == masks.area(masks.from_polygons(instance.polygons, 48, 64))
+
+
+def test_an_instance_the_image_holds_already_is_not_added_again(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    cat, dog = project.add_category("cat"), project.add_category("dog")
+    first = project.add_instance_if_new(image.id, cat.id, mask=_square())
+    assert first is not None
+    assert project.add_instance_if_new(image.id, cat.id, rle=masks.encode(_square()), score=0.5) is None
+    assert project.add_instance_if_new(image.id, dog.id, mask=_square()) is not None
+    assert project.add_instance_if_new(image.id, cat.id, bbox=[1, 2, 3, 4], id=50).id == 50
+    assert project.add_instance_if_new(image.id, cat.id, bbox=[1, 2, 3, 4]) is None
+    assert project.instance_count() == 3
+
+
+def test_an_image_nobody_labelled_can_take_another_id(project: Project) -> None:
+    image = project.add_image("a.png", 64, 48, "hash")
+    other = project.add_image("b.png", 64, 48, "hash")
+    assert project.change_image_id(image.id, 785) == replace(image, id=785)
+    with pytest.raises(ValueError, match="in use"):
+        project.change_image_id(785, other.id)
+    project.add_instance(other.id, project.add_category("cat").id, mask=_square())
+    with pytest.raises(ValueError, match="has instances"):
+        project.change_image_id(other.id, 9)
+    assert project.add_image("c.png", 64, 48, "hash").id == 786
+
+
+@pytest.mark.parametrize("name", ["a\nb.png", "a\x00.png", "a\rb.png", "a\u2028b.png", "a\x85b.png", "\ud800.png"])
+def test_file_names_with_control_characters_or_line_breaks_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="holds a control character or line break") as raised:
+        check_file_name(name)
+    assert "\n" not in str(raised.value) and len(str(raised.value).splitlines()) == 1

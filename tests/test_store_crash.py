@@ -39,9 +39,13 @@ def test_sigkill_during_edits_loses_no_acknowledged_edit(tmp_path: Path) -> None
     repo = Path(__file__).resolve().parents[1]
     acknowledged: list[int] = []
     for kill_after in (5, 40, 200):  # kill at different moments, reopening the same file each time
-        child = subprocess.Popen([sys.executable, "-c", EDIT_LOOP, str(path)], cwd=repo,
-                                 stdout=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(repo)})
+        child = subprocess.Popen(
+            [sys.executable, "-c", EDIT_LOOP, str(path)],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+        )
         seen = 0
         deadline = time.monotonic() + 60
         while seen < kill_after and time.monotonic() < deadline:

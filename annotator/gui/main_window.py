@@ -10,10 +10,18 @@ from typing import Callable
 
 from PySide6.QtCore import QByteArray, QSettings, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QInputDialog, QMainWindow, QMenu, QMessageBox,
-                               QProgressDialog, QToolBar, QWidget)
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QInputDialog,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QProgressDialog,
+    QToolBar,
+    QWidget,
+)
 
-from model.errors import InputError
 from annotator.gui.actions import build_actions
 from annotator.gui.background import run_in_background
 from annotator.gui.canvas import Canvas
@@ -23,7 +31,6 @@ from annotator.gui.help_dialog import HelpDialog
 from annotator.gui.image_list import ImageListPanel
 from annotator.gui.instance_list import InstanceListPanel
 from annotator.gui.model_control import ModelControl
-from annotator.image_folder import FolderScan, create_project, project_path_for_folder, scan_images
 from annotator.gui.proposals import ModelChoice, PredictorLike
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
 from annotator.gui.session import Session
@@ -35,7 +42,10 @@ from annotator.gui.tools.click import ClickTool
 from annotator.gui.tools.keypoints import KeypointTool
 from annotator.gui.tools.polygon import PolygonTool
 from annotator.gui.tools.select import SelectTool
+from annotator.image_folder import FolderScan, create_project, project_path_for_folder, scan_images
+from annotator.importing import import_source
 from annotator.store import Project, ReviewState
+from model.errors import InputError
 
 MAX_RECENT = 10
 
@@ -435,23 +445,21 @@ class MainWindow(QMainWindow):
     def import_coco(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import COCO JSON", "", "COCO JSON (*.json)")
         if path:
-            from annotator.coco import import_coco
-
-            self._import(lambda project: import_coco(project, path))
+            self._import(Path(path))
 
     def import_labelme(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Import a labelme folder")
         if folder:
-            from annotator.labelme import import_labelme
+            self._import(Path(folder))
 
-            self._import(lambda project: import_labelme(project, folder))
-
-    def _import(self, run: Callable) -> None:
+    def _import(self, source: Path) -> None:
+        """Imports a COCO file or a labelme folder into the open project, as ``main.py import``
+        does (annotator.importing): all or nothing, duplicates of labels already there skipped."""
         if self.session is None:
             self._error("Import", "Open a project or a folder of images first")
             return
         try:
-            report = run(self.session.project)
+            report = import_source(self.session.project, source)
         except InputError as error:
             self._error("Import", f"{error}\n\nNothing was imported; the project is unchanged.")
             return

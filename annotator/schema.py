@@ -1,0 +1,212 @@
+"""The project file's SQLite schema: its tables, the migrations that build and upgrade them, how
+the file is created and opened, and how its rows become records (``annotator.records``). No Qt.
+(docs/decisions/0004-project-store.md)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from annotator.records import Category, ImageRecord, Instance, ReviewState, Source
+from model.errors import InputError
+
+# Ids are SQLite rowids from 1 to MAX_ID. SQLite's own limit is 2**63 - 1, but a project whose
+# largest id is that can add nothing more (AUTOINCREMENT has no next id), and JSON readers that
+# hold numbers as doubles (JavaScript, jq) change ids above 2**53 - 1: an export must stay exact.
+MAX_ID = 2**53 - 1
+
+# Each entry upgrades the schema by one version; PRAGMA user_version counts the entries applied.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT CHECK (id >= 1),
+        file_name TEXT NOT NULL UNIQUE,
+        width INTEGER NOT NULL CHECK (width > 0),
+        height INTEGER NOT NULL CHECK (height > 0),
+        sha256 TEXT NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0 CHECK (state BETWEEN 0 AND 3),
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX images_by_state ON images (state, id);
+    CREATE TABLE categories (
+        id INTEGER PRIMARY KEY CHECK (id >= 1),
+        name TEXT NOT NULL UNIQUE,
+        supercategory TEXT NOT NULL DEFAULT '',
+        color TEXT NOT NULL,
+        keypoints TEXT NOT NULL DEFAULT '[]',
+        skeleton TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE instances (
+        -- AUTOINCREMENT: a deleted instance's id is never handed to a new one, so an undo record
+        -- or an exported annotation id can never come to name another instance
+        id INTEGER PRIMARY KEY AUTOINCREMENT CHECK (id >= 1),
+        image_id INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        category_id INTEGER NOT NULL REFERENCES categories (id),
+        rle_counts TEXT,
+        bbox TEXT NOT NULL,
+        area REAL NOT NULL,
+        keypoints TEXT,
+        score REAL,
+        source TEXT NOT NULL CHECK (source IN ('model', 'human')),
+        model_version TEXT,
+        iscrowd INTEGER NOT NULL DEFAULT 0,
+        polygons TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX instances_by_image ON instances (image_id);
+    CREATE INDEX instances_by_category ON instances (category_id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in the store's settings: foreign keys on, every commit durable."""
+    # isolation_level=None: the store issues BEGIN/COMMIT itself, one transaction per edit.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    try:
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Brings the file's schema to ``SCHEMA_VERSION``, one migration a transaction.
+
+    Raises:
+        InputError: the file comes from a newer program, or is an SQLite file of something else.
+    """
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            path,
+            f"project schema version {version} is newer than this program's ({SCHEMA_VERSION}); update the program",
+        )
+    if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise InputError(path, "an SQLite file, but not a project file")
+    for number in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+def create_database(path: Path, meta: dict[str, str]) -> sqlite3.Connection:
+    """A new project database at ``path`` (WAL journal, current schema, ``meta`` written); the file
+    is removed again when that fails."""
+    db = connect(path)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        migrate(db, path)
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+        db.execute("COMMIT")
+    except BaseException:
+        db.close()
+        path.unlink(missing_ok=True)
+        raise
+    return db
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """The project database at ``path``, its schema brought up to date.
+
+    Raises:
+        InputError: no file, not a project file, or one from a newer program.
+    """
+    if not path.is_file():
+        raise InputError(path, "no project file here")
+    db = None
+    try:
+        db = connect(path)
+        db.execute("PRAGMA journal_mode = WAL")
+        migrate(db, path)
+        if db.execute("SELECT 1 FROM meta WHERE key = 'image_root'").fetchone() is None:
+            raise sqlite3.DatabaseError("no image root recorded")
+    except BaseException as error:
+        if db is not None:
+            db.close()
+        if isinstance(error, sqlite3.DatabaseError):
+            raise InputError(path, f"not a project file ({error})") from None
+        raise
+    return db
+
+
+# -- rows and records ------------------------------------------------------------------------------
+
+INSTANCE_COLUMNS = (
+    "id, image_id, category_id, rle_counts, bbox, area, keypoints, score, source, model_version,"
+    " iscrowd, polygons, created_at, updated_at"
+)
+# The instance columns and, last, the size of the instance's image (an RLE needs it).
+SELECT_INSTANCES = (
+    "SELECT "
+    + ", ".join(f"instances.{c.strip()}" for c in INSTANCE_COLUMNS.split(","))
+    + ", images.height, images.width FROM instances JOIN images ON images.id = instances.image_id"
+)
+
+
+def image_from_row(row: Sequence[Any]) -> ImageRecord:
+    return ImageRecord(row[0], row[1], row[2], row[3], row[4], ReviewState(row[5]))
+
+
+def category_from_row(row: Sequence[Any]) -> Category:
+    return Category(
+        row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), tuple(tuple(pair) for pair in json.loads(row[5]))
+    )
+
+
+def instance_from_row(row: Sequence[Any]) -> Instance:
+    height, width = row[14], row[15]
+    return Instance(
+        id=row[0],
+        image_id=row[1],
+        category_id=row[2],
+        rle=None if row[3] is None else {"size": [height, width], "counts": row[3]},
+        bbox=tuple(json.loads(row[4])),
+        area=row[5],
+        keypoints=None if row[6] is None else tuple(json.loads(row[6])),
+        score=row[7],
+        source=Source(row[8]),
+        model_version=row[9],
+        iscrowd=bool(row[10]),
+        polygons_json=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+    )
+
+
+def instance_filter(
+    states: Iterable[ReviewState] | None, image_ids: tuple[int, int] | None, min_proposal_score: float
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (over instances joined with images) and its parameters."""
+    conditions, parameters = [], []
+    if states is not None:
+        wanted = [int(s) for s in states]
+        conditions.append(f"images.state IN ({','.join('?' * len(wanted)) or 'NULL'})")
+        parameters += wanted
+    if image_ids is not None:
+        conditions.append("instances.image_id BETWEEN ? AND ?")
+        parameters += list(image_ids)
+    if min_proposal_score == math.inf:
+        conditions.append(f"instances.source != '{Source.MODEL}'")
+    elif min_proposal_score > -math.inf:
+        conditions.append(f"(instances.source != '{Source.MODEL}' OR instances.score >= ?)")
+        parameters.append(float(min_proposal_score))
+    return (f" WHERE {' AND '.join(conditions)}" if conditions else ""), parameters
