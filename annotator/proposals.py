@@ -17,6 +17,7 @@ import numpy as np
 
 from annotator import masks
 from annotator.store import Category, ImageRecord, Instance, Project, ReviewState, Source
+from model.errors import InputError
 from model.images import ImageReadError
 
 
@@ -148,8 +149,10 @@ def propose(project: Project, predictor: Any, images: list[ImageRecord],
     """Runs ``predictor`` over ``images`` and stores the proposals image by image.
 
     Ctrl+C (KeyboardInterrupt) stops between or inside images: every image finished before it is
-    stored, the image in progress is left as it was. An image that cannot be read is skipped with a
-    warning.
+    stored, the image in progress is left as it was. An image that cannot be used is skipped with a
+    one-line warning naming it, and the images after it are proposed: one that cannot be read (deleted
+    or damaged since it was added, or too narrow for the model, see ``model.images.MAX_ASPECT_RATIO``),
+    and one replaced by an image of another size (the project's labels would not fit it).
     """
     category_for = ProposalCategories.of_predictor(project, predictor)
     report = ProposalReport()
@@ -157,8 +160,14 @@ def propose(project: Project, predictor: Any, images: list[ImageRecord],
         for image in images:
             try:
                 pixels = read_image(image)
-            except ImageReadError as error:  # e.g. deleted since it was added
-                report.warnings.append(str(error))
+            except ImageReadError as error:
+                report.warnings.append(f"{error}; skipped")
+                continue
+            height, width = pixels.shape[:2]
+            if (width, height) != (image.width, image.height):
+                changed = InputError(project.image_path(image), f"the image is now {width}x{height}, the project "
+                                                                f"has it as {image.width}x{image.height}; skipped")
+                report.warnings.append(str(changed))
                 continue
             instances = predictor.predict(pixels)
             written = store_proposals(project, image.id, to_proposals(instances),

@@ -179,11 +179,11 @@ def _size_mismatch(path: Path, width: int, height: int, record: ImageRecord) -> 
 
 
 def check_image(path: Path, record: ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Refuses an image file that is missing, unreadable, too large or of another size than
-    ``record`` says, from its header alone (``model.images.header_size``): decoding every image
-    before training would cost as much as an epoch. Data that is truncated after a good header,
-    and a size that differs only by a quarter turn, are found when the image is decoded
-    (``CocoDataset``).
+    """Refuses an image file that is missing, unreadable, too large, too narrow for the model
+    (``model.images.MAX_ASPECT_RATIO``) or of another size than ``record`` says, from its header
+    alone (``model.images.header_size``): decoding every image before training would cost as much
+    as an epoch. Data that is truncated after a good header, and a size that differs only by a
+    quarter turn, are found when the image is decoded (``CocoDataset``).
 
     Raises:
         ImageReadError: naming the image file.

@@ -7,6 +7,8 @@ import base64
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +17,18 @@ from PIL import Image
 
 import main
 from annotator import masks
-from model.errors import InputError
 from annotator.labelme import import_labelme
 from annotator.store import Project
+from model.errors import InputError
 from tests.conftest import write_images
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
+ROOT = Path(__file__).resolve().parents[1]
+posix_only = pytest.mark.skipif(resource is None or not hasattr(os, "mkfifo"), reason="FIFOs and rlimits are POSIX")
 
 
 def _shape(label: str, points: list, shape_type: str = "polygon", group_id: int | None = None,
@@ -164,3 +174,108 @@ def test_labelme_import_exports_as_coco_with_the_drawn_polygons(tmp_path: Path, 
     blob = next(a for a in exported["annotations"] if a["area"] == BLOB.sum())
     outline = masks.decode(masks.from_polygons(blob["segmentation"], 60, 80))
     assert np.array_equal(outline[50:56, 70:78], BLOB)
+
+
+def _run_import(project: Path, folder: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``main.py import`` in a child process, with 4 GiB of address space: a crash, a hang or a
+    file read without end fails the test instead of taking the test run (or the machine) with it."""
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), "import", str(project), str(folder)],
+                          capture_output=True, text=True, check=False, timeout=timeout, preexec_fn=limit_memory,
+                          cwd=ROOT)
+
+
+def _one_line_error(err: str, path: Path, problem: str) -> None:
+    assert err.startswith(f"error: {path}: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert problem in err
+
+
+@posix_only
+def test_circle_of_huge_radius_is_bounded_to_the_image_before_it_is_rasterised(tmp_path: Path) -> None:
+    write_images(tmp_path, [(40, 30)])
+    _write_labelme(tmp_path / "0.json", tmp_path / "0.png", [_shape("sun", [[10, 10], [1e10, 10]], "circle"),
+                                                             _shape("moon", [[1e10, 10], [1e10, 15]], "circle")],
+                   (40, 30))
+    done = _run_import(tmp_path / "p", tmp_path)
+    assert done.returncode == 0, done.stderr  # pycocotools crashed with SIGSEGV on the 64-gon of radius 1e10
+    assert done.stderr == f"warning: {tmp_path / '0.json'}: shapes[1]: circle 'moon' lies outside the image; left out\n"
+    with Project.open(tmp_path / "p.annot") as project:
+        (sun,) = project.instances(1)
+        assert sun.mask.all()
+        x0, y0, x1, y1 = masks.polygon_bounds(30, 40)
+        xs, ys = sun.polygons[0][0::2], sun.polygons[0][1::2]
+        assert x0 <= min(xs) and max(xs) <= x1 and y0 <= min(ys) and max(ys) <= y1  # and so is what export writes
+
+
+@pytest.mark.parametrize("image_path, shown", [("0.png\x00x", r"'0.png\x00x'"), ("0\n.png", r"'0\n.png'"),
+                                               ("0\u2028.png", r"'0\u2028.png'")])
+def test_control_characters_in_image_path_are_refused_in_one_escaped_line(
+        tmp_path: Path, image_path: str, shown: str, capsys: pytest.CaptureFixture) -> None:
+    write_images(tmp_path, [(40, 30)])
+    data = {"version": "5.5.0", "flags": {}, "shapes": [_shape("cat", [[1, 1], [9, 1], [9, 9]])],
+            "imagePath": image_path, "imageData": None, "imageHeight": 30, "imageWidth": 40}
+    (tmp_path / "0.json").write_text(json.dumps(data))
+    assert main.main(["import", str(tmp_path / "p"), str(tmp_path)]) == main.EXIT_BAD_INPUT
+    _one_line_error(capsys.readouterr().err, tmp_path / "0.json",
+                    f"imagePath {shown} holds a control character or a line break")
+    assert not (tmp_path / "p.annot").exists()
+
+
+def test_label_with_a_line_break_is_refused_in_one_escaped_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_images(tmp_path, [(40, 30)])
+    for label, shown in (("cat\ndog", r"'cat\ndog'"), ("cat\x00", r"'cat\x00'"), ("cat\u2029", r"'cat\u2029'")):
+        shapes = [_shape(label, [[1, 1], [9, 1]], "line")]  # even where it would only be named in a warning
+        data = {"version": "5.5.0", "flags": {}, "shapes": shapes, "imagePath": "0.png", "imageData": None,
+                "imageHeight": 30, "imageWidth": 40}
+        (tmp_path / "0.json").write_text(json.dumps(data))
+        assert main.main(["import", str(tmp_path / "p"), str(tmp_path)]) == main.EXIT_BAD_INPUT
+        _one_line_error(capsys.readouterr().err, tmp_path / "0.json", f"shapes[0]: 'label' {shown} holds a control")
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A black 1-bit PNG of ``width x height``: 20000 x 20000 takes 48 KB and 400 MB decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_mask_png_larger_than_its_image_is_refused_before_it_is_decoded(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_images(tmp_path, [(40, 30)])
+    shape = _shape("blob", [[0, 0], [39, 29]], "mask")
+    shape["mask"] = base64.b64encode(_bomb_png(20000, 20000)).decode("ascii")
+    _write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (40, 30))
+    assert main.main(["import", str(tmp_path / "p"), str(tmp_path)]) == main.EXIT_BAD_INPUT
+    _one_line_error(capsys.readouterr().err, tmp_path / "0.json",
+                    "shapes[0]: 'mask' is a 20000x20000 PNG, larger than the 40x30 image")
+
+
+def test_declared_image_size_over_the_pixel_limit_is_refused_before_any_mask_is_decoded(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_images(tmp_path, [(40, 30)])
+    shape = _shape("blob", [[0, 0], [39, 29]], "mask")
+    shape["mask"] = base64.b64encode(_bomb_png(20000, 20000)).decode("ascii")
+    _write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (20000, 20000))
+    assert main.main(["import", str(tmp_path / "p"), str(tmp_path), "--max-pixels", "1000000"]) == main.EXIT_BAD_INPUT
+    _one_line_error(capsys.readouterr().err, tmp_path / "0.json",
+                    "declares a 20000x20000 image, over the limit of 1 megapixels")
+
+
+@posix_only
+@pytest.mark.parametrize("make", ["fifo", "dev_zero"])
+def test_json_name_on_a_fifo_or_dev_zero_is_refused_without_reading_it(tmp_path: Path, make: str) -> None:
+    folder = tmp_path / "data"
+    write_images(folder, [(40, 30)])
+    _write_labelme(folder / "0.json", folder / "0.png", [_shape("cat", [[1, 1], [9, 1], [9, 9]])], (40, 30))
+    hostile = folder / "x.json"
+    if make == "fifo":
+        os.mkfifo(hostile)  # opening it for reading waits for a writer that never comes
+    else:
+        hostile.symlink_to("/dev/zero")  # reading it never ends, and fills the memory
+    done = _run_import(tmp_path / "p", folder, timeout=30)
+    assert done.returncode == main.EXIT_BAD_INPUT
+    _one_line_error(done.stderr, hostile, "not a regular file")
+    assert not (tmp_path / "p.annot").exists()

@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import main
 from annotator.proposals import images_to_propose, propose
 from annotator.store import Project, ReviewState, Source
-from model.builders import build_model
+from model import build_model
 from model.images import read_image
 from model.predictor import Predictor
-from model.weights import save_weights
+from model.weights.formats import save_weights
 from tests.conftest import write_images
 
 
@@ -128,3 +129,43 @@ def test_damaged_weights_file_is_one_line(project: Project, tmp_path: Path, caps
     assert main.main(["propose", str(project.path), "--weights", str(damaged)]) == main.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith(f"error: {damaged}: cannot load these weights") and err.count("\n") == 1
+
+
+def _project_over(tmp_path: Path, images: list[tuple[str, int, int]]) -> Project:
+    """A project holding ``(name, width, height)`` images, added as ``new`` added them then."""
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    project = Project.create(tmp_path / "p.annot", folder)
+    for name, width, height in images:
+        Image.fromarray(np.full((height, width, 3), 120, np.uint8)).save(folder / name)
+        project.add_image(name, width, height, "h")
+    return project
+
+
+def test_an_image_too_narrow_for_the_model_is_skipped_in_one_line_and_the_rest_are_proposed(
+        tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    # a 1x5000 image passed 'new' before its sides were checked; resized to the model's input, its
+    # short side was 0 pixels and propose stopped there with a traceback
+    with _project_over(tmp_path, [("a.png", 64, 48), ("strip.png", 5000, 1), ("b.png", 64, 48)]) as project:
+        code = main.main(["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0",
+                          "--device", "cpu"])
+        out, err = capsys.readouterr()
+        assert code == 0
+        assert err.splitlines() == [(f"warning: {project.image_path(project.image(2))}: image is 5000x1 pixels, its "
+                                     "sides in a ratio over 100:1, too narrow for the model; skipped")]
+        assert "on 2 images" in out
+        assert project.instances(1) and project.instances(3) and not project.instances(2)
+        assert project.image(2).state == ReviewState.UNLABELED
+
+
+def test_an_image_replaced_by_one_of_another_size_is_skipped_in_one_line(
+        tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    with _project_over(tmp_path, [("a.png", 64, 48), ("b.png", 64, 48), ("c.png", 64, 48)]) as project:
+        Image.fromarray(np.zeros((50, 70, 3), np.uint8)).save(project.image_path(project.image(1)))
+        code = main.main(["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0",
+                          "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 0
+        assert err.splitlines() == [(f"warning: {project.image_path(project.image(1))}: the image is now 70x50, "
+                                     "the project has it as 64x48; skipped")]
+        assert not project.instances(1) and project.instances(2) and project.instances(3)
