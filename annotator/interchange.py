@@ -66,11 +66,13 @@ def _read_regular_file(path: Path, max_bytes: int) -> bytes:
         if status.st_size > max_bytes:
             raise InputError(path, f"{status.st_size:,} bytes, over the limit of {max_bytes:,} for a JSON file")
         try:
-            data = file.read(max_bytes + 1)
+            # the size it has now and one byte more, to notice growth: reading max_bytes + 1 would
+            # reserve the whole limit's memory up front for every small file
+            data = file.read(status.st_size + 1)
         except OSError as error:
             raise InputError(path, f"cannot read the file ({error.strerror})") from None
-    if len(data) > max_bytes:  # it grew while being read
-        raise InputError(path, f"over the limit of {max_bytes:,} bytes for a JSON file")
+    if len(data) > status.st_size:  # it grew while being read
+        raise InputError(path, "the file changed while it was read; try again")
     return data
 
 

@@ -137,10 +137,14 @@ class ProposalReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def images_to_propose(project: Project, unlabeled_only: bool) -> list[ImageRecord]:
+def images_to_propose(project: Project, unlabeled_only: bool, rank: int = 0, world_size: int = 1) -> list[ImageRecord]:
+    """The images not marked done (``unlabeled_only``: not labelled at all) that this process
+    proposes. Under torchrun each of the ``world_size`` processes takes every ``world_size``-th
+    image from its ``rank``, on its own GPU; they share the project file (SQLite serialises their
+    short write transactions)."""
     states = [ReviewState.UNLABELED] if unlabeled_only else [
         ReviewState.UNLABELED, ReviewState.PROPOSED, ReviewState.IN_REVIEW]
-    return list(project.iter_images(states=states))
+    return list(project.iter_images(states=states))[rank::world_size]
 
 
 def propose(project: Project, predictor: Any, images: list[ImageRecord],

@@ -63,7 +63,8 @@ def _done_project(path: Path):
 
 def test_train_command_is_a_command_line_that_main_py_train_accepts(tmp_path):
     from annotator.gui.training import TrainingRequest, train_command
-    from main import build_parser, cmd_train
+    from main import build_parser
+    from model.cli import cmd_train
 
     request = TrainingRequest("base.pth", 3, 0.2, "cpu", tmp_path / "run")
     command = train_command(request, tmp_path / "train.json", tmp_path / "images")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import ImageOps
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
@@ -17,9 +17,9 @@ CACHE_SIZE = 2000
 
 def make_thumbnail(path: Path, side: int = THUMBNAIL_SIDE) -> QImage:
     """A ``side``-bounded thumbnail, EXIF orientation applied; JPEGs decode at a reduced size."""
-    import model.images  # noqa: F401  (lifts PIL's pixel limit: we check sizes ourselves)
+    from model.images import open_image  # the allow-listed formats only, sizes checked by the header
 
-    with Image.open(path) as image:
+    with open_image(path) as image:
         image.draft("RGB", (side * 2, side * 2))  # JPEG: decode at 1/2..1/8 scale, much faster
         image = ImageOps.exif_transpose(image)
         image.thumbnail((side, side))

@@ -1,0 +1,123 @@
+"""The command lines of the project's jobs (``main.py new``, ``import``, ``export``, ``info``,
+``propose``): each calls the use case's home in ``annotator`` (the one the app calls too) and
+prints for a person. ``main.py`` declares their arguments. Bad input raises ``InputError``.
+
+Importing this module imports no torch and no Qt, so that ``main.py info`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def project_path(argument: str) -> Path:
+    """``PROJECT`` as typed, with the project suffix added when the user left it out."""
+    from annotator.store import PROJECT_SUFFIX
+
+    path = Path(argument)
+    return path if path.suffix else path.with_name(path.name + PROJECT_SUFFIX)
+
+
+def _progress(total: int, what: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=what, file=sys.stderr, disable=None, dynamic_ncols=True)
+
+
+def _advance(bar, done: int, total: int) -> None:
+    bar.total = total
+    bar.update(done - bar.n)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from annotator.image_folder import check_new_project, create_project, scan_images
+
+    path = project_path(args.project)
+    check_new_project(path)
+    with _progress(0, "img") as bar:
+        scan = scan_images(Path(args.images), args.max_pixels, progress=lambda done, total: _advance(bar, done, total))
+    if scan.unreadable:  # the command line refuses what the app would leave out with a warning
+        raise scan.unreadable[0]
+    with create_project(path, scan):
+        pass
+    print(f"created {path} with {len(scan.images)} images from {scan.folder}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from annotator.importing import import_into
+
+    done = import_into(project_path(args.project), args.source, args.images, args.max_pixels, args.duplicates)
+    for warning in done.report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if done.report.duplicates:
+        print("warning: --duplicates keep imports the skipped ones anyway", file=sys.stderr)
+    print(f"{done.report.summary()} into {done.path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from annotator.coco import export_coco
+    from annotator.store import Project
+    from model.errors import InputError
+
+    with Project.open(project_path(args.project)) as project:
+        try:
+            counts = export_coco(
+                project, args.out, only_done=args.only_done, rle=args.rle, proposals_from=args.proposals
+            )
+        except OSError as error:
+            raise InputError(args.out, f"cannot write the file ({error.strerror or error})") from None
+    print(
+        f"wrote {counts['images']} images, {counts['annotations']} annotations and "
+        f"{counts['categories']} categories to {args.out}"
+    )
+    if counts["proposals_left_out"]:
+        print(
+            f"left out {counts['proposals_left_out']} model proposal(s) nobody accepted "
+            "(--proposals MIN_SCORE writes those scoring at least MIN_SCORE)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from annotator.project_info import describe
+    from annotator.store import Project
+
+    with Project.open(project_path(args.project)) as project:
+        print("\n".join(describe(project)))
+    return 0
+
+
+def cmd_propose(args: argparse.Namespace) -> int:
+    from annotator.proposals import images_to_propose, propose
+    from annotator.store import Project
+    from model.cli import load_predictor
+    from model.devices import choose_device
+    from model.images import read_image
+    from model.training.comm import Distributed
+
+    distributed = Distributed.from_environment()  # under torchrun: this process's share of the images
+    device = choose_device(args.device, local_rank=distributed.local_rank if distributed.enabled else None)
+    with Project.open(project_path(args.project)) as project:
+        images = images_to_propose(project, args.unlabeled_only, distributed.rank, distributed.world_size)
+        predictor = load_predictor(args.weights, device, score_threshold=args.score_thresh)
+        with _progress(len(images), "img") as bar:
+            report = propose(
+                project,
+                predictor,
+                images,
+                lambda image: read_image(project.image_path(image)),
+                on_image=lambda image, count: bar.update(),
+            )
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    stopped = " (stopped early; everything proposed so far is saved)" if report.stopped else ""
+    print(
+        f"proposed {report.instances} instances on {report.images} images with "
+        f"{predictor.model_version} on {predictor.device}{stopped}"
+    )
+    return 130 if report.stopped else 0
