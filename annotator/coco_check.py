@@ -17,6 +17,7 @@ from typing import Any
 from annotator import masks
 from annotator.interchange import check_coordinates, finite_number, is_number, read_json
 from annotator.store import MAX_ID, Project
+from model.config import skeleton_to_coco
 from model.errors import InputError
 
 # Larger than any image file can be (PNG's limit); a size over it is not one to check the file against.
@@ -222,7 +223,7 @@ def _skeleton(check: Checker, category: FileCategory) -> list[tuple[int, int]]:
     ]
     count = len(category.keypoints)
     if pairs and min(min(pair) for pair in pairs) == 0 and max(max(pair) for pair in pairs) < count:
-        pairs = [(a + 1, b + 1) for a, b in pairs]
+        pairs = list(skeleton_to_coco(pairs))
         check.warn(category.where, "the skeleton counts keypoints from 0; read as COCO's numbers from 1")
     kept = [pair for pair in pairs if all(1 <= i <= count for i in pair)]
     if len(kept) != len(edges):

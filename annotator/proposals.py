@@ -17,6 +17,7 @@ import numpy as np
 
 from annotator import masks
 from annotator.store import Category, ImageRecord, Instance, Project, ReviewState, Source
+from model.config import skeleton_to_coco
 from model.errors import InputError
 from model.images import ImageReadError
 
@@ -69,7 +70,7 @@ class ProposalCategories:
                  skeleton: tuple[tuple[int, int], ...] = ()) -> None:
         self.project = project
         self.keypoint_names = tuple(keypoint_names)
-        self.skeleton = tuple((int(a) + 1, int(b) + 1) for a, b in skeleton)
+        self.skeleton = skeleton_to_coco(skeleton)
 
     @classmethod
     def of_predictor(cls, project: Project, predictor: Any) -> ProposalCategories:

@@ -18,6 +18,7 @@ from model.config import (
     COCO_PERSON_KEYPOINT_NAMES,
     COCO_PERSON_SKELETON,
     ModelConfig,
+    skeleton_from_coco,
 )
 
 # name -> the config torchvision's builder of that name makes with weights=None
@@ -40,7 +41,7 @@ ARCHITECTURES: dict[str, ModelConfig] = {
     "maskrcnn_resnet18_fpn_small": ModelConfig(
         class_names=("__background__", *synthetic.CATEGORY_NAMES),
         keypoint_names=synthetic.KEYPOINT_NAMES,
-        keypoint_skeleton=tuple((a - 1, b - 1) for a, b in synthetic.SKELETON),
+        keypoint_skeleton=skeleton_from_coco(synthetic.SKELETON),
         keypoint_flip_map=synthetic.FLIP_MAP,
         keypoint_on=True,
         backbone_depth=18,

@@ -4,6 +4,7 @@ and thresholds. Defaults are torchvision's for ``maskrcnn_resnet50_fpn``."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +36,18 @@ COCO_PERSON_SKELETON: tuple[tuple[int, int], ...] = (
     (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
     (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
 )  # fmt: skip
+
+def skeleton_from_coco(pairs: Iterable[Sequence[int]]) -> tuple[tuple[int, int], ...]:
+    """COCO's keypoint pairs (1-based, as COCO files and the project store hold them) as the
+    0-based pairs ``ModelConfig`` holds. This and ``skeleton_to_coco`` are the only places where
+    the index base changes."""
+    return tuple((int(a) - 1, int(b) - 1) for a, b in pairs)
+
+
+def skeleton_to_coco(pairs: Iterable[Sequence[int]]) -> tuple[tuple[int, int], ...]:
+    """A model's 0-based keypoint pairs as COCO files and the project store hold them (1-based)."""
+    return tuple((int(a) + 1, int(b) + 1) for a, b in pairs)
+
 
 COCO_PERSON_FLIP_MAP: tuple[tuple[str, str], ...] = (
     ("left_eye", "right_eye"), ("left_ear", "right_ear"), ("left_shoulder", "right_shoulder"),

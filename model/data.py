@@ -30,6 +30,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from model.config import skeleton_from_coco
 from model.errors import InputError
 from model.images import DEFAULT_MAX_PIXELS, header_size, read_image
 
@@ -100,7 +101,7 @@ def infer_flip_map(names: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass
-class ImageRecord:
+class CocoImage:
     """One image and its usable annotations, as read from the file."""
 
     image_id: int
@@ -121,7 +122,7 @@ class CocoData:
     path: Path
     image_root: Path
     labels: LabelSpace
-    images: list[ImageRecord]
+    images: list[CocoImage]
     raw: dict[str, Any]  # the file's content, for evaluation's ground truth
     warnings: list[str] = field(default_factory=list)
 
@@ -174,11 +175,11 @@ def _error(path: Path, where: str, problem: str) -> DatasetError:
     return DatasetError(path, f"{where}: {problem}" if where else problem)
 
 
-def _size_mismatch(path: Path, width: int, height: int, record: ImageRecord) -> DatasetError:
+def _size_mismatch(path: Path, width: int, height: int, record: CocoImage) -> DatasetError:
     return DatasetError(path, f"the image is {width}x{height} but the COCO file says {record.width}x{record.height}")
 
 
-def check_image(path: Path, record: ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+def check_image(path: Path, record: CocoImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Refuses an image file that is missing, unreadable, too large, too narrow for the model
     (``model.images.MAX_ASPECT_RATIO``) or of another size than ``record`` says, from its header
     alone (``model.images.header_size``): decoding every image before training would cost as much
@@ -209,7 +210,7 @@ def _label_space(path: Path, categories: list[dict[str, Any]]) -> LabelSpace:
                          "keypoint head predicts one set for all categories")  # fmt: skip
         if not keypoint_names:
             keypoint_names, owner = names, category["name"]
-            skeleton = tuple((int(a) - 1, int(b) - 1) for a, b in category.get("skeleton") or ())
+            skeleton = skeleton_from_coco(category.get("skeleton") or ())
     return LabelSpace(
         category_ids=tuple(int(c["id"]) for c in categories),
         class_names=("__background__", *(str(c["name"]) for c in categories)),
@@ -274,7 +275,7 @@ def load_coco(path: Path | str, image_root: Path | str) -> CocoData:
         int(c["id"]) for c in raw["categories"] if tuple(c.get("keypoints") or ()) == labels.keypoint_names
     }
 
-    records: dict[int, ImageRecord] = {}
+    records: dict[int, CocoImage] = {}
     for index, entry in enumerate(raw["images"]):
         try:
             image_id, file_name = int(entry["id"]), str(entry["file_name"])
@@ -283,7 +284,7 @@ def load_coco(path: Path | str, image_root: Path | str) -> CocoData:
             raise _error(path, f"images[{index}]", "needs 'id', 'file_name', 'width' and 'height'") from None
         if image_id in records:
             raise _error(path, f"images[{index}]", f"duplicate image id {image_id}")
-        records[image_id] = ImageRecord(
+        records[image_id] = CocoImage(
             image_id, file_name, width, height, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
             segmentations=[], keypoints=np.zeros((0, num_keypoints, 3), np.float32),
             crowd_boxes=np.zeros((0, 4), np.float32),
