@@ -28,7 +28,7 @@ def import_source(
         raise InputError(source, "no such file or folder")
     with project.transaction():
         if source.is_dir():
-            return import_labelme(project, source, max_pixels)
+            return import_labelme(project, source, max_pixels, duplicates)
         return import_coco(project, source, max_pixels, duplicates)
 
 

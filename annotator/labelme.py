@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from annotator import masks
-from annotator.interchange import ImportReport, add_image_file, check_coordinates, is_number, read_json
+from annotator.interchange import Duplicates, ImportReport, add_image_file, check_coordinates, is_number, read_json
 from annotator.store import Project, ReviewState, check_file_name
 from model.errors import InputError
 from model.images import DEFAULT_MAX_PIXELS
@@ -280,10 +280,13 @@ def _mask_of(group: _Group, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def import_labelme(project: Project, folder: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
+def import_labelme(project: Project, folder: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   duplicates: Duplicates = "skip") -> ImportReport:
     """Imports every ``*.json`` labelme file under ``folder`` (recursively); all or nothing. A FIFO,
     a device (a link to ``/dev/zero``) or a folder of that name is refused in one line unread
-    (``read_json`` reads regular files only)."""
+    (``read_json`` reads regular files only). With ``duplicates="skip"`` a shape the image holds
+    already (same category and mask) is counted in ``report.duplicates`` and not added again, so
+    importing a folder twice does not double its instances."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "not a folder of labelme JSON files")
@@ -302,6 +305,7 @@ def import_labelme(project: Project, folder: Path | str, max_pixels: int = DEFAU
                 names = new_keypoints.setdefault(group.label, [])
                 names.extend(name for name in group.points if name not in names)
 
+    add = project.add_instance_if_new if duplicates == "skip" else project.add_instance
     with project.transaction():
         categories = dict(existing)
         for name, keypoints in new_keypoints.items():
@@ -331,7 +335,9 @@ def import_labelme(project: Project, folder: Path | str, max_pixels: int = DEFAU
                 geometry: dict[str, Any] = {"polygons": group.polygons}
                 if group.mask_parts:
                     geometry = {"rle": masks.encode(_mask_of(group, image.height, image.width))}
-                project.add_instance(image.id, category.id, **geometry, keypoints=keypoints)
+                if add(image.id, category.id, **geometry, keypoints=keypoints) is None:
+                    report.duplicates += 1
+                    continue
                 report.instances += 1
             if project.instances(image.id) and image.state == ReviewState.UNLABELED:
                 project.set_review_state(image.id, ReviewState.IN_REVIEW)

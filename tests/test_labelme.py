@@ -103,6 +103,20 @@ def test_labelme_folder_imports_shapes_groups_and_keypoints(tmp_path: Path, labe
         assert len(dog.polygons) == 2  # two shapes of one group: one instance
 
 
+def test_importing_a_labelme_folder_twice_skips_what_the_images_hold_already(
+    tmp_path: Path, labelme_folder: Path
+) -> None:
+    with Project.create(tmp_path / "p.annot", labelme_folder) as project:
+        import_labelme(project, labelme_folder)
+        again = import_labelme(project, labelme_folder)
+        assert (again.instances, again.duplicates) == (0, 6)
+        assert "skipped 6 already in the project" in again.summary()
+        assert project.instance_count() == 6
+        kept = import_labelme(project, labelme_folder, duplicates="keep")
+        assert (kept.instances, kept.duplicates) == (6, 0)
+        assert project.instance_count() == 12
+
+
 def test_points_are_matched_to_an_existing_keypoint_schema_by_name(tmp_path: Path, labelme_folder: Path) -> None:
     with Project.create(tmp_path / "p.annot", labelme_folder) as project:
         person = project.add_category("person", keypoints=["tail", "ear", "nose"])
