@@ -12,8 +12,8 @@ from PIL import Image
 
 import main
 from annotator.store import Project, ReviewState, Source
-from tests.coco_writers import roboflow
-from tests.conftest import write_images, write_json
+from tests.annotator.coco_writers import roboflow
+from tests.files import write_images, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

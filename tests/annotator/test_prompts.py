@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from annotator.commands import UndoStack
-from annotator.prompts import (PromptKind, ProposalResult, detection_at, instance_at_click, proposals_for,
-                               store_result)
+from annotator.prompts import PromptKind, ProposalResult, detection_at, instance_at_click, proposals_for, store_result
 from annotator.review import Review, ViewState
 from annotator.store import Category, Project, ReviewState, Source
 

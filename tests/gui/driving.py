@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
-from PySide6.QtCore import QPoint, QPointF, QSettings, Qt, QTimer
+from PySide6.QtCore import QPoint, QPointF, Qt, QTimer
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QDialog, QMessageBox
 
 from annotator.gui.main_window import MainWindow
 from annotator.gui.proposals import ModelChoice, ModelKind
-from annotator.store import Project
 
 # Bright rectangles (x, y, w, h) on a dark background: what the tiny predictor should find.
 BLOBS = [(10, 12, 30, 20), (60, 40, 25, 30)]
@@ -102,24 +100,6 @@ class _Instances:
         self.model_version = version
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> QSettings:
-    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-
-
-@pytest.fixture
-def blob_project(tmp_path: Path) -> Path:
-    folder = tmp_path / "images"
-    write_blob_images(folder)
-    path = tmp_path / "blobs.annot"
-    with Project.create(path, folder) as project:
-        for name in sorted(p.name for p in folder.iterdir()):
-            project.add_image(name, *IMAGE_SIZE, "hash-" + name)
-        project.add_category("blob")
-        project.add_category("animal", keypoints=["head", "tail"], skeleton=[(1, 2)])
-    return path
-
-
 def make_window(qtbot, settings, predictor=None) -> MainWindow:
     predictor = predictor or BlobPredictor()
     window = MainWindow(predictor_factory=lambda choice, device: predictor, settings=settings)
@@ -129,13 +109,6 @@ def make_window(qtbot, settings, predictor=None) -> MainWindow:
     window.show()
     qtbot.waitExposed(window)
     return window
-
-
-@pytest.fixture
-def window(qtbot, settings):
-    window = make_window(qtbot, settings)
-    yield window
-    window.close()
 
 
 def open_and_wait(qtbot, window: MainWindow, path: Path) -> None:

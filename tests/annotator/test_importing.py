@@ -11,8 +11,8 @@ import pytest
 from annotator.importing import import_into, import_source
 from annotator.store import Project
 from model.errors import InputError
-from tests.coco_writers import SIZE, roboflow
-from tests.conftest import write_json
+from tests.annotator.coco_writers import SIZE, roboflow
+from tests.files import write_json
 
 
 def _labelme_folder(folder: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Training: data, losses, the loop (overfit, resume, a torchrun run), evaluation and the CLI.
+"""Training: targets and losses, the loop (overfit, resume, a torchrun run), evaluation and the CLI.
 
 Everything runs on the CPU on synthetic shapes (``model.synthetic``) at 128 pixels with the small
 architecture, so that the training tests together take a few minutes on two cores.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,17 +20,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 import main
 from model.box_ops import decode_boxes, encode_boxes
-from model.builders import config_for
-from model.data import CocoDataset, TrainingBatches, infer_flip_map, load_coco
-from model.detector import MaskRCNN
+from model.data import TrainingBatches, load_coco
 from model.evaluation import coco_evaluate
 from model.keypoint_head import heatmaps_to_keypoints, keypoints_to_heatmap
 from model.roi_heads import mask_targets
-from model.rpn import label_anchors
 from model.synthetic import generate
 from model.training.checkpoint import latest_checkpoint, load_checkpoint
 from model.training.events import EventLog
@@ -39,149 +35,9 @@ from model.training.options import TrainOptions
 from model.training.setup import build_training_model
 from model.weights.formats import save_weights
 from model.weights.transfer import load_transferred
-from tests.conftest import write_images, write_json
+from tests.model.small import events_of, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-# the small architecture at the tests' image size
-TINY = {"min_size": 128, "max_size": 128}
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four 128 x 128 synthetic images with masks and keypoints: ``annotations.json`` + ``images/``."""
-    return generate(tmp_path_factory.mktemp("shapes"), 4, seed=3, size=(128, 128), min_shapes=2, max_shapes=3)
-
-
-def tiny_model(seed: int = 0, **changes) -> MaskRCNN:
-    torch.manual_seed(seed)
-    return MaskRCNN(config_for("maskrcnn_resnet18_fpn_small", trainable_backbone_layers=5, **TINY, **changes))
-
-
-def events_of(stream: io.StringIO | str) -> list[dict]:
-    text = stream.getvalue() if isinstance(stream, io.StringIO) else stream
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def square_coco(tmp_path: Path, annotations: list[dict], keypoints: list[str] | None = None, images: int = 2) -> Path:
-    names = write_images(tmp_path / "images", [(40, 30)] * images)
-    categories = [{"id": 7, "name": "thing"}, {"id": 3, "name": "other"}]
-    if keypoints:
-        for category in categories:
-            category["keypoints"] = keypoints
-            category["skeleton"] = [[1, 2]]
-    return write_json(tmp_path / "coco.json", {
-        "images": [{"id": i + 1, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(names)],
-        "annotations": annotations,
-        "categories": categories,
-    })
-
-
-# -- data ----------------------------------------------------------------------------------------
-
-
-def test_dataset_reads_polygons_and_both_kinds_of_rle_with_contiguous_labels(tmp_path):
-    square = np.zeros((30, 40), np.uint8)
-    square[5:15, 10:30] = 1
-    compressed = mask_utils.encode(np.asfortranarray(square))
-    runs, value, count = [], 0, 0
-    for pixel in square.flatten(order="F"):
-        if pixel != value:
-            runs.append(count)
-            value, count = pixel, 0
-        count += 1
-    runs.append(count)
-    coco = square_coco(tmp_path, [
-        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
-         "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},
-        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10],
-         "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode()}},
-        {"id": 3, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
-         "segmentation": {"size": [30, 40], "counts": runs}},
-    ])  # fmt: skip
-    data = load_coco(coco, tmp_path / "images")
-    assert data.labels.class_names == ("__background__", "other", "thing")  # categories in id order
-    _, target = CocoDataset(data)[0]
-    assert target["labels"].tolist() == [2, 1, 2]
-    assert target["boxes"].tolist() == [[10, 5, 30, 15]] * 3
-    for mask in target["masks"]:
-        assert np.array_equal(mask.numpy(), square)
-
-
-def test_images_without_annotations_stay_as_negatives(tmp_path):
-    coco = square_coco(tmp_path, [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}], images=3)
-    dataset = CocoDataset(load_coco(coco, tmp_path / "images"))
-    assert len(dataset) == 3
-    image, target = dataset[2]
-    assert image.shape == (3, 30, 40)
-    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 30, 40)
-
-
-def test_crowd_regions_are_not_ground_truth_but_crowd_boxes(tmp_path):
-    coco = square_coco(tmp_path, [
-        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
-        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [20, 10, 15, 12], "iscrowd": 1},
-    ])  # fmt: skip
-    _, target = CocoDataset(load_coco(coco, tmp_path / "images"))[0]
-    assert target["boxes"].tolist() == [[1, 1, 6, 6]]
-    assert target["crowd_boxes"].tolist() == [[20, 10, 35, 22]]
-
-
-def test_crowd_regions_keep_anchors_out_of_the_negatives():
-    anchors = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [52, 52, 58, 58], [100, 100, 110, 110]])
-    gt = torch.tensor([[0.0, 0, 10, 10]])
-    crowd = torch.tensor([[45.0, 45, 65, 65]])
-    labels, _ = label_anchors(anchors, [gt], [crowd], 0.7, 0.3, 256, 0.5)
-    assert labels[0].tolist() == [1, -1, -1, 0]
-
-
-def test_degenerate_boxes_are_dropped_with_one_warning_naming_them(tmp_path):
-    coco = square_coco(tmp_path, [
-        {"id": 11, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
-        {"id": 12, "image_id": 1, "category_id": 7, "bbox": [3, 3, 0, 5]},
-        {"id": 13, "image_id": 2, "category_id": 3, "bbox": [3, 3, 4, 0.2]},
-        {"id": 14, "image_id": 2, "category_id": 3, "bbox": [45, 3, 4, 4]},  # outside the image
-    ])  # fmt: skip
-    data = load_coco(coco, tmp_path / "images")
-    assert [len(record.boxes) for record in data.images] == [1, 0]
-    assert len(data.warnings) == 1
-    assert "12, 13, 14" in data.warnings[0] and "11" not in data.warnings[0].split("id ")[-1]
-
-
-def test_horizontal_flip_mirrors_pixels_masks_boxes_and_swaps_left_and_right(tmp_path):
-    coco = square_coco(tmp_path, [
-        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
-         "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
-         "keypoints": [12.5, 6.5, 2, 28.0, 14.0, 2, 20, 10, 1, 0, 0, 0]},
-    ], keypoints=["left_hand", "right_hand", "nose", "left_foot"])  # fmt: skip
-    dataset = CocoDataset(load_coco(coco, tmp_path / "images"))
-    image, target = dataset[0]
-    flipped, mirrored = dataset[(0, True)]
-    assert torch.equal(flipped, image.flip(-1))
-    assert torch.equal(mirrored["masks"], target["masks"].flip(-1))
-    assert mirrored["boxes"].tolist() == [[10, 5, 30, 15]]  # a centred box stays put
-    # x -> 40 - x, and the left hand takes the right hand's place; unlabelled keypoints stay (0, 0, 0)
-    assert mirrored["keypoints"][0].tolist() == [[12.0, 14.0, 2], [27.5, 6.5, 2], [20, 10, 1], [0, 0, 0]]
-
-
-def test_flip_map_pairs_keypoint_names_that_differ_by_left_and_right():
-    assert infer_flip_map(["nose", "left_eye", "right_eye", "l_knee", "r_knee", "left", "right"]) == (
-        ("left_eye", "right_eye"), ("l_knee", "r_knee"), ("left", "right"),
-    )  # fmt: skip
-
-
-def test_training_batches_are_a_function_of_seed_and_iteration():
-    stream = iter(TrainingBatches(10, 3, seed=5))
-    batches = [next(stream) for _ in range(7)]
-    resumed = iter(TrainingBatches(10, 3, seed=5, start_iteration=4))
-    assert [next(resumed) for _ in range(3)] == batches[4:]
-    # an epoch visits every image once; two ranks split each step's images
-    first_epoch = [i for batch in batches for i, _ in batch][:10]
-    assert sorted(first_epoch) == list(range(10))
-    ranks = [iter(TrainingBatches(10, 3, seed=5, rank=r, world_size=2)) for r in range(2)]
-    assert next(ranks[0]) + next(ranks[1]) == batches[0] + batches[1]
-
-
-# -- losses --------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_box_encoding_inverts_decoding():

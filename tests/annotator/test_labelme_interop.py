@@ -12,8 +12,7 @@ import pytest
 import main
 from annotator.labelme import import_labelme
 from annotator.store import Project
-from tests.conftest import write_images
-from tests.test_labelme import _shape, _write_labelme
+from tests.files import labelme_shape, write_images, write_labelme
 
 PATCH = np.ones((3, 5), dtype=bool)  # 3 rows, 5 columns
 
@@ -21,7 +20,7 @@ PATCH = np.ones((3, 5), dtype=bool)  # 3 rows, 5 columns
 def _one_file(tmp_path: Path, shapes: list[dict], size: tuple[int, int] = (20, 20)) -> Path:
     folder = tmp_path / "data"
     write_images(folder, [size])
-    _write_labelme(folder / "0.json", folder / "0.png", shapes, size)
+    write_labelme(folder / "0.json", folder / "0.png", shapes, size)
     return folder
 
 
@@ -34,7 +33,7 @@ def _one_file(tmp_path: Path, shapes: list[dict], size: tuple[int, int] = (20, 2
 ])  # fmt: skip
 def test_mask_shape_lands_on_the_pixels_labelme_paints(
         tmp_path: Path, points: list, top_left: tuple[int, int], extent: tuple[int, int]) -> None:
-    folder = _one_file(tmp_path, [_shape("car", points, "mask", mask=PATCH)])
+    folder = _one_file(tmp_path, [labelme_shape("car", points, "mask", mask=PATCH)])
     with Project.create(tmp_path / "p.annot", folder) as project:
         import_labelme(project, folder)
         (instance,) = project.instances(1)
@@ -45,7 +44,7 @@ def test_mask_shape_lands_on_the_pixels_labelme_paints(
 
 
 def test_mask_partly_outside_the_image_is_cut_at_its_edge(tmp_path: Path) -> None:
-    folder = _one_file(tmp_path, [_shape("car", [[17.6, 17.6], [21.6, 19.6]], "mask", mask=PATCH)])
+    folder = _one_file(tmp_path, [labelme_shape("car", [[17.6, 17.6], [21.6, 19.6]], "mask", mask=PATCH)])
     with Project.create(tmp_path / "p.annot", folder) as project:
         import_labelme(project, folder)
         (instance,) = project.instances(1)
@@ -54,9 +53,9 @@ def test_mask_partly_outside_the_image_is_cut_at_its_edge(tmp_path: Path) -> Non
 
 def test_ignore_label_is_no_category_and_is_left_out_with_a_warning(tmp_path: Path) -> None:
     folder = _one_file(tmp_path, [
-        _shape("dog", [[1, 1], [9, 1], [9, 9]]),
-        _shape("__ignore__", [[10, 10], [19, 10], [19, 19]]),
-        _shape("__ignore__", [[0, 10], [5, 15]], "rectangle", group_id=4),
+        labelme_shape("dog", [[1, 1], [9, 1], [9, 9]]),
+        labelme_shape("__ignore__", [[10, 10], [19, 10], [19, 19]]),
+        labelme_shape("__ignore__", [[0, 10], [5, 15]], "rectangle", group_id=4),
     ])  # fmt: skip
     with Project.create(tmp_path / "p.annot", folder) as project:
         report = import_labelme(project, folder)
@@ -68,11 +67,11 @@ def test_ignore_label_is_no_category_and_is_left_out_with_a_warning(tmp_path: Pa
 
 def test_group_with_two_labels_becomes_one_instance_per_label_with_a_warning(tmp_path: Path) -> None:
     folder = _one_file(tmp_path, [
-        _shape("person", [[1, 1], [9, 1], [9, 9], [1, 9]], group_id=1),
-        _shape("bag", [[10, 10], [15, 10], [15, 15]], group_id=1),
-        _shape("nose", [[5, 3]], "point", group_id=1),
-        _shape("person", [[1, 12], [4, 12], [4, 15]], group_id=1),
-        _shape("bag", [[16, 1], [19, 1], [19, 4]], group_id=2),
+        labelme_shape("person", [[1, 1], [9, 1], [9, 9], [1, 9]], group_id=1),
+        labelme_shape("bag", [[10, 10], [15, 10], [15, 15]], group_id=1),
+        labelme_shape("nose", [[5, 3]], "point", group_id=1),
+        labelme_shape("person", [[1, 12], [4, 12], [4, 15]], group_id=1),
+        labelme_shape("bag", [[16, 1], [19, 1], [19, 4]], group_id=2),
     ])  # fmt: skip
     with Project.create(tmp_path / "p.annot", folder) as project:
         report = import_labelme(project, folder)
@@ -90,7 +89,7 @@ def test_group_with_two_labels_becomes_one_instance_per_label_with_a_warning(tmp
 
 def test_oriented_rectangle_is_its_four_corners(tmp_path: Path) -> None:
     corners = [[5, 1], [9, 5], [5, 9], [1, 5]]
-    folder = _one_file(tmp_path, [_shape("tile", corners, "oriented_rectangle")])
+    folder = _one_file(tmp_path, [labelme_shape("tile", corners, "oriented_rectangle")])
     with Project.create(tmp_path / "p.annot", folder) as project:
         import_labelme(project, folder)
         (instance,) = project.instances(1)
@@ -99,9 +98,9 @@ def test_oriented_rectangle_is_its_four_corners(tmp_path: Path) -> None:
 
 def test_cli_prints_the_ignore_and_group_warnings_and_imports_the_rest(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    folder = _one_file(tmp_path, [_shape("__ignore__", [[1, 1], [9, 1], [9, 9]]),
-                                  _shape("a", [[1, 1], [9, 1], [9, 9]], group_id=3),
-                                  _shape("b", [[1, 1], [9, 1], [9, 9]], group_id=3)])
+    folder = _one_file(tmp_path, [labelme_shape("__ignore__", [[1, 1], [9, 1], [9, 9]]),
+                                  labelme_shape("a", [[1, 1], [9, 1], [9, 9]], group_id=3),
+                                  labelme_shape("b", [[1, 1], [9, 1], [9, 9]], group_id=3)])
     assert main.main(["import", str(tmp_path / "p"), str(folder)]) == 0
     out, err = capsys.readouterr()
     assert "imported 1 images, 2 categories, 2 instances" in out
@@ -117,7 +116,7 @@ def test_image_that_is_a_symlink_out_of_the_folder_is_found_through_image_path(t
     write_images(store, [(20, 20)])
     folder.mkdir()
     (folder / "0.png").symlink_to(store / "0.png")
-    _write_labelme(folder / "0.json", folder / "0.png", [_shape("cat", [[1, 1], [9, 1], [9, 9]])], (20, 20))
+    write_labelme(folder / "0.json", folder / "0.png", [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])], (20, 20))
     with Project.create(tmp_path / "p.annot", folder) as project:
         assert import_labelme(project, folder).instances == 1
         assert [image.file_name for image in project.images()] == ["0.png"]

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 
 from model import synthetic
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 K = synthetic.NUM_KEYPOINTS
 KEYPOINT_INDEX = {name: k for k, name in enumerate(synthetic.KEYPOINT_NAMES)}
 NUM_IMAGES = 24

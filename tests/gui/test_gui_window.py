@@ -18,8 +18,16 @@ from PySide6.QtWidgets import QMessageBox
 from annotator.gui.help_dialog import HelpDialog, shortcut_rows
 from annotator.gui.proposals import ModelChoice, ModelKind
 from annotator.store import Project, ReviewState, Source
-from tests.test_gui_fixtures import (BlobPredictor, answer_dialogs, blob_project, key, load_model, make_window,  # noqa: F401
-                                     open_and_wait, settings, wait_for_image, window, write_blob_images)
+from tests.gui.driving import (
+    BlobPredictor,
+    answer_dialogs,
+    key,
+    load_model,
+    make_window,
+    open_and_wait,
+    wait_for_image,
+    write_blob_images,
+)
 
 
 def test_opening_a_folder_creates_its_project_and_remembers_it(qtbot, window, tmp_path, settings):
@@ -265,7 +273,7 @@ CRASHING_SESSION = textwrap.dedent("""
 
 
 def test_reopening_after_a_crash_loses_no_edit(qtbot, blob_project, tmp_path, settings):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", CRASHING_SESSION, str(blob_project), str(tmp_path / "s.ini")],
                             cwd=repo, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(repo), "QT_QPA_PLATFORM": "offscreen"})
@@ -310,7 +318,7 @@ def test_run_app_opens_the_annotation_window_on_a_project(blob_project, tmp_path
     # In a process of its own: app.exec() in the test process would leave a second quit request
     # (the last window closing posts one) to be delivered after exec returns, which stops every
     # later event loop of the test session at once.
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     config = tmp_path / "config"  # QSettings' native store on Linux: not the user's own
     result = subprocess.run([sys.executable, "-c", RUN_APP, str(blob_project)], cwd=repo, capture_output=True,
                             text=True, timeout=120,

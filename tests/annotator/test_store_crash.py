@@ -36,7 +36,7 @@ def test_sigkill_during_edits_loses_no_acknowledged_edit(tmp_path: Path) -> None
     with Project.create(path, tmp_path) as project:
         project.add_image("a.png", 64, 48, "hash")
         project.add_category("point", keypoints=["p"])
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     acknowledged: list[int] = []
     for kill_after in (5, 40, 200):  # kill at different moments, reopening the same file each time
         child = subprocess.Popen(

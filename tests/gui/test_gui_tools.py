@@ -7,8 +7,7 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
 
 from annotator.store import Project, ReviewState, Source
-from tests.test_gui_fixtures import (BLOBS, at, blob_project, click, drag, key, load_model, open_and_wait,  # noqa: F401
-                                     settings, wait_for_image, window, zoom_4x)
+from tests.gui.driving import BLOBS, at, click, drag, key, load_model, open_and_wait, wait_for_image, zoom_4x
 
 
 def _stored(window):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,36 +14,20 @@ import pytest
 import torch
 import torchvision.models.detection as tv_detection
 
+from model.builders import config_for
 from model.weights.architecture import infer_config
 from model.weights.download import DownloadCancelled, WeightsHashError, WeightsUnavailableError, fetch
 from model.weights.formats import read_weights, save_weights
 from model.weights.legacy import upgrade_legacy_keys
 from model.weights.registry import REGISTRY, WeightsInfo
-from model.builders import config_for
 from model.weights.resolve import build_model, load_model, resolve_weights
+from tests.files import few_megabytes_published, published_like, unreachable_url
 
 
 @pytest.fixture(scope="module")
 def torchvision_state_dict() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     return tv_detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "torch" / "hub" / "checkpoints"
-
-
-def published_like(state_dict: dict[str, torch.Tensor], folder: Path, stem: str) -> tuple[Path, str]:
-    """A torch.save file named like torchvision's (``stem-<8 hex of sha256>.pth``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / "staging.pth"
-    torch.save(state_dict, staging)
-    digest = hashlib.sha256(staging.read_bytes()).hexdigest()
-    path = folder / f"{stem}-{digest[:8]}.pth"
-    staging.rename(path)
-    return path, digest
 
 
 def assert_same_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -104,14 +87,6 @@ def test_download_with_wrong_hash_leaves_nothing_in_cache(torchvision_state_dict
     assert not hub.exists() or list(hub.iterdir()) == []
 
 
-def unreachable_url(filename: str) -> str:
-    """A URL on a port nobody listens on: the connection is refused, as offline."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/models/{filename}"
-
-
 def test_offline_download_names_the_url_and_where_to_put_the_file(hub: Path) -> None:
     url = unreachable_url("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
     info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url=url, sha256_prefix="bf2d0c1e",
@@ -121,14 +96,6 @@ def test_offline_download_names_the_url_and_where_to_put_the_file(hub: Path) -> 
     assert url in str(error.value)
     assert str(hub / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth") in str(error.value)
     assert not hub.exists() or list(hub.iterdir()) == []
-
-
-def few_megabytes_published(folder: Path) -> tuple[WeightsInfo, Path]:
-    """A 4 MB weights file named like torchvision's and a registry entry whose URL is file://."""
-    source, digest = published_like({"weight": torch.randn(1 << 20)}, folder, "few_megabytes")
-    info = WeightsInfo(name="few_megabytes.TEST", architecture="maskrcnn_resnet50_fpn", url=source.as_uri(),
-                       sha256_prefix=digest[:8], categories=("__background__", "thing"))  # fmt: skip
-    return info, source
 
 
 def test_download_reports_growing_byte_counts_up_to_the_file_size_beside_the_bar(

@@ -42,7 +42,7 @@ def _png(mask: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _shape(label: str, points: list, shape_type: str, group_id: int | None = None, mask: str | None = None) -> dict:
+def labelme_shape(label: str, points: list, shape_type: str, group_id: int | None = None, mask: str | None = None) -> dict:
     return {"label": label, "points": points, "group_id": group_id, "description": "", "shape_type": shape_type,
             "flags": {}, "mask": mask}
 
@@ -53,14 +53,14 @@ def valid_file() -> dict[str, Any]:
     blob[1:5, 2:7] = True
     return {"version": "5.5.0", "flags": {}, "imagePath": "../0.png", "imageData": None,
             "imageHeight": HEIGHT, "imageWidth": WIDTH, "shapes": [
-                _shape("dog", [[2, 2], [12, 2], [12, 12], [2, 12]], "polygon"),
-                _shape("box", [[14, 2], [20, 8]], "rectangle"),
-                _shape("ball", [[30, 20], [34, 20]], "circle"),
-                _shape("blob", [[24.5, 20.5], [31.5, 25.5]], "mask", mask=_png(blob)),
-                _shape("person", [[2, 14], [12, 14], [12, 28], [2, 28]], "polygon", group_id=1),
-                _shape("nose", [[7, 16]], "point", group_id=1),
-                _shape("tile", [[20, 12], [24, 16], [20, 20], [16, 16]], "oriented_rectangle"),
-                _shape("fence", [[0, 29], [39, 29]], "line"),
+                labelme_shape("dog", [[2, 2], [12, 2], [12, 12], [2, 12]], "polygon"),
+                labelme_shape("box", [[14, 2], [20, 8]], "rectangle"),
+                labelme_shape("ball", [[30, 20], [34, 20]], "circle"),
+                labelme_shape("blob", [[24.5, 20.5], [31.5, 25.5]], "mask", mask=_png(blob)),
+                labelme_shape("person", [[2, 14], [12, 14], [12, 28], [2, 28]], "polygon", group_id=1),
+                labelme_shape("nose", [[7, 16]], "point", group_id=1),
+                labelme_shape("tile", [[20, 12], [24, 16], [20, 20], [16, 16]], "oriented_rectangle"),
+                labelme_shape("fence", [[0, 29], [39, 29]], "line"),
             ]}  # fmt: skip
 
 

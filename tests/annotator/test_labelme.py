@@ -20,33 +20,15 @@ from annotator import masks
 from annotator.labelme import import_labelme
 from annotator.store import Project
 from model.errors import InputError
-from tests.conftest import write_images
+from tests.files import labelme_shape, write_images, write_labelme
 
 try:
     import resource
 except ImportError:  # Windows
     resource = None
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 posix_only = pytest.mark.skipif(resource is None or not hasattr(os, "mkfifo"), reason="FIFOs and rlimits are POSIX")
-
-
-def _shape(label: str, points: list, shape_type: str = "polygon", group_id: int | None = None,
-           mask: np.ndarray | None = None) -> dict:
-    encoded = None
-    if mask is not None:
-        buffer = io.BytesIO()
-        Image.fromarray(mask.astype(np.uint8)).save(buffer, format="PNG")
-        encoded = base64.b64encode(buffer.getvalue()).decode("utf-8")
-    return {"label": label, "points": points, "group_id": group_id, "description": "",
-            "shape_type": shape_type, "flags": {}, "mask": encoded}
-
-
-def _write_labelme(json_path: Path, image_path: Path, shapes: list[dict], size: tuple[int, int]) -> None:
-    data = {"version": "5.5.0", "flags": {}, "shapes": shapes,
-            "imagePath": os.path.relpath(image_path, json_path.parent), "imageData": None,
-            "imageHeight": size[1], "imageWidth": size[0]}
-    json_path.write_text(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 BLOB = np.zeros((6, 8), dtype=bool)
@@ -57,20 +39,20 @@ BLOB[1:5, 2:7] = True
 def labelme_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "data"
     write_images(folder, [(80, 60), (80, 60)])
-    _write_labelme(folder / "0.json", folder / "0.png", [
-        _shape("dog", [[10, 10], [30, 10], [30, 30], [10, 30]]),
-        _shape("box", [[40, 5], [50, 15]], "rectangle"),
-        _shape("ball", [[60, 40], [65, 40]], "circle"),
-        _shape("blob", [[70, 50], [77, 55]], "mask", mask=BLOB),
-        _shape("fence", [[0, 0], [79, 0]], "line"),
+    write_labelme(folder / "0.json", folder / "0.png", [
+        labelme_shape("dog", [[10, 10], [30, 10], [30, 30], [10, 30]]),
+        labelme_shape("box", [[40, 5], [50, 15]], "rectangle"),
+        labelme_shape("ball", [[60, 40], [65, 40]], "circle"),
+        labelme_shape("blob", [[70, 50], [77, 55]], "mask", mask=BLOB),
+        labelme_shape("fence", [[0, 0], [79, 0]], "line"),
     ], (80, 60))
-    _write_labelme(folder / "1.json", folder / "1.png", [
-        _shape("person", [[5, 5], [25, 5], [25, 40], [5, 40]], group_id=1),
-        _shape("nose", [[15, 8]], "point", group_id=1),
-        _shape("tail", [[15, 38]], "point", group_id=1),
-        _shape("dog", [[40, 5], [50, 5], [50, 15]], group_id=2),
-        _shape("dog", [[60, 5], [70, 5], [70, 15]], group_id=2),
-        _shape("stray", [[1, 1]], "point"),
+    write_labelme(folder / "1.json", folder / "1.png", [
+        labelme_shape("person", [[5, 5], [25, 5], [25, 40], [5, 40]], group_id=1),
+        labelme_shape("nose", [[15, 8]], "point", group_id=1),
+        labelme_shape("tail", [[15, 38]], "point", group_id=1),
+        labelme_shape("dog", [[40, 5], [50, 5], [50, 15]], group_id=2),
+        labelme_shape("dog", [[60, 5], [70, 5], [70, 15]], group_id=2),
+        labelme_shape("stray", [[1, 1]], "point"),
     ], (80, 60))
     return folder
 
@@ -138,7 +120,7 @@ def test_labels_in_a_separate_folder_find_their_images_through_image_path(tmp_pa
     images, labels = tmp_path / "images", tmp_path / "labels"
     write_images(images, [(40, 30)])
     labels.mkdir()
-    _write_labelme(labels / "0.json", images / "0.png", [_shape("cat", [[1, 1], [9, 1], [9, 9]])], (40, 30))
+    write_labelme(labels / "0.json", images / "0.png", [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])], (40, 30))
     code = main.main(["import", str(tmp_path / "p"), str(labels), "--images", str(images)])
     assert code == 0
     with Project.open(tmp_path / "p.annot") as project:
@@ -151,7 +133,7 @@ def test_image_path_outside_the_image_root_is_refused(tmp_path: Path) -> None:
     write_images(images, [(40, 30)])
     write_images(tmp_path / "elsewhere", [(40, 30)])
     labels.mkdir()
-    _write_labelme(labels / "0.json", tmp_path / "elsewhere" / "0.png", [_shape("cat", [[1, 1], [9, 1], [9, 9]])],
+    write_labelme(labels / "0.json", tmp_path / "elsewhere" / "0.png", [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])],
                    (40, 30))
     with Project.create(tmp_path / "p.annot", images) as project:
         with pytest.raises(InputError, match="points outside the image folder"):
@@ -160,16 +142,16 @@ def test_image_path_outside_the_image_root_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("shape, message", [
-    (_shape("cat", [[1, 1], [9, 1]]), "polygon has 2 points; it needs at least 3"),
-    (_shape("cat", [[1, 1], [9, 1], [9, float("nan")]]), "contains nan"),
-    (_shape("cat", [[1, 1]], "rectangle"), "rectangle needs 2 corner points"),
-    (_shape("cat", [[1, 1], [4, 4]], "mask"), "mask shape needs its box"),
-    (_shape("cat", [[1, 1], [4, 4]], "ellipse"), "unknown shape_type 'ellipse'"),
-    (dict(_shape("", [[1, 1], [9, 1], [9, 9]])), "'label' must be a non-empty string"),
+    (labelme_shape("cat", [[1, 1], [9, 1]]), "polygon has 2 points; it needs at least 3"),
+    (labelme_shape("cat", [[1, 1], [9, 1], [9, float("nan")]]), "contains nan"),
+    (labelme_shape("cat", [[1, 1]], "rectangle"), "rectangle needs 2 corner points"),
+    (labelme_shape("cat", [[1, 1], [4, 4]], "mask"), "mask shape needs its box"),
+    (labelme_shape("cat", [[1, 1], [4, 4]], "ellipse"), "unknown shape_type 'ellipse'"),
+    (dict(labelme_shape("", [[1, 1], [9, 1], [9, 9]])), "'label' must be a non-empty string"),
 ])
 def test_bad_labelme_shapes_name_file_and_shape(tmp_path: Path, shape: dict, message: str) -> None:
     write_images(tmp_path, [(40, 30)])
-    _write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (40, 30))
+    write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (40, 30))
     with Project.create(tmp_path / "p.annot", tmp_path) as project:
         with pytest.raises(InputError) as raised:
             import_labelme(project, tmp_path)
@@ -209,8 +191,8 @@ def _one_line_error(err: str, path: Path, problem: str) -> None:
 @posix_only
 def test_circle_of_huge_radius_is_bounded_to_the_image_before_it_is_rasterised(tmp_path: Path) -> None:
     write_images(tmp_path, [(40, 30)])
-    _write_labelme(tmp_path / "0.json", tmp_path / "0.png", [_shape("sun", [[10, 10], [1e10, 10]], "circle"),
-                                                             _shape("moon", [[1e10, 10], [1e10, 15]], "circle")],
+    write_labelme(tmp_path / "0.json", tmp_path / "0.png", [labelme_shape("sun", [[10, 10], [1e10, 10]], "circle"),
+                                                             labelme_shape("moon", [[1e10, 10], [1e10, 15]], "circle")],
                    (40, 30))
     done = _run_import(tmp_path / "p", tmp_path)
     assert done.returncode == 0, done.stderr  # pycocotools crashed with SIGSEGV on the 64-gon of radius 1e10
@@ -228,7 +210,7 @@ def test_circle_of_huge_radius_is_bounded_to_the_image_before_it_is_rasterised(t
 def test_control_characters_in_image_path_are_refused_in_one_escaped_line(
         tmp_path: Path, image_path: str, shown: str, capsys: pytest.CaptureFixture) -> None:
     write_images(tmp_path, [(40, 30)])
-    data = {"version": "5.5.0", "flags": {}, "shapes": [_shape("cat", [[1, 1], [9, 1], [9, 9]])],
+    data = {"version": "5.5.0", "flags": {}, "shapes": [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])],
             "imagePath": image_path, "imageData": None, "imageHeight": 30, "imageWidth": 40}
     (tmp_path / "0.json").write_text(json.dumps(data))
     assert main.main(["import", str(tmp_path / "p"), str(tmp_path)]) == main.EXIT_BAD_INPUT
@@ -241,7 +223,7 @@ def test_label_with_a_line_break_is_refused_in_one_escaped_line(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_images(tmp_path, [(40, 30)])
     for label, shown in (("cat\ndog", r"'cat\ndog'"), ("cat\x00", r"'cat\x00'"), ("cat\u2029", r"'cat\u2029'")):
-        shapes = [_shape(label, [[1, 1], [9, 1]], "line")]  # even where it would only be named in a warning
+        shapes = [labelme_shape(label, [[1, 1], [9, 1]], "line")]  # even where it would only be named in a warning
         data = {"version": "5.5.0", "flags": {}, "shapes": shapes, "imagePath": "0.png", "imageData": None,
                 "imageHeight": 30, "imageWidth": 40}
         (tmp_path / "0.json").write_text(json.dumps(data))
@@ -259,9 +241,9 @@ def _bomb_png(width: int, height: int) -> bytes:
 def test_mask_png_larger_than_its_image_is_refused_before_it_is_decoded(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_images(tmp_path, [(40, 30)])
-    shape = _shape("blob", [[0, 0], [39, 29]], "mask")
+    shape = labelme_shape("blob", [[0, 0], [39, 29]], "mask")
     shape["mask"] = base64.b64encode(_bomb_png(20000, 20000)).decode("ascii")
-    _write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (40, 30))
+    write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (40, 30))
     assert main.main(["import", str(tmp_path / "p"), str(tmp_path)]) == main.EXIT_BAD_INPUT
     _one_line_error(capsys.readouterr().err, tmp_path / "0.json",
                     "shapes[0]: 'mask' is a 20000x20000 PNG, larger than the 40x30 image")
@@ -270,9 +252,9 @@ def test_mask_png_larger_than_its_image_is_refused_before_it_is_decoded(
 def test_declared_image_size_over_the_pixel_limit_is_refused_before_any_mask_is_decoded(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_images(tmp_path, [(40, 30)])
-    shape = _shape("blob", [[0, 0], [39, 29]], "mask")
+    shape = labelme_shape("blob", [[0, 0], [39, 29]], "mask")
     shape["mask"] = base64.b64encode(_bomb_png(20000, 20000)).decode("ascii")
-    _write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (20000, 20000))
+    write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (20000, 20000))
     assert main.main(["import", str(tmp_path / "p"), str(tmp_path), "--max-pixels", "1000000"]) == main.EXIT_BAD_INPUT
     _one_line_error(capsys.readouterr().err, tmp_path / "0.json",
                     "declares a 20000x20000 image, over the limit of 1 megapixels")
@@ -283,7 +265,7 @@ def test_declared_image_size_over_the_pixel_limit_is_refused_before_any_mask_is_
 def test_json_name_on_a_fifo_or_dev_zero_is_refused_without_reading_it(tmp_path: Path, make: str) -> None:
     folder = tmp_path / "data"
     write_images(folder, [(40, 30)])
-    _write_labelme(folder / "0.json", folder / "0.png", [_shape("cat", [[1, 1], [9, 1], [9, 9]])], (40, 30))
+    write_labelme(folder / "0.json", folder / "0.png", [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])], (40, 30))
     hostile = folder / "x.json"
     if make == "fifo":
         os.mkfifo(hostile)  # opening it for reading waits for a writer that never comes

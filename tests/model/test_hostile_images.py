@@ -17,10 +17,9 @@ from PIL import Image
 
 import main
 from model.images import MAX_ASPECT_RATIO, ImageReadError, header_size, probe_image, read_image
-from tests.conftest import write_images
-from tests.test_labelme import _shape, _write_labelme
+from tests.files import labelme_shape, write_images, write_labelme
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 posix_only = pytest.mark.skipif(os.name != "posix", reason="a shell-script gs, FIFOs and /dev/zero are POSIX")
 
 # Real PostScript, as a file named .jpg would hold it: an EPS with its bounding box, and a plain
@@ -109,7 +108,7 @@ def test_image_name_on_a_fifo_or_dev_zero_is_refused_without_reading_it(tmp_path
         os.mkfifo(hostile)  # opening it for reading waits for a writer that never comes
     else:
         hostile.symlink_to("/dev/zero")  # reading it never ends, and fills the memory
-    _write_labelme(images / "0.json", hostile, [_shape("cat", [[1, 1], [9, 1], [9, 9]])], (40, 30))
+    write_labelme(images / "0.json", hostile, [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])], (40, 30))
     done = _cli("import", str(tmp_path / "p"), str(images), timeout=30)
     assert done.returncode == main.EXIT_BAD_INPUT
     _one_line_error(done.stderr, images / "0.json", f"{hostile}: not a regular file but {kind}")

@@ -15,7 +15,6 @@ import numpy as np
 from annotator.gui.finetune_dialog import FineTuneDialog
 from annotator.gui.training import parse_event
 from annotator.store import ReviewState
-from tests.test_gui_fixtures import blob_project, settings, window  # noqa: F401
 
 FAKE_TRAIN = textwrap.dedent("""
     import json, subprocess, sys, time
@@ -169,8 +168,7 @@ def test_cancel_kills_the_training_process_tree_and_the_ui_keeps_running(qtbot, 
 
 
 def test_fine_tuning_from_the_window_starts_from_the_model_in_use(qtbot, window, blob_project):
-    from tests.test_gui_fixtures import answer_dialogs, load_model, open_and_wait
-
+    from tests.gui.driving import answer_dialogs, load_model, open_and_wait
     open_and_wait(qtbot, window, blob_project)
     load_model(qtbot, window)  # "blob.pt", as a fine-tuned run's weights would be
     offered = []

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from annotator import masks
 from annotator.coco import export_coco, import_coco
 from annotator.store import Project, ReviewState, Source
-from tests.coco_writers import average_precision
-from tests.conftest import write_images, write_json
+from tests.annotator.coco_writers import average_precision
+from tests.files import write_images, write_json
 
 SIZES = [(80, 60), (64, 48), (100, 75)]
 PERSON = {

@@ -14,7 +14,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_pa
 from model import build_model
 from model.keypoint_head import heatmaps_to_keypoints
 from model.transform import paste_masks_in_image
-from tests.reference import synthetic_images, torchvision_reference
+from tests.model.reference import synthetic_images, torchvision_reference
 
 ARCHITECTURES = ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn"]
 # small inputs and few RoIs keep float64 on two CPU cores to a few seconds per architecture

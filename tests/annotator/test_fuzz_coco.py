@@ -31,7 +31,7 @@ from pycocotools.coco import COCO
 import main
 from annotator.coco import export_coco
 from annotator.store import Project
-from tests.coco_writers import COCO_SKELETON, WRITERS
+from tests.annotator.coco_writers import COCO_SKELETON, WRITERS
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 0))
 SECONDS_PER_FILE = 5

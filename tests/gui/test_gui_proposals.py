@@ -20,9 +20,17 @@ from PySide6.QtWidgets import QApplication, QPushButton
 from annotator.gui.proposals import ModelChoice, ModelKind
 from annotator.store import ReviewState, Source
 from model.weights.registry import REGISTRY, WeightsInfo
-from tests.test_gui_fixtures import (BLOBS, BlobPredictor, answer_dialogs, blob_project, key, load_model,  # noqa: F401
-                                     make_window, open_and_wait, settings, warnings_shown, window)
-from tests.test_weights import few_megabytes_published, hub, unreachable_url  # noqa: F401
+from tests.files import few_megabytes_published, unreachable_url
+from tests.gui.driving import (
+    BLOBS,
+    BlobPredictor,
+    answer_dialogs,
+    key,
+    load_model,
+    make_window,
+    open_and_wait,
+    warnings_shown,
+)
 
 
 def _stored(window):
@@ -38,9 +46,10 @@ def test_the_real_demo_model_proposes_in_a_new_project_and_its_categories_take_t
         qtbot, settings, tmp_path):
     import shutil
 
-    from resources import DEMO_DIR as BUNDLED, bundled_model
     from annotator.gui.main_window import MainWindow
     from model.weights.resolve import load_model as load_weights
+    from resources import DEMO_DIR as BUNDLED
+    from resources import bundled_model
 
     folder = tmp_path / "shapes"
     folder.mkdir()

@@ -20,7 +20,7 @@ from annotator import masks
 from annotator.coco import export_coco, import_coco
 from annotator.store import Project, ReviewState, Source
 from model.errors import InputError
-from tests.coco_writers import (
+from tests.annotator.coco_writers import (
     COCO_KEYPOINTS,
     COCO_SKELETON,
     SIZE,
@@ -31,9 +31,9 @@ from tests.coco_writers import (
     mmpose,
     roboflow,
 )
-from tests.conftest import write_images, write_json
+from tests.files import write_images, write_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _import(tmp_path: Path, data: dict, **options: object) -> tuple[Project, Path, list[str]]:

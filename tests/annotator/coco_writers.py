@@ -26,7 +26,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from annotator import masks
-from tests.conftest import write_images
+from tests.files import write_images
 
 COCO_KEYPOINTS = [
     "nose",

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QDialog
 
 from annotator.gui.category_panel import CategoryDialog
 from annotator.store import Source
-from tests.test_gui_fixtures import answer_dialogs, blob_project, open_and_wait, settings, window  # noqa: F401
+from tests.gui.driving import answer_dialogs, open_and_wait
 
 
 def fill(name: str, keypoints: str = "", skeleton: str = "") -> Callable[[QDialog], None]:

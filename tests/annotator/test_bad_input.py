@@ -19,7 +19,7 @@ from annotator.coco import import_coco
 from annotator.interchange import read_json
 from annotator.store import MAX_ID, Project
 from model.errors import InputError
-from tests.conftest import write_images, write_json
+from tests.files import write_images, write_json
 
 VALID = {
     "images": [

@@ -16,7 +16,7 @@ from model import build_model
 from model.images import read_image
 from model.predictor import Predictor
 from model.weights.formats import save_weights
-from tests.conftest import write_images
+from tests.files import write_images
 
 
 @pytest.fixture(scope="module")
