@@ -3,6 +3,7 @@ MultiScaleRoIAlign and roi_align, measured in the same run on the same inputs.
 
     python bench/roi_align.py               # CPU, and CUDA when a GPU is present
     python bench/roi_align.py --cpu-only
+    python bench/roi_align.py --cuda-only   # bench/gpu_check.py: the GPU table alone
     python bench/roi_align.py --crossover   # CPU: our gather and separable paths, and the choice
 
 Workloads, on P2-P5 (256 channels, NCHW) of an 800x1216 image:
@@ -30,6 +31,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import ops  # noqa: E402
-from ops import _cpu, _cuda  # noqa: E402
+from ops import _cpu, _cuda, _sampling, _selfcheck, _separable  # noqa: E402
 from ops.roi_align import map_levels  # noqa: E402
 
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
@@ -94,14 +96,11 @@ class Case:
             return out + sum(f.numel() for f in features) * elem
         rois = torch.cat([torch.zeros(self.n, 1), self.boxes[0].cpu().float()], 1)
         shapes = [torch.empty(f.shape, device="meta") for f in features]
-        bases, total = [], 0
-        for f in features:
-            bases.append(total)
-            total += f.shape[0] * f.shape[2] * f.shape[3]
+        _, total = _sampling.level_bases(shapes)
         levels = map_levels(rois, SCALES)
-        geom = _cpu.level_geometry(shapes, bases, SCALES, levels, rois[:, 0].long(), torch.float32)
+        geom = _sampling.level_geometry(shapes, SCALES, levels, rois[:, 0].long(), torch.float32)
         pooled = (self.size, self.size)
-        sampling = _cpu.sampling(rois, geom, pooled, 2, False, torch.float32)
+        sampling = _sampling.sampling(rois, geom, pooled, 2, False, torch.float32)
         touched = torch.zeros(total, dtype=torch.bool)
         for _, _, table in _cpu.sample_tables(sampling, geom, pooled, 2):
             touched[table.index[table.weight != 0]] = True
@@ -156,6 +155,7 @@ def forward_fn(impl: Callable, features: list[torch.Tensor]) -> Callable[[], obj
     def run():
         with torch.no_grad():
             return impl(features)
+
     return run
 
 
@@ -169,6 +169,7 @@ def backward_fn(impls: list[Callable], features: list[torch.Tensor]) -> Callable
         for leaf in leaves:
             leaf.grad = None
         torch.autograd.backward(outs, grads, retain_graph=True)
+
     return run
 
 
@@ -180,6 +181,7 @@ def train_fn(impls: list[Callable], features: list[torch.Tensor]) -> Callable[[]
             leaf.grad = None
         outs = [impl(leaves) for impl in impls]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
     return run
 
 
@@ -211,22 +213,40 @@ def rows_for(device: str, dtype: torch.dtype, repeat: int, timer, bandwidth: flo
             _cuda.READ_NCHW_IN_PLACE = False
             row(label.replace("fwd", "fwd, NCHW read in place"), tv, in_place, case.floor_bytes(features, False))
             cl = make_features(device, dtype, channels_last=True)
-            row(label.replace("fwd", "fwd, channels-last maps"), tv, timer(forward_fn(case.ours, cl), repeat),
-                case.floor_bytes(features, False))
+            row(
+                label.replace("fwd", "fwd, channels-last maps"),
+                tv,
+                timer(forward_fn(case.ours, cl), repeat),
+                case.floor_bytes(features, False),
+            )
     tv_impls, our_impls = [train7.torchvision, train14.torchvision], [train7.ours, train14.ours]
     fwd_floor = train7.floor_bytes(features, False) + train14.floor_bytes(features, False)
     bwd_floor = train7.floor_bytes(features, True) + train14.floor_bytes(features, True)
-    row("training 512 -> 7x7 + 128 -> 14x14, fwd",
+    row(
+        "training 512 -> 7x7 + 128 -> 14x14, fwd",
         timer(forward_fn(lambda f: [i(f) for i in tv_impls], features), repeat),
-        timer(forward_fn(lambda f: [i(f) for i in our_impls], features), repeat), fwd_floor)
-    row("training, bwd", timer(backward_fn(tv_impls, features), repeat),
-        timer(backward_fn(our_impls, features), repeat), bwd_floor)
-    row("training, fwd + bwd", timer(train_fn(tv_impls, features), repeat),
-        timer(train_fn(our_impls, features), repeat), fwd_floor + bwd_floor)
+        timer(forward_fn(lambda f: [i(f) for i in our_impls], features), repeat),
+        fwd_floor,
+    )
+    row(
+        "training, bwd",
+        timer(backward_fn(tv_impls, features), repeat),
+        timer(backward_fn(our_impls, features), repeat),
+        bwd_floor,
+    )
+    row(
+        "training, fwd + bwd",
+        timer(train_fn(tv_impls, features), repeat),
+        timer(train_fn(our_impls, features), repeat),
+        fwd_floor + bwd_floor,
+    )
     targets = MaskTargets(128, 16, 28, 5, device)
     masks = targets.masks.to(dtype)
-    row("mask targets 128 -> 28x28, adaptive, fwd",
-        timer(forward_fn(targets.torchvision, masks), repeat), timer(forward_fn(targets.ours, masks), repeat))
+    row(
+        "mask targets 128 -> 28x28, adaptive, fwd",
+        timer(forward_fn(targets.torchvision, masks), repeat),
+        timer(forward_fn(targets.ours, masks), repeat),
+    )
     return rows
 
 
@@ -255,12 +275,16 @@ CROSSOVER_CASES = [
 
 
 def crossover(repeat: int) -> None:
-    """Times both CPU paths on every RoI (ops._cpu.PATH), per RoI, and says which one the cost
-    model (ops._cpu._path_costs) picks and how much slower that is than the faster of the two."""
-    print(f"\nCPU ({torch.get_num_threads()} threads): gather vs separable path, float32, "
-          f"channels-last maps, ms per 100 RoIs (median)")
-    head = f"{'C':>4} {'bins':>6} {'sampling':>8} {'box':>4} {'map':>5} {'gather':>9} {'separable':>9} " \
-           f"{'picks':>10} {'pick/best':>9}"
+    """Times both CPU paths on every RoI (ops._separable.PATH), per RoI, and says which one the cost
+    model (ops._separable.path_costs) picks and how much slower that is than the faster of the two."""
+    print(
+        f"\nCPU ({torch.get_num_threads()} threads): gather vs separable path, float32, "
+        f"channels-last maps, ms per 100 RoIs (median)"
+    )
+    head = (
+        f"{'C':>4} {'bins':>6} {'sampling':>8} {'box':>4} {'map':>5} {'gather':>9} {'separable':>9} "
+        f"{'picks':>10} {'pick/best':>9}"
+    )
     print(head)
     print("-" * len(head))
     gen = torch.Generator().manual_seed(0)
@@ -271,47 +295,60 @@ def crossover(repeat: int) -> None:
         corner = torch.rand(k, 2, generator=gen) * torch.tensor([side - box, 8.0])
         rois = torch.cat([torch.zeros(k, 1), corner, corner + box], 1)
         times = {}
+        pool = partial(ops.roi_align, x, rois, p, 1.0, sr, True)
         for path in ("gather", "separable"):
-            _cpu.PATH = path
-            times[path] = time_cpu(lambda: ops.roi_align(x, rois, p, 1.0, sr, True), repeat) / k * 100
-        _cpu.PATH = None
-        shapes = [torch.empty(x.shape, device="meta")]
-        geom = _cpu.level_geometry(shapes, [0], [1.0], None, rois[:, 0].long(), torch.float32)
-        s = _cpu.sampling(rois, geom, (p, p), sr, True, torch.float32)
-        gather_ns, separable_ns = (t.sum() for t in _cpu._path_costs(s, geom, (p, p), c, sr > 0))
+            _separable.PATH = path
+            times[path] = time_cpu(pool, repeat) / k * 100
+        _separable.PATH = None
+        geom = _sampling.level_geometry([x], [1.0], None, rois[:, 0].long(), torch.float32)
+        s = _sampling.sampling(rois, geom, (p, p), sr, True, torch.float32)
+        gather_ns, separable_ns = (t.sum() for t in _separable.path_costs(s, geom, (p, p), c, sr > 0))
         pick = "separable" if separable_ns < gather_ns else "gather"
         sampling = f"{sr}" if sr > 0 else f"adapt {grid}"
-        print(f"{c:>4} {f'{p}x{p}':>6} {sampling:>8} {box:>4} {side:>5} {times['gather']:>9.2f} "
-              f"{times['separable']:>9.2f} {pick:>10} {times[pick] / min(times.values()):>8.2f}x")
+        print(
+            f"{c:>4} {f'{p}x{p}':>6} {sampling:>8} {box:>4} {side:>5} {times['gather']:>9.2f} "
+            f"{times['separable']:>9.2f} {pick:>10} {times[pick] / min(times.values()):>8.2f}x"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu-only", action="store_true")
+    devices = parser.add_mutually_exclusive_group()
+    devices.add_argument("--cpu-only", action="store_true")
+    devices.add_argument("--cuda-only", action="store_true")
     parser.add_argument("--repeat", type=int, default=0, help="timed repeats (default: 7 CPU, 25 CUDA)")
     parser.add_argument("--crossover", action="store_true", help="only the CPU paths' crossover table")
     args = parser.parse_args()
     if args.crossover:
         crossover(args.repeat or 5)
         return
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}; features P2-P5 of "
-          f"{IMAGE[0]}x{IMAGE[1]}, {CHANNELS} channels, NCHW unless noted; sampling_ratio 2")
-    print_table(
-        f"CPU ({torch.get_num_threads()} threads), float32, wall clock median",
-        rows_for("cpu", torch.float32, args.repeat or 7, time_cpu, None), with_floor=False,
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}; features P2-P5 of "
+        f"{IMAGE[0]}x{IMAGE[1]}, {CHANNELS} channels, NCHW unless noted; sampling_ratio 2"
     )
+    if not args.cuda_only:
+        print_table(
+            f"CPU ({torch.get_num_threads()} threads), float32, wall clock median",
+            rows_for("cpu", torch.float32, args.repeat or 7, time_cpu, None),
+            with_floor=False,
+        )
     if torch.cuda.is_available() and not args.cpu_only:
         bandwidth = copy_bandwidth()
         name = torch.cuda.get_device_name()
+        # ours is whatever serves the device: the kernels only where they passed their self-check
+        ours = "NVRTC kernels" if _selfcheck.kernels_serve(torch.device("cuda")) else "portable path"
         rows = []
         for dtype in (torch.float32, torch.float16):
             rows += rows_for("cuda", dtype, args.repeat or 25, time_cuda, bandwidth)
         print_table(
-            f"CUDA ({name}; device-to-device copy {bandwidth / 1e9:.0f} GB/s), CUDA events median",
-            rows, with_floor=True,
+            f"CUDA ({name}; device-to-device copy {bandwidth / 1e9:.0f} GB/s), ours: {ours}, CUDA events median",
+            rows,
+            with_floor=True,
         )
-        print("floor = (feature bytes touched + output bytes [fwd]; output-gradient bytes + input-gradient"
-              " bytes [bwd]) / copy bandwidth")
+        print(
+            "floor = (feature bytes touched + output bytes [fwd]; output-gradient bytes + input-gradient"
+            " bytes [bwd]) / copy bandwidth"
+        )
     else:
         print("\nCUDA: no GPU here, skipped")
 

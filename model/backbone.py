@@ -23,8 +23,6 @@ _RESNET_LAYOUTS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], list[int]]
     101: (Bottleneck, [3, 4, 23, 3]),
 }
 
-FPN_STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)  # P2..P6
-
 
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine parameters: ``y = (x - mean) / sqrt(var + eps) * w + b``.

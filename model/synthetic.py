@@ -51,7 +51,6 @@ from typing import Any, Literal, TypedDict
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
 __all__ = [
     "CATEGORY_NAMES",
@@ -354,6 +353,10 @@ def _coco_annotations(
     if not instances:
         return []
     stacked = np.asfortranarray(np.stack([inst["mask"] for inst in instances], axis=-1), np.uint8)
+    # imported here: building the small architecture reads this module's names, and the GPU
+    # machine has no pycocotools (bench/gpu_check.py)
+    from pycocotools import mask as mask_utils
+
     rles = mask_utils.encode(stacked)
     areas = mask_utils.area(rles)
     boxes = mask_utils.toBbox(rles)

@@ -72,7 +72,10 @@ def compile_ptx(arch: str = "compute_80") -> bytes:
 
 
 def _maps(
-    maps: list[Tensor], scales: list[float], levels: tuple[int, int] | None, canonical_scale: int,
+    maps: list[Tensor],
+    scales: list[float],
+    levels: tuple[int, int] | None,
+    canonical_scale: int,
     canonical_level: int,
 ) -> _Maps:
     """The kernel's view of (N, C, H, W) maps of any strides."""
@@ -106,8 +109,14 @@ def _launch(name: str, device: torch.device, k: int, channels: int, args: list) 
 
 
 def forward(
-    features: list[Tensor], rois: Tensor, scales: list[float], levels: tuple[int, int] | None,
-    canonical_scale: int, canonical_level: int, pooled: tuple[int, int], sampling_ratio: int,
+    features: list[Tensor],
+    rois: Tensor,
+    scales: list[float],
+    levels: tuple[int, int] | None,
+    canonical_scale: int,
+    canonical_level: int,
+    pooled: tuple[int, int],
+    sampling_ratio: int,
     aligned: bool,
 ) -> Tensor:
     """RoIAlign over one map (``levels`` None) or FPN maps (``levels`` = first and last FPN level
@@ -130,19 +139,40 @@ def forward(
         features = [f.contiguous(memory_format=torch.channels_last) for f in features]
     rois_acc = rois.to(acc).contiguous()
     maps = _maps(features, scales, levels, canonical_scale, canonical_level)
-    _launch(f"roi_align_forward_{_SUFFIX[dtype]}", rois.device, k, c, [
-        maps, ctypes.c_void_p(rois_acc.data_ptr()), ctypes.c_int(c), ctypes.c_int(ph),
-        ctypes.c_int(pw), ctypes.c_int(sampling_ratio), ctypes.c_int(int(aligned)),
-        ctypes.c_void_p(out.data_ptr()),
-    ])
+    _launch(
+        f"roi_align_forward_{_SUFFIX[dtype]}",
+        rois.device,
+        k,
+        c,
+        [
+            maps,
+            ctypes.c_void_p(rois_acc.data_ptr()),
+            ctypes.c_int(c),
+            ctypes.c_int(ph),
+            ctypes.c_int(pw),
+            ctypes.c_int(sampling_ratio),
+            ctypes.c_int(int(aligned)),
+            ctypes.c_void_p(out.data_ptr()),
+        ],
+    )
     return out
 
 
 def backward(
-    grad: Tensor, rois: Tensor, scales: list[float], levels: tuple[int, int] | None,
-    canonical_scale: int, canonical_level: int, batch_size: int, channels: int,
-    heights: list[int], widths: list[int], channels_last: list[bool], pooled: tuple[int, int],
-    sampling_ratio: int, aligned: bool,
+    grad: Tensor,
+    rois: Tensor,
+    scales: list[float],
+    levels: tuple[int, int] | None,
+    canonical_scale: int,
+    canonical_level: int,
+    batch_size: int,
+    channels: int,
+    heights: list[int],
+    widths: list[int],
+    channels_last: list[bool],
+    pooled: tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool,
 ) -> list[Tensor]:
     """Gradients of ``forward`` for each map, in the map's memory format and ``grad``'s dtype.
 
@@ -157,8 +187,9 @@ def backward(
     if direct:
         # the accumulation buffers are the results themselves
         buffers = [
-            torch.empty((batch_size, channels, h, w), dtype=dtype, device=device,
-                        memory_format=torch.channels_last).zero_()
+            torch.empty(
+                (batch_size, channels, h, w), dtype=dtype, device=device, memory_format=torch.channels_last
+            ).zero_()
             for h, w in zip(heights, widths)
         ]
     else:
@@ -172,16 +203,25 @@ def backward(
         maps = _maps(buffers, scales, levels, canonical_scale, canonical_level)
         grad_c = grad.contiguous()
         rois_acc = rois.to(acc).contiguous()
-        _launch(f"roi_align_backward_{_SUFFIX[dtype]}", device, k, channels, [
-            maps, ctypes.c_void_p(rois_acc.data_ptr()), ctypes.c_int(channels), ctypes.c_int(ph),
-            ctypes.c_int(pw), ctypes.c_int(sampling_ratio), ctypes.c_int(int(aligned)),
-            ctypes.c_void_p(grad_c.data_ptr()),
-        ])
+        _launch(
+            f"roi_align_backward_{_SUFFIX[dtype]}",
+            device,
+            k,
+            channels,
+            [
+                maps,
+                ctypes.c_void_p(rois_acc.data_ptr()),
+                ctypes.c_int(channels),
+                ctypes.c_int(ph),
+                ctypes.c_int(pw),
+                ctypes.c_int(sampling_ratio),
+                ctypes.c_int(int(aligned)),
+                ctypes.c_void_p(grad_c.data_ptr()),
+            ],
+        )
     if direct:
         return buffers
     return [
-        torch.empty_like(
-            b, dtype=dtype, memory_format=torch.channels_last if cl else torch.contiguous_format
-        ).copy_(b)
+        torch.empty_like(b, dtype=dtype, memory_format=torch.channels_last if cl else torch.contiguous_format).copy_(b)
         for b, cl in zip(buffers, channels_last)
     ]

@@ -54,7 +54,8 @@ def _nvrtc_candidates() -> list[str]:
             d = site / sub
             if d.is_dir():
                 found += sorted(
-                    str(p) for p in d.iterdir()
+                    str(p)
+                    for p in d.iterdir()
                     if p.name.startswith(("libnvrtc.so", "nvrtc64_")) and "builtins" not in p.name
                 )
     for home in _cuda_home_dirs():
@@ -62,7 +63,8 @@ def _nvrtc_candidates() -> list[str]:
             d = home / sub
             if d.is_dir():
                 found += sorted(
-                    str(p) for p in d.iterdir()
+                    str(p)
+                    for p in d.iterdir()
                     if p.name.startswith(("libnvrtc.so", "nvrtc64_")) and "builtins" not in p.name
                 )
     found += ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
@@ -135,8 +137,9 @@ def compile_source(source: str, name: str, arch: str, options: Sequence[str] = (
         if code != _NVRTC_SUCCESS:
             raise NvrtcError(f"{what}: {lib.nvrtcGetErrorString(code).decode()}")
 
-    check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None),
-          "nvrtcCreateProgram")
+    check(
+        lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None), "nvrtcCreateProgram"
+    )
     try:
         opts = [f"--gpu-architecture={arch}", "--std=c++17"]
         opts += [f"--include-path={d}" for d in include_dirs()]
@@ -171,9 +174,7 @@ def cache_dir() -> Path:
 
 def compile_cached(source: str, name: str, arch: str, options: Sequence[str] = ()) -> bytes:
     """``compile_source`` with an on-disk cache; an unwritable cache directory is not an error."""
-    key = hashlib.sha256(
-        "\0".join([source, name, arch, *options, repr(nvrtc_version())]).encode()
-    ).hexdigest()[:24]
+    key = hashlib.sha256("\0".join([source, name, arch, *options, repr(nvrtc_version())]).encode()).hexdigest()[:24]
     path = cache_dir() / f"{Path(name).stem}-{arch}-{key}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
     try:
         return path.read_bytes()
@@ -203,9 +204,17 @@ def driver() -> ctypes.CDLL:
                 lib = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
             except OSError as e:
                 raise NvrtcUnavailable(f"CUDA driver library not found: {e}") from e
-            for fn in ("cuModuleLoadData", "cuModuleGetFunction", "cuLaunchKernel", "cuCtxGetCurrent",
-                       "cuCtxSetCurrent", "cuDevicePrimaryCtxRetain", "cuDeviceGet", "cuInit",
-                       "cuFuncSetAttribute"):
+            for fn in (
+                "cuModuleLoadData",
+                "cuModuleGetFunction",
+                "cuLaunchKernel",
+                "cuCtxGetCurrent",
+                "cuCtxSetCurrent",
+                "cuDevicePrimaryCtxRetain",
+                "cuDeviceGet",
+                "cuInit",
+                "cuFuncSetAttribute",
+            ):
                 getattr(lib, fn).restype = ctypes.c_int
             _check(lib, lib.cuInit(0), "cuInit")
             _driver_lib = lib
@@ -254,8 +263,11 @@ class Module:
         if name not in self._functions:
             lib = driver()
             fn = ctypes.c_void_p()
-            _check(lib, lib.cuModuleGetFunction(ctypes.byref(fn), self._module, name.encode()),
-                   f"cuModuleGetFunction({name})")
+            _check(
+                lib,
+                lib.cuModuleGetFunction(ctypes.byref(fn), self._module, name.encode()),
+                f"cuModuleGetFunction({name})",
+            )
             self._functions[name] = Kernel(fn)
         return self._functions[name]
 
@@ -265,8 +277,12 @@ class Kernel:
         self.handle = handle
 
     def __call__(
-        self, grid: tuple[int, int, int], block: tuple[int, int, int], args: Sequence[object],
-        stream: int, shared_bytes: int = 0,
+        self,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        args: Sequence[object],
+        stream: int,
+        shared_bytes: int = 0,
     ) -> None:
         """Launch asynchronously on ``stream`` (a ``cudaStream_t`` as int).
 
@@ -274,9 +290,11 @@ class Kernel:
         """
         lib = driver()
         params = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
-        _check(lib, lib.cuLaunchKernel(
-            self.handle, *grid, *block, shared_bytes, ctypes.c_void_p(stream), params, None
-        ), "cuLaunchKernel")
+        _check(
+            lib,
+            lib.cuLaunchKernel(self.handle, *grid, *block, shared_bytes, ctypes.c_void_p(stream), params, None),
+            "cuLaunchKernel",
+        )
 
 
 _modules: dict[tuple[int, str], Module] = {}

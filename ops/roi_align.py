@@ -8,24 +8,21 @@ Operators, in the ``maskrcnn_ops`` namespace:
 
 Each has a fake (meta) implementation for ``torch.compile``, autograd, a CUDA kernel (NVRTC,
 ``ops/roi_align.cu``), and a PyTorch implementation (``ops/_cpu.py``) that is the CPU kernel and
-serves every other device.
+serves every other device. On a CUDA device the kernels run once they have agreed with the PyTorch
+implementation there (``ops/_selfcheck.py``; ``MASKRCNN_ROI_ALIGN=cuda|portable`` forces a path).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ops import _cpu, _cuda, _nvrtc
+from ops import _cpu, _cuda, _selfcheck
+from ops._levels import level_range, map_levels
 
 __all__ = ["roi_align", "multilevel_roi_align", "map_levels"]
-
-# torchvision's LevelMapper adds this before the floor, so boxes exactly on a level boundary land
-# on the upper level despite rounding in log2.
-_LEVEL_EPS = 1e-6
 
 
 def roi_align(
@@ -95,33 +92,16 @@ def multilevel_roi_align(
             features[0], rois, float(scales[0]), ph, pw, int(sampling_ratio), bool(aligned)
         )
     return torch.ops.maskrcnn_ops.multilevel_roi_align(
-        features, rois, [float(s) for s in scales], ph, pw, int(sampling_ratio), bool(aligned),
-        int(canonical_scale), int(canonical_level),
+        features,
+        rois,
+        [float(s) for s in scales],
+        ph,
+        pw,
+        int(sampling_ratio),
+        bool(aligned),
+        int(canonical_scale),
+        int(canonical_level),
     )
-
-
-def level_range(scales: Sequence[float]) -> tuple[int, int]:
-    """FPN level numbers (k in scale 2**-k) of the first and last map, as torchvision derives them."""
-    k = -torch.log2(torch.tensor([scales[0], scales[-1]], dtype=torch.float32))
-    return int(k[0].item()), int(k[1].item())
-
-
-def map_levels(
-    rois: Tensor, scales: Sequence[float], canonical_scale: int = 224, canonical_level: int = 4
-) -> Tensor:
-    """(K,) int64 index into ``scales`` of the level each RoI pools from; -1 for a degenerate box
-    whose level is NaN (it pools zeros, as in torchvision).
-
-    Computed in float64 for float64 boxes and float32 otherwise (float16 areas overflow).
-    """
-    k_min, k_max = level_range(scales)
-    boxes = rois[:, 1:5].to(torch.float64 if rois.dtype == torch.float64 else torch.float32)
-    size = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    level = torch.floor(
-        canonical_level + torch.log2(size / canonical_scale) + torch.tensor(_LEVEL_EPS, dtype=size.dtype)
-    )
-    level = torch.clamp(level, min=k_min, max=k_max) - k_min
-    return torch.where(torch.isnan(level), -1.0, level).to(torch.int64)
 
 
 def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
@@ -162,22 +142,9 @@ def _is_channels_last(t: Tensor) -> bool:
     return _cpu._is_channels_last(t)
 
 
-_warned_fallback = False
-
-
-def _cuda_or_fallback(run_cuda, run_portable):
-    """Run the NVRTC kernel; where this machine has no NVRTC or driver library, warn once and use
-    the PyTorch implementation. A kernel that fails to compile raises."""
-    global _warned_fallback
-    try:
-        return run_cuda()
-    except _nvrtc.NvrtcUnavailable as e:
-        if not _warned_fallback:
-            warnings.warn(
-                f"ops: CUDA RoIAlign kernels unavailable ({e}); using the PyTorch path", stacklevel=3
-            )
-            _warned_fallback = True
-        return run_portable()
+def _kernel_or_portable(device: torch.device, run_kernel, run_portable):
+    """The NVRTC kernels where they serve ``device`` (``ops/_selfcheck.py``), else the PyTorch path."""
+    return run_kernel() if _selfcheck.kernels_serve(device) else run_portable()
 
 
 # --- maskrcnn_ops::roi_align -------------------------------------------------------------------
@@ -185,13 +152,16 @@ def _cuda_or_fallback(run_cuda, run_portable):
 
 @torch.library.custom_op("maskrcnn_ops::roi_align", mutates_args=())
 def _roi_align(
-    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
-    sampling_ratio: int, aligned: bool,
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
 ) -> Tensor:
     _check(input, rois, pooled_height, pooled_width)
-    return _cpu.forward(
-        [input], rois, [spatial_scale], None, (pooled_height, pooled_width), sampling_ratio, aligned
-    )
+    return _cpu.forward([input], rois, [spatial_scale], None, (pooled_height, pooled_width), sampling_ratio, aligned)
 
 
 @_roi_align.register_fake
@@ -201,10 +171,11 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, a
 
 
 @_roi_align.register_kernel("cuda")
-def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+def _roi_align_cuda(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     _check(input, rois, pooled_height, pooled_width)
     args = ((pooled_height, pooled_width), sampling_ratio, aligned)
-    return _cuda_or_fallback(
+    return _kernel_or_portable(
+        input.device,
         lambda: _cuda.forward([input], rois, [spatial_scale], None, 224, 4, *args),
         lambda: _cpu.forward([input], rois, [spatial_scale], None, *args),
     )
@@ -212,32 +183,73 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, a
 
 @torch.library.custom_op("maskrcnn_ops::roi_align_backward", mutates_args=())
 def _roi_align_backward(
-    grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
-    sampling_ratio: int, aligned: bool, batch_size: int, channels: int, height: int, width: int,
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
     channels_last: bool,
 ) -> Tensor:
     like = _shape_like(grad, batch_size, channels, height, width, channels_last)
     return _cpu.backward(
-        grad, [like], rois, [spatial_scale], None, (pooled_height, pooled_width), sampling_ratio,
+        grad,
+        [like],
+        rois,
+        [spatial_scale],
+        None,
+        (pooled_height, pooled_width),
+        sampling_ratio,
         aligned,
     )[0]
 
 
 @_roi_align_backward.register_fake
-def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-      batch_size, channels, height, width, channels_last):
+def _(
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    batch_size,
+    channels,
+    height,
+    width,
+    channels_last,
+):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return grad.new_empty((batch_size, channels, height, width)).contiguous(memory_format=fmt)
 
 
 @_roi_align_backward.register_kernel("cuda")
-def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-      batch_size, channels, height, width, channels_last):
+def _roi_align_backward_cuda(
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    batch_size,
+    channels,
+    height,
+    width,
+    channels_last,
+):
     args = ((pooled_height, pooled_width), sampling_ratio, aligned)
     like = _shape_like(grad, batch_size, channels, height, width, channels_last)
-    return _cuda_or_fallback(
-        lambda: _cuda.backward(grad, rois, [spatial_scale], None, 224, 4, batch_size, channels,
-                               [height], [width], [channels_last], *args)[0],
+    return _kernel_or_portable(
+        grad.device,
+        lambda: _cuda.backward(
+            grad, rois, [spatial_scale], None, 224, 4, batch_size, channels, [height], [width], [channels_last], *args
+        )[0],
         lambda: _cpu.backward(grad, [like], rois, [spatial_scale], None, *args)[0],
     )
 
@@ -245,9 +257,7 @@ def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, al
 def _shape_like(grad: Tensor, n: int, c: int, h: int, w: int, channels_last: bool) -> Tensor:
     """A meta tensor (no storage) carrying a map's shape, dtype and memory format."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((n, c, h, w), dtype=grad.dtype, device="meta").contiguous(
-        memory_format=fmt
-    )
+    return torch.empty((n, c, h, w), dtype=grad.dtype, device="meta").contiguous(memory_format=fmt)
 
 
 def _roi_align_setup(ctx, inputs, output):
@@ -261,19 +271,15 @@ def _roi_align_setup(ctx, inputs, output):
 def _roi_align_grad(ctx, grad):
     (rois,) = ctx.saved_tensors
     n, c, h, w = ctx.input_shape
-    grad_input = torch.ops.maskrcnn_ops.roi_align_backward(
-        grad, rois, *ctx.args, n, c, h, w, ctx.channels_last
-    )
+    grad_input = torch.ops.maskrcnn_ops.roi_align_backward(grad, rois, *ctx.args, n, c, h, w, ctx.channels_last)
     return grad_input, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "maskrcnn_ops::roi_align", _roi_align_grad, setup_context=_roi_align_setup
-)
+torch.library.register_autograd("maskrcnn_ops::roi_align", _roi_align_grad, setup_context=_roi_align_setup)
 
 
 def _roi_align_backward_setup(ctx, inputs, output):
-    grad, rois, spatial_scale, ph, pw, sampling_ratio, aligned = inputs[:7]
+    _, rois, spatial_scale, ph, pw, sampling_ratio, aligned = inputs[:7]
     ctx.save_for_backward(rois)
     ctx.args = (spatial_scale, ph, pw, sampling_ratio, aligned)
 
@@ -286,7 +292,8 @@ def _roi_align_backward_grad(ctx, grad_grad_input):
 
 
 torch.library.register_autograd(
-    "maskrcnn_ops::roi_align_backward", _roi_align_backward_grad,
+    "maskrcnn_ops::roi_align_backward",
+    _roi_align_backward_grad,
     setup_context=_roi_align_backward_setup,
 )
 
@@ -296,34 +303,37 @@ torch.library.register_autograd(
 
 @torch.library.custom_op("maskrcnn_ops::multilevel_roi_align", mutates_args=())
 def _multilevel_roi_align(
-    features: list[Tensor], rois: Tensor, scales: list[float], pooled_height: int,
-    pooled_width: int, sampling_ratio: int, aligned: bool, canonical_scale: int,
+    features: list[Tensor],
+    rois: Tensor,
+    scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_scale: int,
     canonical_level: int,
 ) -> Tensor:
     _check_levels(features, rois, scales, pooled_height, pooled_width)
     levels = map_levels(rois, scales, canonical_scale, canonical_level)
-    return _cpu.forward(
-        features, rois, scales, levels, (pooled_height, pooled_width), sampling_ratio, aligned
-    )
+    return _cpu.forward(features, rois, scales, levels, (pooled_height, pooled_width), sampling_ratio, aligned)
 
 
 @_multilevel_roi_align.register_fake
-def _(features, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned,
-      canonical_scale, canonical_level):
+def _(features, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned, canonical_scale, canonical_level):
     _check_levels(features, rois, scales, pooled_height, pooled_width)
     return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
 
 
 @_multilevel_roi_align.register_kernel("cuda")
-def _(features, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned,
-      canonical_scale, canonical_level):
+def _multilevel_roi_align_cuda(
+    features, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned, canonical_scale, canonical_level
+):
     _check_levels(features, rois, scales, pooled_height, pooled_width)
     args = ((pooled_height, pooled_width), sampling_ratio, aligned)
-    return _cuda_or_fallback(
-        lambda: _cuda.forward(features, rois, scales, level_range(scales), canonical_scale,
-                              canonical_level, *args),
-        lambda: _cpu.forward(features, rois, scales,
-                             map_levels(rois, scales, canonical_scale, canonical_level), *args),
+    return _kernel_or_portable(
+        rois.device,
+        lambda: _cuda.forward(features, rois, scales, level_range(scales), canonical_scale, canonical_level, *args),
+        lambda: _cpu.forward(features, rois, scales, map_levels(rois, scales, canonical_scale, canonical_level), *args),
     )
 
 
@@ -337,24 +347,43 @@ def _check_levels(features, rois, scales, pooled_height, pooled_width) -> None:
 
 @torch.library.custom_op("maskrcnn_ops::multilevel_roi_align_backward", mutates_args=())
 def _multilevel_roi_align_backward(
-    grad: Tensor, rois: Tensor, scales: list[float], pooled_height: int, pooled_width: int,
-    sampling_ratio: int, aligned: bool, canonical_scale: int, canonical_level: int,
-    batch_size: int, channels: int, heights: list[int], widths: list[int],
+    grad: Tensor,
+    rois: Tensor,
+    scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_scale: int,
+    canonical_level: int,
+    batch_size: int,
+    channels: int,
+    heights: list[int],
+    widths: list[int],
     channels_last: list[bool],
 ) -> list[Tensor]:
-    likes = [
-        _shape_like(grad, batch_size, channels, h, w, cl)
-        for h, w, cl in zip(heights, widths, channels_last)
-    ]
+    likes = [_shape_like(grad, batch_size, channels, h, w, cl) for h, w, cl in zip(heights, widths, channels_last)]
     levels = map_levels(rois, scales, canonical_scale, canonical_level)
-    return _cpu.backward(
-        grad, likes, rois, scales, levels, (pooled_height, pooled_width), sampling_ratio, aligned
-    )
+    return _cpu.backward(grad, likes, rois, scales, levels, (pooled_height, pooled_width), sampling_ratio, aligned)
 
 
 @_multilevel_roi_align_backward.register_fake
-def _(grad, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned, canonical_scale,
-      canonical_level, batch_size, channels, heights, widths, channels_last):
+def _(
+    grad,
+    rois,
+    scales,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    canonical_scale,
+    canonical_level,
+    batch_size,
+    channels,
+    heights,
+    widths,
+    channels_last,
+):
     return [
         grad.new_empty((batch_size, channels, h, w)).contiguous(
             memory_format=torch.channels_last if cl else torch.contiguous_format
@@ -364,19 +393,43 @@ def _(grad, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned, 
 
 
 @_multilevel_roi_align_backward.register_kernel("cuda")
-def _(grad, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned, canonical_scale,
-      canonical_level, batch_size, channels, heights, widths, channels_last):
+def _multilevel_roi_align_backward_cuda(
+    grad,
+    rois,
+    scales,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    canonical_scale,
+    canonical_level,
+    batch_size,
+    channels,
+    heights,
+    widths,
+    channels_last,
+):
     args = ((pooled_height, pooled_width), sampling_ratio, aligned)
-    likes = [
-        _shape_like(grad, batch_size, channels, h, w, cl)
-        for h, w, cl in zip(heights, widths, channels_last)
-    ]
-    return _cuda_or_fallback(
-        lambda: _cuda.backward(grad, rois, scales, level_range(scales), canonical_scale,
-                               canonical_level, batch_size, channels, heights, widths,
-                               channels_last, *args),
-        lambda: _cpu.backward(grad, likes, rois, scales,
-                              map_levels(rois, scales, canonical_scale, canonical_level), *args),
+    likes = [_shape_like(grad, batch_size, channels, h, w, cl) for h, w, cl in zip(heights, widths, channels_last)]
+    return _kernel_or_portable(
+        grad.device,
+        lambda: _cuda.backward(
+            grad,
+            rois,
+            scales,
+            level_range(scales),
+            canonical_scale,
+            canonical_level,
+            batch_size,
+            channels,
+            heights,
+            widths,
+            channels_last,
+            *args,
+        ),
+        lambda: _cpu.backward(
+            grad, likes, rois, scales, map_levels(rois, scales, canonical_scale, canonical_level), *args
+        ),
     )
 
 
@@ -393,12 +446,16 @@ def _multilevel_setup(ctx, inputs, output):
 def _multilevel_grad(ctx, grad):
     (rois,) = ctx.saved_tensors
     grads = torch.ops.maskrcnn_ops.multilevel_roi_align_backward(
-        grad, rois, *ctx.args, ctx.batch_size, ctx.channels, ctx.heights, ctx.widths,
+        grad,
+        rois,
+        *ctx.args,
+        ctx.batch_size,
+        ctx.channels,
+        ctx.heights,
+        ctx.widths,
         ctx.channels_last,
     )
     return (list(grads),) + (None,) * 8
 
 
-torch.library.register_autograd(
-    "maskrcnn_ops::multilevel_roi_align", _multilevel_grad, setup_context=_multilevel_setup
-)
+torch.library.register_autograd("maskrcnn_ops::multilevel_roi_align", _multilevel_grad, setup_context=_multilevel_setup)

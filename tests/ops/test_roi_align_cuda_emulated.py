@@ -11,15 +11,23 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-from ops import _cuda
+from ops import _cuda, _nvrtc
 from ops.roi_align import level_range
-from tests.test_roi_align import (
-    FPN_SCALES, TOL, fpn_features, image_boxes, random_rois, reference_dtype, torchvision_multiscale,
+from tests.ops.test_roi_align import (
+    FPN_SCALES,
+    TOL,
+    fpn_features,
+    image_boxes,
+    random_rois,
+    reference_dtype,
+    torchvision_multiscale,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to emulate CUDA")
@@ -84,43 +92,69 @@ void run(int gx, int gy, F f, Args... args) {
                                  int sr, int al, CONST T* o) {                               \
     run(gx, gy, name, m, r, c, ph, pw, sr, al, o);                                          \
   }
-EMULATE(roi_align_forward_f32, float, float, )
-EMULATE(roi_align_forward_f64, double, double, )
-EMULATE(roi_align_forward_f16, __half, float, )
-EMULATE(roi_align_forward_bf16, __nv_bfloat16, float, )
-EMULATE(roi_align_backward_f32, float, float, const)
-EMULATE(roi_align_backward_f64, double, double, const)
-EMULATE(roi_align_backward_f16, __half, float, const)
-EMULATE(roi_align_backward_bf16, __nv_bfloat16, float, const)
 """
 
+# kernel suffix -> (element type, accumulator type), as ROI_ALIGN_KERNELS instantiates them
+KERNEL_TYPES = {
+    "f32": ("float", "float"),
+    "f64": ("double", "double"),
+    "f16": ("__half", "float"),
+    "bf16": ("__nv_bfloat16", "float"),
+}
+KERNELS = [f"roi_align_{direction}_{suffix}" for direction in ("forward", "backward") for suffix in KERNEL_TYPES]
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory) -> ctypes.CDLL:
-    build = tmp_path_factory.mktemp("cuda_emulation")
-    (build / "shim.h").write_text(SHIM)
-    (build / "launcher.cpp").write_text(LAUNCHER)
+
+def build_emulator(folder: Path, source: str | None = None, kernels: Sequence[str] = KERNELS) -> ctypes.CDLL:
+    """The kernels of ``source`` (default: ops/roi_align.cu) compiled as C++ against the CUDA
+    emulation, one ``emulate_<kernel>(grid_x, grid_y, kernel arguments...)`` per name in
+    ``kernels``. Skips the test where g++ lacks C++20's <barrier>."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "shim.h").write_text(SHIM)
+    emulate = []
+    for name in kernels:
+        direction, suffix = name.split("_")[2:]
+        element, accumulator = KERNEL_TYPES[suffix]
+        emulate.append(f"EMULATE({name}, {element}, {accumulator}, {'const' if direction == 'backward' else ''})")
+    (folder / "launcher.cpp").write_text(LAUNCHER + "\n".join(emulate) + "\n")
     for header in ("cuda_fp16.h", "cuda_bf16.h"):
-        (build / header).write_text("")
-    result = subprocess.run(
-        ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-include", str(build / "shim.h"),
-         "-I", str(build), "-I", str(_cuda.SOURCE_PATH.parent), str(build / "launcher.cpp"),
-         "-o", str(build / "emulator.so"), "-lpthread"],
-        capture_output=True, text=True,
-    )
+        (folder / header).write_text("")
+    if source is not None:
+        (folder / "roi_align.cu").write_text(source)
+    flags = "-std=c++20 -O1 -shared -fPIC".split()
+    includes = ["-include", str(folder / "shim.h"), "-I", str(folder), "-I", str(_cuda.SOURCE_PATH.parent)]
+    output = ["-o", str(folder / "emulator.so"), "-lpthread"]
+    command = ["g++", *flags, *includes, str(folder / "launcher.cpp"), *output]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         if "barrier" in result.stderr and "No such file" in result.stderr:
             pytest.skip("g++ without C++20 <barrier>")
         pytest.fail(f"roi_align.cu does not compile as emulated C++:\n{result.stderr}")
-    return ctypes.CDLL(str(build / "emulator.so"))
+    return ctypes.CDLL(str(folder / "emulator.so"))
+
+
+def emulated_launcher(emulator: ctypes.CDLL) -> Callable[..., None]:
+    """A stand-in for ``ops._cuda._launch`` that runs the kernel in ``emulator`` on the CPU."""
+
+    def launch(name, device, k, channels, args):
+        try:
+            kernel = getattr(emulator, f"emulate_{name}")
+        except AttributeError:  # as the driver answers for a kernel the module lacks
+            raise _nvrtc.NvrtcError(
+                f"cuModuleGetFunction({name}) failed: CUDA error 500 (named symbol not found)"
+            ) from None
+        kernel(ctypes.c_int(k), ctypes.c_int((channels + 31) // 32), *args)
+
+    return launch
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> ctypes.CDLL:
+    return build_emulator(tmp_path_factory.mktemp("cuda_emulation"))
 
 
 @pytest.fixture
 def emulated_launch(emulator, monkeypatch):
-    def launch(name, device, k, channels, args):
-        getattr(emulator, f"emulate_{name}")(ctypes.c_int(k), ctypes.c_int((channels + 31) // 32), *args)
-
-    monkeypatch.setattr(_cuda, "_launch", launch)
+    monkeypatch.setattr(_cuda, "_launch", emulated_launcher(emulator))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
@@ -142,8 +176,9 @@ def test_emulated_kernels_match_torchvision(emulated_launch, dtype, aligned, sam
     ref = tv_roi_align(ref_in, rois.to(ref_dtype), (3, 4), 0.6, sampling_ratio, aligned)
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(dtype)
     ref.backward(grad.to(ref_dtype))
-    (grad_in,) = _cuda.backward(grad, rois, [0.6], None, 224, 4, 2, channels, [12], [15], [channels_last],
-                                (3, 4), sampling_ratio, aligned)
+    (grad_in,) = _cuda.backward(
+        grad, rois, [0.6], None, 224, 4, 2, channels, [12], [15], [channels_last], (3, 4), sampling_ratio, aligned
+    )
 
     torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
     torch.testing.assert_close(grad_in.to(ref_dtype), ref_in.grad, **TOL[dtype])
@@ -187,8 +222,9 @@ def test_emulated_multilevel_kernel_matches_multiscale_roi_align(emulated_launch
     base = fpn_features(gen, 3, 33, h, w, torch.float64)
     boxes = [image_boxes(gen, 14, h, w), torch.zeros(0, 4, dtype=torch.float64), image_boxes(gen, 10, h, w)]
     boxes[0][0] = torch.tensor([30.0, 30, 20, 40])  # x2 < x1: a NaN level, pools zeros
-    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i), dtype=torch.float64), b], 1)
-                      for i, b in enumerate(boxes)]).to(dtype)
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i), dtype=torch.float64), b], 1) for i, b in enumerate(boxes)]
+    ).to(dtype)
     ref_dtype = reference_dtype(dtype)
     maps = [f.to(dtype) for f in base]
     if channels_last:
@@ -199,9 +235,22 @@ def test_emulated_multilevel_kernel_matches_multiscale_roi_align(emulated_launch
     ref = torchvision_multiscale(ref_in, [b.to(dtype).to(ref_dtype) for b in boxes], 7, 2, h, w)
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(dtype)
     ref.backward(grad.to(ref_dtype))
-    grads = _cuda.backward(grad, rois, FPN_SCALES, level_range(FPN_SCALES), 224, 4, 3, 33,
-                           [m.shape[2] for m in maps], [m.shape[3] for m in maps], [channels_last] * 4,
-                           (7, 7), 2, False)
+    grads = _cuda.backward(
+        grad,
+        rois,
+        FPN_SCALES,
+        level_range(FPN_SCALES),
+        224,
+        4,
+        3,
+        33,
+        [m.shape[2] for m in maps],
+        [m.shape[3] for m in maps],
+        [channels_last] * 4,
+        (7, 7),
+        2,
+        False,
+    )
 
     torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
     for g, r in zip(grads, ref_in):

@@ -54,9 +54,7 @@ def reference_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
-@pytest.mark.parametrize(
-    ("aligned", "first_row"), [(False, [7.5, 8.0, 8.5, 9.0]), (True, [4.5, 5.0, 5.5, 6.0])]
-)
+@pytest.mark.parametrize(("aligned", "first_row"), [(False, [7.5, 8.0, 8.5, 9.0]), (True, [4.5, 5.0, 5.5, 6.0])])
 def test_arange_map_gives_hand_computed_first_row(aligned, first_row, sampling_ratio):
     # value(y, x) = 5y + x is linear, so bilinear sampling returns it exactly at each point
     x = torch.arange(25.0).view(1, 1, 5, 5)
@@ -68,7 +66,7 @@ def test_arange_map_gives_hand_computed_first_row(aligned, first_row, sampling_r
 
 @pytest.mark.parametrize("path", ["gather", "separable"])
 def test_zero_height_box_gives_zeros_and_zero_gradient(monkeypatch, path):
-    monkeypatch.setattr(ops._cpu, "PATH", path)
+    monkeypatch.setattr(ops._separable, "PATH", path)
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0.0, 1.0, 4.0, 6.0, 4.0]], dtype=torch.float64)  # y1 == y2
     out = roi_align(x, rois, 2, 1.0, -1, aligned=True)
@@ -164,11 +162,9 @@ def test_few_channels_with_large_adaptive_grids_match_torchvision(dtype, aligned
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [0, 2, -1])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_separable_path_matches_torchvision_for_every_kind_of_box(
-    monkeypatch, aligned, sampling_ratio, layout
-):
+def test_separable_path_matches_torchvision_for_every_kind_of_box(monkeypatch, aligned, sampling_ratio, layout):
     # every RoI on the separable path: zero-sized, thin, off the map and larger-than-map boxes
-    monkeypatch.setattr(ops._cpu, "PATH", "separable")
+    monkeypatch.setattr(ops._separable, "PATH", "separable")
     gen = torch.Generator().manual_seed(20 + sampling_ratio + 10 * aligned)
     x = torch.randn(2, 4, 12, 15, generator=gen, dtype=torch.float64)
     if layout == "channels_last":
@@ -188,11 +184,18 @@ def test_rois_split_between_the_two_paths_match_torchvision():
     # huge adaptive grids go separable and small boxes on a wide map go gather, in one call
     gen = torch.Generator().manual_seed(21)
     x = torch.randn(2, 64, 40, 400, generator=gen, dtype=torch.float64, requires_grad=True)
-    rois = torch.tensor([
-        [0, 2.0, 1, 390, 38], [1, -20, -5, 420, 45], [1, 100, 10, 104, 14], [0, 300, 20, 303, 22],
-        [0, 10, 2, 380, 30], [1, 50, 5, 52, 9],
-    ], dtype=torch.float64)
-    gather, separable = ops._cpu._split_paths(
+    rois = torch.tensor(
+        [
+            [0, 2.0, 1, 390, 38],
+            [1, -20, -5, 420, 45],
+            [1, 100, 10, 104, 14],
+            [0, 300, 20, 303, 22],
+            [0, 10, 2, 380, 30],
+            [1, 50, 5, 52, 9],
+        ],
+        dtype=torch.float64,
+    )
+    gather, separable = ops._separable.split_paths(
         *_sampling_of(x, rois, (5, 5), -1, False), (5, 5), 64, None, fixed_grid=False
     )
     assert gather.tolist() == [2, 3, 5] and [r.tolist() for _, r in separable] == [[0, 1, 4]]
@@ -206,11 +209,10 @@ def test_rois_split_between_the_two_paths_match_torchvision():
 
 
 def _sampling_of(x: torch.Tensor, rois: torch.Tensor, pooled, sampling_ratio: int, aligned: bool):
-    """The CPU kernel's (Sampling, LevelGeometry) for rois on a single map."""
-    dtype = ops._cpu.compute_dtype(x.dtype)
-    shapes = [torch.empty(x.shape, device="meta")]
-    geom = ops._cpu.level_geometry(shapes, [0], [1.0], None, rois[:, 0].to(torch.int64), dtype)
-    return ops._cpu.sampling(rois, geom, pooled, sampling_ratio, aligned, dtype), geom
+    """The PyTorch path's (Sampling, LevelGeometry) for rois on a single map."""
+    dtype = ops._sampling.compute_dtype(x.dtype)
+    geom = ops._sampling.level_geometry([x], [1.0], None, rois[:, 0].to(torch.int64), dtype)
+    return ops._sampling.sampling(rois, geom, pooled, sampling_ratio, aligned, dtype), geom
 
 
 def test_mask_targets_take_the_separable_path_and_fpn_pooling_the_gather_path():
@@ -218,13 +220,13 @@ def test_mask_targets_take_the_separable_path_and_fpn_pooling_the_gather_path():
     gen = torch.Generator().manual_seed(22)
     masks = torch.zeros(4, 1, 480, 640)
     boxes = mask_like_rois(gen, 4, 480, 640)
-    _, separable = ops._cpu._split_paths(
+    _, separable = ops._separable.split_paths(
         *_sampling_of(masks, boxes, (28, 28), -1, False), (28, 28), 1, None, fixed_grid=False
     )
     assert [r.tolist() for _, r in separable] == [list(range(12))]
     p2 = torch.zeros(1, 256, 200, 304)
     boxes = torch.cat([torch.zeros(100, 1), image_boxes(gen, 100, 800, 1216) / 4], 1)
-    gather, separable = ops._cpu._split_paths(
+    gather, separable = ops._separable.split_paths(
         *_sampling_of(p2, boxes, (7, 7), 2, False), (7, 7), 256, None, fixed_grid=True
     )
     assert gather is None and separable == []
@@ -269,7 +271,7 @@ def test_non_contiguous_inputs_match_torchvision(layout):
 
 def test_pytorch_path_for_other_devices_matches_torchvision(monkeypatch):
     # the index_select / index_add_ path that serves devices without embedding_bag (e.g. MPS)
-    monkeypatch.setattr(ops._cpu, "_fused_gather", lambda device: False)
+    monkeypatch.setattr(ops._sampling, "fused_gather", lambda device: False)
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 3, 9, 10, generator=gen, dtype=torch.float64, requires_grad=True)
     rois = random_rois(gen, 2, 12, 18, 20)
@@ -288,9 +290,7 @@ def test_adaptive_sampling_of_huge_boxes_is_chunked_and_exact(monkeypatch):
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(1, 2, 30, 30, generator=gen, dtype=torch.float64)
     rois = random_rois(gen, 1, 9, 30, 30)
-    torch.testing.assert_close(
-        roi_align(x, rois, 2, 1.0, -1), tv_roi_align(x, rois, 2, 1.0, -1), **TOL[torch.float64]
-    )
+    torch.testing.assert_close(roi_align(x, rois, 2, 1.0, -1), tv_roi_align(x, rois, 2, 1.0, -1), **TOL[torch.float64])
 
 
 @pytest.mark.parametrize(("aligned", "sampling_ratio"), [(False, 2), (True, -1), (True, 3)])
@@ -308,18 +308,22 @@ def test_rows_no_roi_reads_are_never_read(monkeypatch, aligned, sampling_ratio):
     rois[:, 2:5:2] = rois[:, 2:5:2] * 0.3 + 12  # boxes in a band of rows, some off the map
     torch.testing.assert_close(
         roi_align(x, rois, 3, 1.0, sampling_ratio, aligned),
-        tv_roi_align(x, rois, 3, 1.0, sampling_ratio, aligned), **TOL[torch.float64],
+        tv_roi_align(x, rois, 3, 1.0, sampling_ratio, aligned),
+        **TOL[torch.float64],
     )
     features = fpn_features(gen, 2, 3, 128, 96, torch.float64)
     boxes = [image_boxes(gen, 6, 128, 96) * 0.3, image_boxes(gen, 3, 128, 96) * 0.2 + 60]
     ours = multilevel_roi_align(features, boxes, 4, FPN_SCALES, sampling_ratio, aligned)
     levels = initLevelMapper(2, 5)(boxes)
-    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i), dtype=torch.float64), b], 1)
-                      for i, b in enumerate(boxes)])
-    ref = torch.stack([
-        tv_roi_align(features[lv], rois[i : i + 1], 4, FPN_SCALES[lv], sampling_ratio, aligned)[0]
-        for i, lv in enumerate(levels.tolist())
-    ])
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i), dtype=torch.float64), b], 1) for i, b in enumerate(boxes)]
+    )
+    ref = torch.stack(
+        [
+            tv_roi_align(features[lv], rois[i : i + 1], 4, FPN_SCALES[lv], sampling_ratio, aligned)[0]
+            for i, lv in enumerate(levels.tolist())
+        ]
+    )
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours, ref, **TOL[torch.float64])
 
@@ -350,7 +354,7 @@ def test_gradcheck_in_float64(aligned, sampling_ratio):
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 3])
 def test_separable_path_gradcheck_in_float64(monkeypatch, aligned, sampling_ratio):
-    monkeypatch.setattr(ops._cpu, "PATH", "separable")
+    monkeypatch.setattr(ops._separable, "PATH", "separable")
     gen = torch.Generator().manual_seed(23)
     x = torch.randn(1, 1, 8, 10, generator=gen, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor(  # inside, partly off and larger than the map, zero height
@@ -434,13 +438,16 @@ def test_multilevel_aligned_pools_each_box_on_its_torchvision_level():
     h, w = 128, 128
     features = fpn_features(gen, 2, 3, h, w, torch.float64)
     boxes = [image_boxes(gen, 30, h, w), image_boxes(gen, 10, h, w)]
-    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i), dtype=torch.float64), b], 1)
-                      for i, b in enumerate(boxes)])
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i), dtype=torch.float64), b], 1) for i, b in enumerate(boxes)]
+    )
     levels = initLevelMapper(2, 5)(boxes)
-    ref = torch.stack([
-        tv_roi_align(features[lv], rois[i : i + 1], 3, FPN_SCALES[lv], 2, aligned=True)[0]
-        for i, lv in enumerate(levels.tolist())
-    ])
+    ref = torch.stack(
+        [
+            tv_roi_align(features[lv], rois[i : i + 1], 3, FPN_SCALES[lv], 2, aligned=True)[0]
+            for i, lv in enumerate(levels.tolist())
+        ]
+    )
     ours = multilevel_roi_align(features, boxes, 3, FPN_SCALES, 2, aligned=True)
     torch.testing.assert_close(ours, ref, **TOL[torch.float64])
 
@@ -471,8 +478,10 @@ def test_multilevel_degenerate_box_pools_zeros_like_torchvision():
 def test_multilevel_gradcheck_in_float64():
     gen = torch.Generator().manual_seed(11)
     features = [f.requires_grad_() for f in fpn_features(gen, 2, 1, 32, 32, torch.float64)[:3]]
-    boxes = [torch.tensor([[1.0, 2, 9, 7], [0, 0, 31, 31]], dtype=torch.float64),
-             torch.tensor([[4.0, 4, 20, 28]], dtype=torch.float64)]
+    boxes = [
+        torch.tensor([[1.0, 2, 9, 7], [0, 0, 31, 31]], dtype=torch.float64),
+        torch.tensor([[4.0, 4, 20, 28]], dtype=torch.float64),
+    ]
     fn = lambda *f: multilevel_roi_align(list(f), boxes, 2, FPN_SCALES[:3], canonical_scale=16)  # noqa: E731
     assert torch.autograd.gradcheck(fn, tuple(features))
 
@@ -504,9 +513,7 @@ def test_multilevel_single_level_is_roi_align():
     gen = torch.Generator().manual_seed(13)
     x = torch.randn(1, 2, 16, 16, generator=gen)
     boxes = [image_boxes(gen, 8, 64, 64).float()]
-    torch.testing.assert_close(
-        multilevel_roi_align([x], boxes, 3, [0.25]), roi_align(x, boxes, 3, 0.25, 2)
-    )
+    torch.testing.assert_close(multilevel_roi_align([x], boxes, 3, [0.25]), roi_align(x, boxes, 3, 0.25, 2))
 
 
 # --- operator registration -------------------------------------------------------------------
@@ -530,8 +537,22 @@ def test_opcheck_passes_for_all_operators():
     grad = torch.randn(6, 2, 2, 2, generator=gen, dtype=torch.float64)
     torch.library.opcheck(
         torch.ops.maskrcnn_ops.multilevel_roi_align_backward.default,
-        (grad, rois, FPN_SCALES, 2, 2, 2, False, 224, 4, 1, 2, [16, 8, 4, 2], [16, 8, 4, 2],
-         [False, True, False, False]),
+        (
+            grad,
+            rois,
+            FPN_SCALES,
+            2,
+            2,
+            2,
+            False,
+            224,
+            4,
+            1,
+            2,
+            [16, 8, 4, 2],
+            [16, 8, 4, 2],
+            [False, True, False, False],
+        ),
     )
 
 

@@ -1,15 +1,25 @@
 """RoIAlign CUDA kernels (NVRTC): parity with torchvision on the GPU, one launch for all FPN
-levels, no host synchronisation, CUDA-graph capture. Skipped without a CUDA GPU."""
+levels, no host synchronisation, CUDA-graph capture, their self-check against the portable path,
+and the portable path itself on CUDA tensors. Skipped without a CUDA GPU."""
 
 from __future__ import annotations
+
+import time
+import warnings
 
 import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-from ops import multilevel_roi_align, roi_align
-from tests.test_roi_align import (
-    FPN_SCALES, TOL, fpn_features, image_boxes, random_rois, reference_dtype, torchvision_multiscale,
+from ops import _selfcheck, multilevel_roi_align, roi_align
+from tests.ops.test_roi_align import (
+    FPN_SCALES,
+    TOL,
+    fpn_features,
+    image_boxes,
+    random_rois,
+    reference_dtype,
+    torchvision_multiscale,
 )
 
 pytestmark = [
@@ -17,6 +27,13 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def kernels_forced(monkeypatch):
+    """The kernels, unchecked: a kernel that failed its self-check must fail these tests, not
+    pass them on the portable path. The tests of the check and of the portable path say so."""
+    monkeypatch.setenv(_selfcheck.ENV_VAR, "cuda")
 
 
 def cuda(t: torch.Tensor) -> torch.Tensor:
@@ -48,9 +65,7 @@ def test_cuda_forward_and_backward_match_torchvision(dtype, aligned, sampling_ra
     assert ours.is_cuda and ours.dtype == dtype and ours.is_contiguous()
     torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
     torch.testing.assert_close(ours_in.grad.to(ref_dtype), ref_in.grad, **TOL[dtype])
-    assert ours_in.grad.is_contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format
-    )
+    assert ours_in.grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def test_cuda_large_output_uses_several_bin_tiles():
@@ -75,8 +90,11 @@ def test_cuda_multilevel_matches_multiscale_roi_align(monkeypatch, dtype, channe
     gen = torch.Generator().manual_seed(2)
     h, w = 128, 160
     base = [cuda(f) for f in fpn_features(gen, 3, 33, h, w, torch.float64)]
-    boxes = [cuda(image_boxes(gen, 40, h, w)), cuda(torch.zeros(0, 4, dtype=torch.float64)),
-             cuda(image_boxes(gen, 25, h, w))]
+    boxes = [
+        cuda(image_boxes(gen, 40, h, w)),
+        cuda(torch.zeros(0, 4, dtype=torch.float64)),
+        cuda(image_boxes(gen, 25, h, w)),
+    ]
     grad = cuda(torch.randn(65, 33, 7, 7, generator=gen, dtype=torch.float64))
     ref_dtype = reference_dtype(dtype)
 
@@ -175,8 +193,9 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     index = torch.cuda.current_device()
-    module = _nvrtc.load(_cuda.source() + "\n// cache test\n", "roi_align.cu", index,
-                         torch.cuda.get_device_capability(index))
+    module = _nvrtc.load(
+        _cuda.source() + "\n// cache test\n", "roi_align.cu", index, torch.cuda.get_device_capability(index)
+    )
     assert module.function("roi_align_forward_f32") is not None
     assert list((tmp_path / "maskrcnn_ops").iterdir())
 
@@ -187,3 +206,58 @@ def test_cuda_nan_boxes_pool_zeros():
     out = roi_align(x, rois, 2, 1.0, 2, True)
     torch.testing.assert_close(out[0], tv_roi_align(x, rois[:1], 2, 1.0, 2, True)[0])
     assert torch.equal(out[1], torch.zeros_like(out[1]))
+
+
+def test_cuda_kernels_pass_their_self_check_in_well_under_a_second(monkeypatch):
+    device = torch.device("cuda", torch.cuda.current_device())
+    assert _selfcheck.check(device) is None  # compiles or loads the kernels first
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    assert _selfcheck.check(device) is None
+    assert time.perf_counter() - start < 0.5
+    monkeypatch.setattr(_selfcheck, "_kernels_pass", {})
+    monkeypatch.delenv(_selfcheck.ENV_VAR, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _selfcheck.kernels_serve(torch.device("cuda"))
+    assert _selfcheck._kernels_pass == {device: True}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_portable_path_on_cuda_tensors_matches_torchvision(monkeypatch, dtype):
+    monkeypatch.setenv(_selfcheck.ENV_VAR, "portable")
+    gen = torch.Generator().manual_seed(7)
+    ref_dtype = reference_dtype(dtype)
+    x = torch.randn(2, 40, 12, 15, generator=gen, dtype=torch.float64)
+    rois = cuda(random_rois(gen, 2, 30, 12 / 0.6, 15 / 0.6)).to(dtype)
+    ours_in = cuda(x).to(dtype).requires_grad_()
+    ours = roi_align(ours_in, rois, (3, 4), 0.6, -1, True)
+    ours.sum().backward()
+    ref_in = cuda(x).to(dtype).to(ref_dtype).requires_grad_()
+    ref = tv_roi_align(ref_in, rois.to(ref_dtype), (3, 4), 0.6, -1, True)
+    ref.sum().backward()
+    assert ours.is_cuda and ours.dtype == dtype
+    torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
+    torch.testing.assert_close(ours_in.grad.to(ref_dtype), ref_in.grad, **TOL[dtype])
+    h, w = 128, 160
+    base = [cuda(f) for f in fpn_features(gen, 2, 33, h, w, torch.float64)]
+    boxes = [cuda(image_boxes(gen, 20, h, w)), cuda(image_boxes(gen, 12, h, w))]
+    ours_in = [f.to(dtype).requires_grad_() for f in base]
+    ours = multilevel_roi_align(ours_in, [b.to(dtype) for b in boxes], 7, FPN_SCALES, 2)
+    ours.sum().backward()
+    ref_in = [f.to(dtype).to(ref_dtype).requires_grad_() for f in base]
+    ref = torchvision_multiscale(ref_in, [b.to(dtype).to(ref_dtype) for b in boxes], 7, 2, h, w)
+    ref.sum().backward()
+    torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
+    for o, r in zip(ours_in, ref_in):
+        torch.testing.assert_close(o.grad.to(ref_dtype), r.grad, **TOL[dtype])
+
+
+def test_first_use_during_graph_capture_asks_for_a_warm_up(monkeypatch):
+    monkeypatch.setattr(_selfcheck, "_kernels_pass", {})
+    monkeypatch.delenv(_selfcheck.ENV_VAR, raising=False)
+    x = cuda(torch.randn(1, 3, 8, 8))
+    rois = cuda(torch.tensor([[0.0, 1, 1, 6, 6]]))
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="run it once before capturing"), torch.cuda.graph(graph):
+        roi_align(x, rois, 2)
