@@ -11,8 +11,8 @@ record holds RLE strings, a few kilobytes each.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -229,19 +229,40 @@ class UndoStack:
         self.push(Command(f"Split into {len(parts)} parts", before.image_id, changes))
         return [c.after for c in changes if c.after is not None]
 
-    def add_proposals(self, image_id: int, proposals: list[Proposal], model_version: str, *,
-                      replace: bool = True, source: Source = Source.MODEL, text: str = "Propose",
-                      category_for: Callable[[str, int], Category] | None = None) -> list[Instance]:
+    def add_proposals(
+        self,
+        image_id: int,
+        proposals: list[Proposal],
+        model_version: str,
+        *,
+        replace: bool = True,
+        source: Source = Source.MODEL,
+        text: str = "Propose",
+        category_for: Callable[[str, int], Category] | None = None,
+    ) -> list[Instance]:
         """Writes model output to the store (``annotator.proposals.store_proposals``) as one undo
         step; ``category_for`` defaults to adding missing categories with ``kp1..kpK`` names."""
-        written = store_proposals(self.project, image_id, proposals, model_version,
-                                  category_for or ProposalCategories(self.project), replace=replace,
-                                  source=source)
+        written = store_proposals(
+            self.project,
+            image_id,
+            proposals,
+            model_version,
+            category_for or ProposalCategories(self.project),
+            replace=replace,
+            source=source,
+        )
         changes = [Change(old, None) for old in written.deleted] + [Change(None, new) for new in written.added]
         moved = written.state_after != written.state_before
         if changes or moved:
-            self.push(Command(text, image_id, changes, written.state_before if moved else None,
-                              written.state_after if moved else None))
+            self.push(
+                Command(
+                    text,
+                    image_id,
+                    changes,
+                    written.state_before if moved else None,
+                    written.state_after if moved else None,
+                )
+            )
         return written.added
 
     def set_review_state(self, image_id: int, state: ReviewState, text: str = "Set review state") -> None:
@@ -251,7 +272,13 @@ class UndoStack:
         self.project.set_review_state(image_id, state)
         self.push(Command(text, image_id, [], state_before=before, state_after=state))
 
-    def record(self, text: str, image_id: int, changes: list[Change],
-               state_before: ReviewState | None = None, state_after: ReviewState | None = None) -> Command:
+    def record(
+        self,
+        text: str,
+        image_id: int,
+        changes: list[Change],
+        state_before: ReviewState | None = None,
+        state_after: ReviewState | None = None,
+    ) -> Command:
         """Records an edit made by the caller inside its own transaction (e.g. a batch of proposals)."""
         return self.push(Command(text, image_id, changes, state_before, state_after))

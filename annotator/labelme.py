@@ -81,8 +81,9 @@ def _check_text(text: str, what: str, problem: Callable[[str], InputError]) -> N
         raise problem(f"{what} {text!r} holds a control character or a line break")
 
 
-def _circle_outline(centre: list[float], rim: list[float], width: int, height: int,
-                    problem: Callable[[str], InputError]) -> list[float] | None:
+def _circle_outline(
+    centre: list[float], rim: list[float], width: int, height: int, problem: Callable[[str], InputError]
+) -> list[float] | None:
     """The circle through ``rim`` around ``centre`` as a 64-gon, clipped to the region polygons
     are bounded to (``masks.polygon_bounds``); None when none of it lies there."""
     (cx, cy), (px, py) = centre, rim
@@ -100,8 +101,9 @@ def _circle_outline(centre: list[float], rim: list[float], width: int, height: i
     return [round(v, 3) for v in bounded[0]] if bounded else None
 
 
-def _mask_part(shape: dict, points: list[list[float]], size: tuple[int, int],
-               problem: Callable[[str], InputError]) -> tuple[np.ndarray, int, int]:
+def _mask_part(
+    shape: dict, points: list[list[float]], size: tuple[int, int], problem: Callable[[str], InputError]
+) -> tuple[np.ndarray, int, int]:
     """``(crop, x, y)``: a mask shape's pixels and the image pixel its top-left one lands on, as
     labelme's ``shapes_to_label`` places them. The PNG is refused by its header's size (a few
     kilobytes of PNG can declare gigapixels) before it is decoded."""
@@ -126,8 +128,14 @@ def _mask_part(shape: dict, points: list[list[float]], size: tuple[int, int],
     return crop > 0, round(x1), round(y1)  # round() ties to even, as numpy's round in labelme
 
 
-def _shape_area(shape: dict, shape_type: str, points: list[list[float]], group: _Group, size: tuple[int, int],
-                problem: Callable[[str], InputError]) -> bool:
+def _shape_area(
+    shape: dict,
+    shape_type: str,
+    points: list[list[float]],
+    group: _Group,
+    size: tuple[int, int],
+    problem: Callable[[str], InputError],
+) -> bool:
     """Adds one area shape to ``group``; False for a circle that lies wholly outside the image."""
     if shape_type == "polygon":
         if len(points) < 3:
@@ -167,8 +175,11 @@ def _image_of(path: Path, data: dict, image_root: Path, max_pixels: int) -> tupl
         raise InputError(path, "'imageWidth' and 'imageHeight' must be positive integers")
     width, height = size
     if width * height > max_pixels:  # before any mask in the file is decoded to that size
-        raise InputError(path, f"declares a {width}x{height} image, over the limit of {max_pixels / 1e6:.0f} "
-                               "megapixels (raise it with --max-pixels)")
+        raise InputError(
+            path,
+            f"declares a {width}x{height} image, over the limit of {max_pixels / 1e6:.0f} "
+            "megapixels (raise it with --max-pixels)",
+        )
     # imagePath is relative to the JSON file; the project stores it relative to the image root.
     # Lexically, as COCO's file_name: an image that is a symlink (git-annex, DVC) stays in the folder.
     relative_to_json = image_path.replace("\\", "/")
@@ -231,13 +242,19 @@ def _read_shapes(path: Path, shapes: list, size: tuple[int, int]) -> tuple[list[
         else:
             warnings.append(f"{path}: {where}: circle '{label}' lies outside the image; left out")
     if ignored:
-        warnings.append(f"{path}: left out {ignored} shape(s) labelled {IGNORE_LABEL} (labelme's mark for "
-                        "regions of no class; its converters leave them out too)")
+        warnings.append(
+            f"{path}: left out {ignored} shape(s) labelled {IGNORE_LABEL} (labelme's mark for "
+            "regions of no class; its converters leave them out too)"
+        )
     return _attach_points(path, areas, points, warnings), warnings
 
 
-def _attach_points(path: Path, areas: dict[tuple[Any, str], _Group], points: dict[Any, dict[str, tuple[float, float]]],
-                   warnings: list[str]) -> list[_Group]:
+def _attach_points(
+    path: Path,
+    areas: dict[tuple[Any, str], _Group],
+    points: dict[Any, dict[str, tuple[float, float]]],
+    warnings: list[str],
+) -> list[_Group]:
     """Gives each group's points to its first instance, and warns about groups split by label
     (labelme's converter makes one instance per label and group)."""
     labels: dict[Any, list[str]] = {}
@@ -246,8 +263,10 @@ def _attach_points(path: Path, areas: dict[tuple[Any, str], _Group], points: dic
     for key, names in labels.items():
         if len(names) > 1:
             with_points = f"; its points go with '{names[0]}'" if key in points else ""
-            warnings.append(f"{path}: group {key[1]} holds the labels {', '.join(map(repr, names))}: "
-                            f"imported as {len(names)} instances, as labelme's converter does{with_points}")
+            warnings.append(
+                f"{path}: group {key[1]} holds the labels {', '.join(map(repr, names))}: "
+                f"imported as {len(names)} instances, as labelme's converter does{with_points}"
+            )
     groups = list(areas.values())
     for key, named in points.items():
         if key in labels:
@@ -280,8 +299,9 @@ def _mask_of(group: _Group, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def import_labelme(project: Project, folder: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   duplicates: Duplicates = "skip") -> ImportReport:
+def import_labelme(
+    project: Project, folder: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, duplicates: Duplicates = "skip"
+) -> ImportReport:
     """Imports every ``*.json`` labelme file under ``folder`` (recursively); all or nothing. A FIFO,
     a device (a link to ``/dev/zero``) or a folder of that name is refused in one line unread
     (``read_json`` reads regular files only). With ``duplicates="skip"`` a shape the image holds
@@ -312,23 +332,28 @@ def import_labelme(project: Project, folder: Path | str, max_pixels: int = DEFAU
             categories[name] = project.add_category(name, keypoints=keypoints)
             report.categories += 1
         for file in files:
-            image, added = add_image_file(project, file.file_name, file.path,
-                                          lambda text, f=file: InputError(f.path, text),
-                                          max_pixels, file.size)
+            image, added = add_image_file(
+                project, file.file_name, file.path, lambda text, f=file: InputError(f.path, text), max_pixels, file.size
+            )
             report.images += added
             report.warnings.extend(file.warnings)
             for group in file.groups:
                 if group.label is None:
-                    report.warnings.append(f"{file.path}: points {sorted(group.points)} belong to no "
-                                           "polygon, rectangle, circle or mask; left out")
+                    report.warnings.append(
+                        f"{file.path}: points {sorted(group.points)} belong to no "
+                        "polygon, rectangle, circle or mask; left out"
+                    )
                     continue
                 category = categories[group.label]
                 keypoints = None
                 if group.points:
                     unknown = [name for name in group.points if name not in category.keypoints]
                     if unknown:
-                        raise InputError(file.path, f"points {unknown} are not keypoints of category "
-                                                    f"'{category.name}' {list(category.keypoints)}")
+                        raise InputError(
+                            file.path,
+                            f"points {unknown} are not keypoints of category "
+                            f"'{category.name}' {list(category.keypoints)}",
+                        )
                     keypoints = np.zeros((category.num_keypoints, 3))
                     for name, (x, y) in group.points.items():
                         keypoints[category.keypoints.index(name)] = (x, y, 2)

@@ -100,8 +100,9 @@ class PromptOutcome:
     select: list[int] = field(default_factory=list)
 
 
-def store_result(review: Review, result: ProposalResult, current_category: Callable[[], Category],
-                 image_in_view: int) -> PromptOutcome:
+def store_result(
+    review: Review, result: ProposalResult, current_category: Callable[[], Category], image_in_view: int
+) -> PromptOutcome:
     """Writes ``result`` to the project as one undo step, as its prompt means (module docstring).
     ``current_category()`` gives the category a box's label takes; ``image_in_view`` is the image
     the person has open (only what concerns it is selected and reported)."""
@@ -111,8 +112,9 @@ def store_result(review: Review, result: ProposalResult, current_category: Calla
     if result.prompt == PromptKind.IMAGE:
         if project.image(result.image_id).state in (ReviewState.IN_REVIEW, ReviewState.DONE):
             return PromptOutcome([])  # a person reviewed it meanwhile: proposals would replace nothing they kept
-        added = review.history.add_proposals(result.image_id, result.proposals, result.model_version,
-                                             category_for=categories)
+        added = review.history.add_proposals(
+            result.image_id, result.proposals, result.model_version, category_for=categories
+        )
         return PromptOutcome(added, f"{len(result.proposals)} proposals" if in_view else "")
     if not result.proposals:
         return PromptOutcome([], "The model found nothing there")
@@ -121,12 +123,19 @@ def store_result(review: Review, result: ProposalResult, current_category: Calla
     if box:
         category = current_category()
         proposals = [replace(p, label_name=category.name, score=None) for p in proposals]
-    added = review.history.add_proposals(result.image_id, proposals, result.model_version, replace=False,
-                                         source=Source.HUMAN if box else Source.MODEL, text=result.prompt.title,
-                                         category_for=categories)
+    added = review.history.add_proposals(
+        result.image_id,
+        proposals,
+        result.model_version,
+        replace=False,
+        source=Source.HUMAN if box else Source.MODEL,
+        text=result.prompt.title,
+        category_for=categories,
+    )
     if not (added and in_view):
         return PromptOutcome(added)
     if box:
         review.mark_in_review(result.image_id)
-    return PromptOutcome(added, f"{result.prompt.title}: added {project.category(added[0].category_id).name}",
-                         [added[0].id])
+    return PromptOutcome(
+        added, f"{result.prompt.title}: added {project.category(added[0].category_id).name}", [added[0].id]
+    )

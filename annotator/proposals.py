@@ -41,8 +41,9 @@ def to_proposals(instances: Any, indices: list[int] | None = None) -> list[Propo
     scores = np.asarray(instances.scores, dtype=np.float64).reshape(-1)
     names = list(instances.label_names)
     found = None if getattr(instances, "masks", None) is None else np.asarray(instances.masks)
-    keypoints = None if getattr(instances, "keypoints", None) is None else np.asarray(
-        instances.keypoints, dtype=np.float64)
+    keypoints = (
+        None if getattr(instances, "keypoints", None) is None else np.asarray(instances.keypoints, dtype=np.float64)
+    )
     proposals = []
     for index in range(boxes.shape[0]) if indices is None else indices:
         x1, y1, x2, y2 = boxes[index]
@@ -66,8 +67,9 @@ class ProposalCategories:
     keypoint model gets the model's keypoint names and skeleton; without them, ``kp1..kpK``.
     ``skeleton`` is the model's: 0-based index pairs (the store's, like COCO's, are 1-based)."""
 
-    def __init__(self, project: Project, keypoint_names: tuple[str, ...] = (),
-                 skeleton: tuple[tuple[int, int], ...] = ()) -> None:
+    def __init__(
+        self, project: Project, keypoint_names: tuple[str, ...] = (), skeleton: tuple[tuple[int, int], ...] = ()
+    ) -> None:
         self.project = project
         self.keypoint_names = tuple(keypoint_names)
         self.skeleton = skeleton_to_coco(skeleton)
@@ -100,9 +102,16 @@ class ProposalWrite:
     state_after: ReviewState
 
 
-def store_proposals(project: Project, image_id: int, proposals: list[Proposal], model_version: str,
-                    category_for: Callable[[str, int], Category], *, replace: bool = True,
-                    source: Source = Source.MODEL) -> ProposalWrite:
+def store_proposals(
+    project: Project,
+    image_id: int,
+    proposals: list[Proposal],
+    model_version: str,
+    category_for: Callable[[str, int], Category],
+    *,
+    replace: bool = True,
+    source: Source = Source.MODEL,
+) -> ProposalWrite:
     """Writes proposals to the store in one transaction.
 
     ``replace`` first deletes the image's untouched model proposals. Keypoints are kept where the
@@ -112,17 +121,26 @@ def store_proposals(project: Project, image_id: int, proposals: list[Proposal], 
     deleted, added = [], []
     with project.transaction():
         if replace:
-            deleted = [project.delete_instance(old.id) for old in project.instances(image_id)
-                       if old.source == Source.MODEL]
+            deleted = [
+                project.delete_instance(old.id) for old in project.instances(image_id) if old.source == Source.MODEL
+            ]
         for proposal in proposals:
             points = proposal.keypoints
             category = category_for(proposal.label_name, 0 if points is None else len(points))
             if points is not None and len(points) != category.num_keypoints:
                 points = None
             geometry = {"rle": proposal.rle} if proposal.rle is not None else {"bbox": proposal.box}
-            added.append(project.add_instance(image_id, category.id, **geometry, keypoints=points,
-                                              score=proposal.score, source=source,
-                                              model_version=model_version or None))
+            added.append(
+                project.add_instance(
+                    image_id,
+                    category.id,
+                    **geometry,
+                    keypoints=points,
+                    score=proposal.score,
+                    source=source,
+                    model_version=model_version or None,
+                )
+            )
         state = image.state
         if image.state == ReviewState.UNLABELED and source == Source.MODEL:
             state = ReviewState.PROPOSED
@@ -143,14 +161,21 @@ def images_to_propose(project: Project, unlabeled_only: bool, rank: int = 0, wor
     proposes. Under torchrun each of the ``world_size`` processes takes every ``world_size``-th
     image from its ``rank``, on its own GPU; they share the project file (SQLite serialises their
     short write transactions)."""
-    states = [ReviewState.UNLABELED] if unlabeled_only else [
-        ReviewState.UNLABELED, ReviewState.PROPOSED, ReviewState.IN_REVIEW]
+    states = (
+        [ReviewState.UNLABELED]
+        if unlabeled_only
+        else [ReviewState.UNLABELED, ReviewState.PROPOSED, ReviewState.IN_REVIEW]
+    )
     return list(project.iter_images(states=states))[rank::world_size]
 
 
-def propose(project: Project, predictor: Any, images: list[ImageRecord],
-            read_image: Callable[[ImageRecord], np.ndarray],
-            on_image: Callable[[ImageRecord, int], None] | None = None) -> ProposalReport:
+def propose(
+    project: Project,
+    predictor: Any,
+    images: list[ImageRecord],
+    read_image: Callable[[ImageRecord], np.ndarray],
+    on_image: Callable[[ImageRecord, int], None] | None = None,
+) -> ProposalReport:
     """Runs ``predictor`` over ``images`` and stores the proposals image by image.
 
     Ctrl+C (KeyboardInterrupt) stops between or inside images: every image finished before it is
@@ -170,13 +195,14 @@ def propose(project: Project, predictor: Any, images: list[ImageRecord],
                 continue
             height, width = pixels.shape[:2]
             if (width, height) != (image.width, image.height):
-                changed = InputError(project.image_path(image), f"the image is now {width}x{height}, the project "
-                                                                f"has it as {image.width}x{image.height}; skipped")
+                changed = InputError(
+                    project.image_path(image),
+                    f"the image is now {width}x{height}, the project has it as {image.width}x{image.height}; skipped",
+                )
                 report.warnings.append(str(changed))
                 continue
             instances = predictor.predict(pixels)
-            written = store_proposals(project, image.id, to_proposals(instances),
-                                      predictor.model_version, category_for)
+            written = store_proposals(project, image.id, to_proposals(instances), predictor.model_version, category_for)
             report.images += 1
             report.instances += len(written.added)
             if on_image is not None:

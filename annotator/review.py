@@ -61,8 +61,9 @@ class Review:
     hears of a review state changed outside the history (:meth:`mark_in_review`); changes made
     through the history reach the history's listener."""
 
-    def __init__(self, history: UndoStack, view: ViewState,
-                 on_state_changed: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, history: UndoStack, view: ViewState, on_state_changed: Callable[[int], None] | None = None
+    ) -> None:
         self.history = history
         self.view = view
         self.on_state_changed = on_state_changed
@@ -108,8 +109,11 @@ class Review:
     def accept_all_shown(self, image_id: int) -> list[int]:
         """Accepts the image's proposals that are shown (Show checked, at or above the threshold)
         and not locked, as one step; returns their ids."""
-        ids = [i.id for i in self.project.instances(image_id)
-               if i.source == Source.MODEL and i.id not in self.view.locked and self.view.shows(i)]
+        ids = [
+            i.id
+            for i in self.project.instances(image_id)
+            if i.source == Source.MODEL and i.id not in self.view.locked and self.view.shows(i)
+        ]
         if ids:
             self.history.accept(ids, f"Accept {len(ids)} proposals")
             self.mark_in_review(image_id)
@@ -128,8 +132,9 @@ class Review:
         done images never carries unreviewed low-score guesses. Locked instances are left as they
         are; a proposal whose Show box is unchecked is judged by its score like the others. Up to
         three undo steps: the discard, the accept, the review state."""
-        pending = [i for i in self.project.instances(image_id)
-                   if i.source == Source.MODEL and i.id not in self.view.locked]
+        pending = [
+            i for i in self.project.instances(image_id) if i.source == Source.MODEL and i.id not in self.view.locked
+        ]
         discarded = [i.id for i in pending if not self.view.passes_threshold(i)]
         accepted = [i.id for i in pending if self.view.passes_threshold(i)]
         if discarded:

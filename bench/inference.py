@@ -91,10 +91,14 @@ def bench_device(arch: str, device: torch.device, height: int, width: int, runs:
     ref_med, our_med = statistics.median(ref_ms), statistics.median(our_ms)
     name = f"{device.type} {'fp16+channels-last' if predictor.mixed_precision else 'fp32'}"
     return [
-        (f"{name}: end to end ({len(our_out)} detections)", f"{ref_med:9.1f}", f"{our_med:9.1f}",
-         f"{our_med / ref_med:5.2f}x" + ("" if same else "  OUTPUTS DIFFER")),
+        (
+            f"{name}: end to end ({len(our_out)} detections)",
+            f"{ref_med:9.1f}",
+            f"{our_med:9.1f}",
+            f"{our_med / ref_med:5.2f}x" + ("" if same else "  OUTPUTS DIFFER"),
+        ),
         (f"{name}: predict_in_box, cached features", "      n/a", f"{statistics.median(in_box_ms):9.1f}", ""),
-    ]  # fmt: skip
+    ]
 
 
 def main() -> None:
@@ -107,13 +111,19 @@ def main() -> None:
     width, height = (int(v) for v in args.size.lower().split("x"))
     devices = [torch.device(d) for d in args.device.split(",") if d != "cuda" or torch.cuda.is_available()]
 
-    print(f"{args.arch}, one {width}x{height} synthetic image (resized to min 800 / max 1333), "
-          f"median of {args.runs} alternating runs")  # fmt: skip
-    print("weights: the same random-init weights of torchvision's layout in both models "
-          "(published weights are not downloadable here)")  # fmt: skip
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA device"))  # fmt: skip
+    print(
+        f"{args.arch}, one {width}x{height} synthetic image (resized to min 800 / max 1333), "
+        f"median of {args.runs} alternating runs"
+    )
+    print(
+        "weights: the same random-init weights of torchvision's layout in both models "
+        "(published weights are not downloadable here)"
+    )
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA device")
+    )
     rows = [row for device in devices for row in bench_device(args.arch, device, height, width, args.runs)]
     header = ("", "torchvision ms", "ours ms", "ours/tv")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]

@@ -53,27 +53,35 @@ def build(path: Path, num_images: int, per_image: int) -> float:
     start = time.perf_counter()
     pool = shape_pool(2000)
     with Project.create(path, path.parent / "images") as project:
-        person = project.add_category("person", keypoints=["nose", "left_eye", "right_eye"],
-                                      skeleton=[(1, 2), (1, 3)])
+        person = project.add_category("person", keypoints=["nose", "left_eye", "right_eye"], skeleton=[(1, 2), (1, 3)])
         thing = project.add_category("thing")
         chunk = 1000
         for first in range(0, num_images, chunk):
             with project.transaction():  # one commit a chunk, as an import does
                 for index in range(first, min(first + chunk, num_images)):
-                    image = project.add_image(f"img/{index:06d}.jpg", WIDTH, HEIGHT, f"{index:064x}",
-                                              state=ReviewState(index % 4))
+                    image = project.add_image(
+                        f"img/{index:06d}.jpg", WIDTH, HEIGHT, f"{index:064x}", state=ReviewState(index % 4)
+                    )
                     for k in range(per_image):
                         polygons, rle = pool[(index * per_image + k) % len(pool)]
                         if k % 2:
-                            project.add_instance(image.id, thing.id, rle=rle, score=0.9,
-                                                 source=Source.MODEL, model_version="bench")
+                            project.add_instance(
+                                image.id, thing.id, rle=rle, score=0.9, source=Source.MODEL, model_version="bench"
+                            )
                         else:
                             box = masks.bbox(rle)
-                            project.add_instance(image.id, person.id, polygons=polygons,
-                                                 keypoints=[box[0] + 1, box[1] + 1, 2, 0, 0, 0,
-                                                            box[0] + 2, box[1] + 3, 1])
-            print(f"\r  built {min(first + chunk, num_images):,} / {num_images:,} images", end="",
-                  file=sys.stderr, flush=True)
+                            project.add_instance(
+                                image.id,
+                                person.id,
+                                polygons=polygons,
+                                keypoints=[box[0] + 1, box[1] + 1, 2, 0, 0, 0, box[0] + 2, box[1] + 3, 1],
+                            )
+            print(
+                f"\r  built {min(first + chunk, num_images):,} / {num_images:,} images",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
     print(file=sys.stderr)
     return time.perf_counter() - start
 
@@ -123,8 +131,12 @@ sys.exit(code)
 def export(path: Path, out: Path, *flags: str) -> tuple[float, float]:
     """(seconds, peak resident MiB) of ``main.py export`` in a child process."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", EXPORT_CHILD, str(REPO), str(path), str(out), *flags],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORT_CHILD, str(REPO), str(path), str(out), *flags],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     return seconds, int(done.stdout.split()[-1]) / 1024
 
@@ -147,8 +159,10 @@ def main() -> None:
     figures["export_rle"], rle_peak = export(path, folder / "out_rle.json", "--rle", "--proposals", "0")
 
     size = path.stat().st_size / 2**20
-    print(f"\nproject store: {args.images:,} images, {total:,} instances, file {size:,.0f} MiB "
-          f"({Path(__file__).name}, 2-core machine)")
+    print(
+        f"\nproject store: {args.images:,} images, {total:,} instances, file {size:,.0f} MiB "
+        f"({Path(__file__).name}, 2-core machine)"
+    )
     print(f"{'measure':<42}{'ours':>12}{'target':>12}")
     rows = [
         ("open (open + list images + state counts)", f"{figures['open']:.3f} s", f"<= {TARGETS['open']} s"),

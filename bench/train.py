@@ -73,25 +73,30 @@ def torchvision_model(config: ModelConfig) -> nn.Module:
         parameter.requires_grad_(any(name.startswith(stage) for stage in stages))
     expansion = 1 if config.backbone_depth < 50 else 4
     widths = [config.backbone_width * scale * expansion for scale in (1, 2, 4, 8)]
-    backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, widths, config.fpn_channels,
-                               norm_layer=fpn_norm)  # fmt: skip
+    backbone = BackboneWithFPN(
+        body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, widths, config.fpn_channels, norm_layer=fpn_norm
+    )
     channels = config.fpn_channels
-    anchors = AnchorGenerator(tuple((s,) for s in config.anchor_sizes),
-                              (config.anchor_aspect_ratios,) * len(config.anchor_sizes))  # fmt: skip
+    anchors = AnchorGenerator(
+        tuple((s,) for s in config.anchor_sizes), (config.anchor_aspect_ratios,) * len(config.anchor_sizes)
+    )
     mask_norm = group_norm if config.norm == "gn" else None
     model = TorchvisionMaskRCNN(
         backbone,
         num_classes=None,
-        min_size=config.min_size, max_size=config.max_size,
-        rpn_anchor_generator=anchors, rpn_head=RPNHead(channels, len(config.anchor_aspect_ratios)),
-        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+        min_size=config.min_size,
+        max_size=config.max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, len(config.anchor_aspect_ratios)),
+        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
         box_head=TwoMLPHead(channels * 49, config.box_head_dim),
         box_predictor=FastRCNNPredictor(config.box_head_dim, config.num_classes),
         box_batch_size_per_image=config.box_batch_size_per_image,
         mask_head=MaskRCNNHeads(channels, [config.mask_head_channels] * 4, 1, norm_layer=mask_norm),
         mask_predictor=MaskRCNNPredictor(config.mask_head_channels, config.mask_head_channels, config.num_classes),
-    )  # fmt: skip
+    )
     if config.keypoint_on:
         heads = model.roi_heads
         heads.keypoint_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
@@ -100,8 +105,9 @@ def torchvision_model(config: ModelConfig) -> nn.Module:
     return model
 
 
-def synthetic_batches(count: int, batch_size: int, size: tuple[int, int], num_keypoints: int,
-                      seed: int = 0) -> list[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:  # fmt: skip
+def synthetic_batches(
+    count: int, batch_size: int, size: tuple[int, int], num_keypoints: int, seed: int = 0
+) -> list[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
     rng = np.random.default_rng(seed)
     batches = []
     for _ in range(count):
@@ -115,18 +121,21 @@ def synthetic_batches(count: int, batch_size: int, size: tuple[int, int], num_ke
                 boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             keypoints = np.stack([inst["keypoints"] for inst in instances])[:, :num_keypoints]
             images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
-            targets.append({
-                "boxes": torch.tensor(boxes, dtype=torch.float32),
-                "labels": torch.tensor([inst["category_id"] for inst in instances]),
-                "masks": torch.from_numpy(masks.astype(np.uint8)),
-                "keypoints": torch.from_numpy(keypoints).float(),
-            })  # fmt: skip
+            targets.append(
+                {
+                    "boxes": torch.tensor(boxes, dtype=torch.float32),
+                    "labels": torch.tensor([inst["category_id"] for inst in instances]),
+                    "masks": torch.from_numpy(masks.astype(np.uint8)),
+                    "keypoints": torch.from_numpy(keypoints).float(),
+                }
+            )
         batches.append((images, targets))
     return batches
 
 
-def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch, device,
-               amp: bool) -> float:  # fmt: skip
+def timed_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch, device, amp: bool
+) -> float:
     images = [image.to(device) for image in batch[0]]
     targets = [{k: v.to(device) for k, v in t.items()} for t in batch[1]]
     if device.type == "cuda":
@@ -143,8 +152,15 @@ def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     return time.perf_counter() - started
 
 
-def bench(arch: str, device: torch.device, batch_size: int, steps: int, warmup: int, size: tuple[int, int],
-          min_size: int | None) -> tuple[float, float]:  # fmt: skip
+def bench(
+    arch: str,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    size: tuple[int, int],
+    min_size: int | None,
+) -> tuple[float, float]:
     changes = {"min_size": min_size} if min_size else {}
     config = config_for(arch, **changes)
     if not config.mask_on:
@@ -161,7 +177,11 @@ def bench(arch: str, device: torch.device, batch_size: int, steps: int, warmup: 
     sides = {}
     for name, model in (("ours", ours), ("torchvision", reference)):
         parameters = [p for p in model.parameters() if p.requires_grad]
-        sides[name] = (model, torch.optim.SGD(parameters, lr=1e-3, momentum=0.9), torch.amp.GradScaler(device.type, enabled=amp))
+        sides[name] = (
+            model,
+            torch.optim.SGD(parameters, lr=1e-3, momentum=0.9),
+            torch.amp.GradScaler(device.type, enabled=amp),
+        )
     times: dict[str, list[float]] = {"ours": [], "torchvision": []}
     for index, batch in enumerate(batches):
         order = ("ours", "torchvision") if index % 2 == 0 else ("torchvision", "ours")
@@ -189,10 +209,14 @@ def main() -> None:
     print(f"{'arch':<30}{'device':<8}{'batch':>6}{'ours img/s':>12}{'torchvision':>13}{'speed-up':>10}")
     for arch in args.arch.split(","):
         for device in devices:
-            ours, reference = bench(arch, device, args.batch_size, args.steps, args.warmup, (height, width), args.min_size)
+            ours, reference = bench(
+                arch, device, args.batch_size, args.steps, args.warmup, (height, width), args.min_size
+            )
             label = device.type if device.type == "cpu" else torch.cuda.get_device_name(device)
-            print(f"{arch:<30}{label:<8}{args.batch_size:>6}{ours:>12.2f}{reference:>13.2f}{ours / reference:>9.2f}x",
-                  flush=True)  # fmt: skip
+            print(
+                f"{arch:<30}{label:<8}{args.batch_size:>6}{ours:>12.2f}{reference:>13.2f}{ours / reference:>9.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

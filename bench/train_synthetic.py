@@ -62,22 +62,43 @@ def main() -> None:
 
         torch.manual_seed(0)
         model, _ = build_training_model("none", args.arch, train_data.labels)
-        options = TrainOptions(iterations=args.iters, batch_size=args.batch_size, lr=args.lr,
-                               clip_grad_norm=args.clip_grad, checkpoint_period=args.iters, log_period=50,
-                               amp=args.amp or None)  # fmt: skip
+        options = TrainOptions(
+            iterations=args.iters,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            clip_grad_norm=args.clip_grad,
+            checkpoint_period=args.iters,
+            log_period=50,
+            amp=args.amp or None,
+        )
         events = EventLog(enabled=not args.quiet, progress_bar=False)
         started = time.perf_counter()
-        result = train(model, train_data, val_data, args.out or Path(scratch) / "run", options,
-                       device=Distributed().device(args.device), events=events, evaluate_before=False)  # fmt: skip
+        result = train(
+            model,
+            train_data,
+            val_data,
+            args.out or Path(scratch) / "run",
+            options,
+            device=Distributed().device(args.device),
+            events=events,
+            evaluate_before=False,
+        )
         minutes = (time.perf_counter() - started) / 60
 
     figures = {key: result.evaluation.get(key, {}).get("AP") for key in ("segm", "bbox", "keypoints")}
-    precision = "bfloat16 autocast" if args.amp and args.device == "cpu" else "mixed precision" if args.amp else "float32"
-    print(f"\n{args.arch}, random init, {args.iters} iterations x {args.batch_size} images of "
-          f"{args.size} px, {precision}, {torch.get_num_threads()} threads on {args.device}")  # fmt: skip
+    precision = (
+        "bfloat16 autocast" if args.amp and args.device == "cpu" else "mixed precision" if args.amp else "float32"
+    )
+    print(
+        f"\n{args.arch}, random init, {args.iters} iterations x {args.batch_size} images of "
+        f"{args.size} px, {precision}, {torch.get_num_threads()} threads on {args.device}"
+    )
     print(f"{'':<10}{'mask AP':>10}{'box AP':>10}{'kp AP':>10}{'minutes':>10}")
-    print(f"{'ours':<10}" + "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in figures.values())
-          + f"{minutes:>10.1f}")  # fmt: skip
+    print(
+        f"{'ours':<10}"
+        + "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in figures.values())
+        + f"{minutes:>10.1f}"
+    )
     print(f"{'target':<10}{TARGET_MASK_AP:>10.3f}{'':>10}{'':>10}{TARGET_MINUTES:>10.1f}")
 
 

@@ -60,8 +60,9 @@ class ResNetBody(nn.Module):
     stages double it); narrower bodies keep torchvision's module names and structure.
     """
 
-    def __init__(self, depth: int, norm_layer: Callable[[int], nn.Module], zero_init_residual: bool = False,
-                 width: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self, depth: int, norm_layer: Callable[[int], nn.Module], zero_init_residual: bool = False, width: int = 64
+    ) -> None:
         super().__init__()
         if depth not in _RESNET_LAYOUTS:
             raise ValueError(f"ResNet depth must be one of {sorted(_RESNET_LAYOUTS)}, got {depth}")
@@ -88,8 +89,14 @@ class ResNetBody(nn.Module):
         return [c2, c3, c4, c5]
 
 
-def _narrow(resnet: ResNet, block: type[BasicBlock] | type[Bottleneck], layers: list[int], width: int,
-            norm_layer: Callable[[int], nn.Module], zero_init_residual: bool) -> None:  # fmt: skip
+def _narrow(
+    resnet: ResNet,
+    block: type[BasicBlock] | type[Bottleneck],
+    layers: list[int],
+    width: int,
+    norm_layer: Callable[[int], nn.Module],
+    zero_init_residual: bool,
+) -> None:
     """Rebuild ``resnet``'s stem and stages with ``width`` channels in place of 64 (torchvision's
     ``ResNet`` fixes 64), initialised as torchvision initialises them."""
     resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -127,9 +134,7 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown normalisation {kind!r}")
 
 
-def conv_norm(
-    in_channels: int, out_channels: int, kernel_size: int, norm: str, relu: bool
-) -> nn.Sequential:
+def conv_norm(in_channels: int, out_channels: int, kernel_size: int, norm: str, relu: bool) -> nn.Sequential:
     """conv (bias only without norm) -> [norm: "bn" or "gn"; "" for none] -> [ReLU], as
     torchvision's Conv2dNormActivation."""
     layers: list[nn.Module] = [

@@ -12,9 +12,7 @@ from torch import Tensor
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
-def decode_boxes(
-    deltas: Tensor, boxes: Tensor, weights: tuple[float, float, float, float]
-) -> Tensor:
+def decode_boxes(deltas: Tensor, boxes: Tensor, weights: tuple[float, float, float, float]) -> Tensor:
     """Apply regression deltas ``(dx, dy, dw, dh)`` (R-CNN parametrisation) to reference boxes.
 
     Args:
@@ -42,9 +40,7 @@ def decode_boxes(
     pred_ctr_y = dy * heights + ctr_y
     half_w = 0.5 * torch.exp(dw) * widths
     half_h = 0.5 * torch.exp(dh) * heights
-    return torch.stack(
-        (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=-1
-    )
+    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=-1)
 
 
 def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
@@ -69,9 +65,7 @@ def nonempty_boxes(boxes: Tensor, min_size: float) -> Tensor:
     return (widths >= min_size) & (heights >= min_size)
 
 
-def top_per_image(
-    order: Tensor, image_index: Tensor, num_images: int, k: int
-) -> tuple[Tensor, list[int]]:
+def top_per_image(order: Tensor, image_index: Tensor, num_images: int, k: int) -> tuple[Tensor, list[int]]:
     """Keep the first ``k`` candidates of every image.
 
     Args:

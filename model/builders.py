@@ -89,9 +89,20 @@ def config_for(name: str, **kwargs: Any) -> ModelConfig:
     check_architecture(name)
     config = ARCHITECTURES[name]
     kwargs = dict(kwargs)
-    for unsupported in ("weights_backbone", "rpn_anchor_generator", "rpn_head", "box_roi_pool", "box_head",
-                        "box_predictor", "mask_roi_pool", "mask_head", "mask_predictor", "keypoint_roi_pool",
-                        "keypoint_head", "keypoint_predictor"):  # fmt: skip
+    for unsupported in (
+        "weights_backbone",
+        "rpn_anchor_generator",
+        "rpn_head",
+        "box_roi_pool",
+        "box_head",
+        "box_predictor",
+        "mask_roi_pool",
+        "mask_head",
+        "mask_predictor",
+        "keypoint_roi_pool",
+        "keypoint_head",
+        "keypoint_predictor",
+    ):
         if kwargs.pop(unsupported, None) is not None:
             raise TypeError(f"{unsupported}: custom modules are not supported; set ModelConfig fields instead")
     kwargs.pop("progress", None)

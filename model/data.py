@@ -128,8 +128,14 @@ class CocoData:
 
     def subset(self, image_ids: Sequence[int]) -> CocoData:
         keep = set(image_ids)
-        return CocoData(self.path, self.image_root, self.labels, [r for r in self.images if r.image_id in keep],
-                        self.raw, self.warnings)  # fmt: skip
+        return CocoData(
+            self.path,
+            self.image_root,
+            self.labels,
+            [r for r in self.images if r.image_id in keep],
+            self.raw,
+            self.warnings,
+        )
 
     @property
     def image_ids(self) -> list[int]:
@@ -205,9 +211,12 @@ def _label_space(path: Path, categories: list[dict[str, Any]]) -> LabelSpace:
         if not names:
             continue
         if keypoint_names and names != keypoint_names:
-            raise _error(path, f"category '{category['name']}'",
-                         f"keypoints {list(names)} differ from those of '{owner}' {list(keypoint_names)}; the "
-                         "keypoint head predicts one set for all categories")  # fmt: skip
+            raise _error(
+                path,
+                f"category '{category['name']}'",
+                f"keypoints {list(names)} differ from those of '{owner}' {list(keypoint_names)}; the "
+                "keypoint head predicts one set for all categories",
+            )
         if not keypoint_names:
             keypoint_names, owner = names, category["name"]
             skeleton = skeleton_from_coco(category.get("skeleton") or ())
@@ -240,6 +249,33 @@ def _rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
         return mask_utils.frPyObjects(segmentation, height, width)
     counts = segmentation["counts"]
     return {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def _read_images(path: Path, entries: list, image_root: Path, num_keypoints: int) -> dict[int, CocoImage]:
+    """The file's images by id, each without annotations yet, each image file checked by its header."""
+    records: dict[int, CocoImage] = {}
+    for index, entry in enumerate(entries):
+        try:
+            image_id, file_name = int(entry["id"]), str(entry["file_name"])
+            width, height = int(entry["width"]), int(entry["height"])
+        except (KeyError, TypeError, ValueError):
+            raise _error(path, f"images[{index}]", "needs 'id', 'file_name', 'width' and 'height'") from None
+        if image_id in records:
+            raise _error(path, f"images[{index}]", f"duplicate image id {image_id}")
+        records[image_id] = CocoImage(
+            image_id,
+            file_name,
+            width,
+            height,
+            boxes=np.zeros((0, 4), np.float32),
+            labels=np.zeros(0, np.int64),
+            segmentations=[],
+            keypoints=np.zeros((0, num_keypoints, 3), np.float32),
+            crowd_boxes=np.zeros((0, 4), np.float32),
+        )
+        check_image(image_root / file_name, records[image_id])
+
+    return records
 
 
 def load_coco(path: Path | str, image_root: Path | str) -> CocoData:
@@ -275,21 +311,7 @@ def load_coco(path: Path | str, image_root: Path | str) -> CocoData:
         int(c["id"]) for c in raw["categories"] if tuple(c.get("keypoints") or ()) == labels.keypoint_names
     }
 
-    records: dict[int, CocoImage] = {}
-    for index, entry in enumerate(raw["images"]):
-        try:
-            image_id, file_name = int(entry["id"]), str(entry["file_name"])
-            width, height = int(entry["width"]), int(entry["height"])
-        except (KeyError, TypeError, ValueError):
-            raise _error(path, f"images[{index}]", "needs 'id', 'file_name', 'width' and 'height'") from None
-        if image_id in records:
-            raise _error(path, f"images[{index}]", f"duplicate image id {image_id}")
-        records[image_id] = CocoImage(
-            image_id, file_name, width, height, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
-            segmentations=[], keypoints=np.zeros((0, num_keypoints, 3), np.float32),
-            crowd_boxes=np.zeros((0, 4), np.float32),
-        )  # fmt: skip
-        check_image(image_root / file_name, records[image_id])
+    records = _read_images(path, raw["images"], image_root, num_keypoints)
 
     grouped: dict[int, list[tuple[list[float], int, Any, np.ndarray]]] = {i: [] for i in records}
     crowd: dict[int, list[list[float]]] = {i: [] for i in records}
@@ -416,8 +438,17 @@ class TrainingBatches(torch.utils.data.Sampler[list[tuple[int, bool]]]):
     ``i`` takes ``world_size * batch_size`` positions and rank ``r`` the ``r``-th slice of them.
     """
 
-    def __init__(self, size: int, batch_size: int, *, seed: int, start_iteration: int = 0, rank: int = 0,
-                 world_size: int = 1, flip_probability: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        seed: int,
+        start_iteration: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        flip_probability: float = 0.5,
+    ) -> None:
         if size == 0:
             raise ValueError("no training images")
         self.size, self.batch_size, self.seed = size, batch_size, seed

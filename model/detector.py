@@ -39,9 +39,13 @@ class MaskRCNN(nn.Module):
         norm = config.norm
 
         self.backbone = BackboneWithFPN(
-            config.backbone_depth, fpn_norm=norm, frozen_bn_eps=config.frozen_bn_eps,
-            body_norm=config.backbone_norm, out_channels=channels, body_width=config.backbone_width,
-        )  # fmt: skip
+            config.backbone_depth,
+            fpn_norm=norm,
+            frozen_bn_eps=config.frozen_bn_eps,
+            body_norm=config.backbone_norm,
+            out_channels=channels,
+            body_width=config.backbone_width,
+        )
         self.backbone.freeze_stages(config.trainable_backbone_layers)
 
         anchors = AnchorGenerator(config.anchor_sizes, config.anchor_aspect_ratios)
@@ -59,9 +63,12 @@ class MaskRCNN(nn.Module):
         )
 
         box_head: nn.Module = (
-            ConvFCBoxHead(channels, 7, conv_channels=channels, representation_size=config.box_head_dim, norm=norm or "bn")
-            if v2 else MLPBoxHead(channels * 7 * 7, config.box_head_dim)
-        )  # fmt: skip
+            ConvFCBoxHead(
+                channels, 7, conv_channels=channels, representation_size=config.box_head_dim, norm=norm or "bn"
+            )
+            if v2
+            else MLPBoxHead(channels * 7 * 7, config.box_head_dim)
+        )
         mask_channels = config.mask_head_channels
         keypoint_channels = config.keypoint_head_channels
         self.roi_heads = RoIHeads(
@@ -74,9 +81,13 @@ class MaskRCNN(nn.Module):
             mask_head=MaskHead(channels, (mask_channels,) * 4, norm=norm) if config.mask_on else None,
             mask_predictor=MaskPredictor(mask_channels, mask_channels, config.num_classes) if config.mask_on else None,
             keypoint_head=(
-                KeypointHead(channels, (keypoint_channels,) * config.keypoint_head_convs) if config.keypoint_on else None
+                KeypointHead(channels, (keypoint_channels,) * config.keypoint_head_convs)
+                if config.keypoint_on
+                else None
             ),
-            keypoint_predictor=KeypointPredictor(keypoint_channels, config.num_keypoints) if config.keypoint_on else None,
+            keypoint_predictor=KeypointPredictor(keypoint_channels, config.num_keypoints)
+            if config.keypoint_on
+            else None,
             fg_iou_thresh=config.box_fg_iou_thresh,
             bg_iou_thresh=config.box_bg_iou_thresh,
             batch_size_per_image=config.box_batch_size_per_image,
@@ -164,9 +175,11 @@ class MaskRCNN(nn.Module):
             item = {
                 "boxes": rescale_boxes(boxes.float(), scale),
                 "labels": target["labels"].to(device),
-                "crowd_boxes": rescale_boxes(crowd.to(device).float(), scale) if crowd is not None else boxes.new_zeros(0, 4).float(),
+                "crowd_boxes": rescale_boxes(crowd.to(device).float(), scale)
+                if crowd is not None
+                else boxes.new_zeros(0, 4).float(),
                 "scale": scale,
-            }  # fmt: skip
+            }
             if c.mask_on:
                 item["masks"] = target["masks"].to(device)
             if c.keypoint_on:
@@ -174,7 +187,11 @@ class MaskRCNN(nn.Module):
             scaled.append(item)
         features = self.extract_features(batch)
         proposals, losses = self.rpn.forward_train(
-            features, batch.image_sizes, batch.padded_size, [t["boxes"] for t in scaled], [t["crowd_boxes"] for t in scaled]
+            features,
+            batch.image_sizes,
+            batch.padded_size,
+            [t["boxes"] for t in scaled],
+            [t["crowd_boxes"] for t in scaled],
         )
         losses.update(self.roi_heads.forward_train(features, proposals, scaled))
         return losses
@@ -202,7 +219,7 @@ class MaskRCNN(nn.Module):
 def _upgrade_legacy_keys_hook(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
 ) -> None:
-    upgraded = upgrade_legacy_keys({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    upgraded = upgrade_legacy_keys({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
     for key in [k for k in state_dict if k.startswith(prefix)]:
         del state_dict[key]
     state_dict.update({prefix + k: v for k, v in upgraded.items()})

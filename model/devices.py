@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def choose_device(requested: str | torch.device = "auto", *, local_rank: int | None = None,
-                  mps: bool = True) -> torch.device:
+def choose_device(
+    requested: str | torch.device = "auto", *, local_rank: int | None = None, mps: bool = True
+) -> torch.device:
     """The device for ``requested`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 
     ``local_rank``: this process's GPU under torchrun (None outside it). ``mps``: whether ``auto``

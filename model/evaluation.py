@@ -23,9 +23,10 @@ from model.data import CocoData
 from model.structures import Instances
 
 # pycocotools' sigmas of COCO's person keypoints, in COCO_PERSON_KEYPOINT_NAMES order
-COCO_OKS_SIGMAS = np.array(
-    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
-) / 10.0
+COCO_OKS_SIGMAS = (
+    np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89])
+    / 10.0
+)
 
 _SUMMARY_NAMES = {
     "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
@@ -40,8 +41,12 @@ def oks_sigmas(keypoint_names: Sequence[str]) -> np.ndarray:
     return np.full(len(keypoint_names), COCO_OKS_SIGMAS.mean())
 
 
-def instances_to_results(instances: Instances, image_id: int, category_of: Callable[[str], int | None],
-                         with_keypoints: Callable[[int], bool] = lambda _: True) -> list[dict[str, Any]]:  # fmt: skip
+def instances_to_results(
+    instances: Instances,
+    image_id: int,
+    category_of: Callable[[str], int | None],
+    with_keypoints: Callable[[int], bool] = lambda _: True,
+) -> list[dict[str, Any]]:
     """COCO result records of one image's predictions: box ``[x, y, w, h]``, mask as compressed
     RLE, keypoints ``[x, y, score, ...]``; classes the data set does not have are left out."""
     results = []
@@ -54,9 +59,11 @@ def instances_to_results(instances: Instances, image_id: int, category_of: Calla
             continue
         x1, y1, x2, y2 = (float(v) for v in instances.boxes[i])
         result: dict[str, Any] = {
-            "image_id": image_id, "category_id": category_id, "score": float(instances.scores[i]),
+            "image_id": image_id,
+            "category_id": category_id,
+            "score": float(instances.scores[i]),
             "bbox": [x1, y1, x2 - x1, y2 - y1],
-        }  # fmt: skip
+        }
         if masks is not None:
             rle = masks[i]
             result["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
@@ -125,8 +132,12 @@ def coco_evaluate(
     return summary
 
 
-def evaluate(predictor: Any, data: CocoData, read: Callable[[Any], np.ndarray] | None = None,
-             on_image: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+def evaluate(
+    predictor: Any,
+    data: CocoData,
+    read: Callable[[Any], np.ndarray] | None = None,
+    on_image: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Run ``predictor`` (a ``model.predictor.Predictor``) over the images of ``data`` and
     evaluate with pycocotools. Model classes map to the data's categories by name; keypoints are
     evaluated when the model predicts them and the data has some.
@@ -161,10 +172,13 @@ def format_summary(summary: dict[str, dict[str, Any]]) -> str:
     for iou_type, entry in summary.items():
         figures = "  ".join(
             f"{key} {value:.3f}" if value is not None else f"{key} -"
-            for key, value in entry.items() if key != "per_class"
-        )  # fmt: skip
+            for key, value in entry.items()
+            if key != "per_class"
+        )
         lines.append(f"{titles[iou_type]:<10} {figures}")
     for iou_type, entry in summary.items():
-        per_class = ", ".join(f"{name} {ap:.3f}" if ap is not None else f"{name} -" for name, ap in entry["per_class"].items())
+        per_class = ", ".join(
+            f"{name} {ap:.3f}" if ap is not None else f"{name} -" for name, ap in entry["per_class"].items()
+        )
         lines.append(f"{titles[iou_type]} AP per class: {per_class}")
     return "\n".join(lines)

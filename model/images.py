@@ -57,8 +57,13 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device",
-               stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+_FILE_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 @contextmanager
@@ -104,8 +109,11 @@ def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
             f"{max_pixels / 1e6:.0f} (raise it with --max-pixels)",
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ImageReadError(path, f"image is {width}x{height} pixels, its sides in a ratio over "
-                                   f"{MAX_ASPECT_RATIO}:1, too narrow for the model")
+        raise ImageReadError(
+            path,
+            f"image is {width}x{height} pixels, its sides in a ratio over "
+            f"{MAX_ASPECT_RATIO}:1, too narrow for the model",
+        )
 
 
 @contextmanager

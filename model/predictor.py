@@ -167,9 +167,7 @@ class Predictor:
             if heads.has_mask:
                 detections.masks = heads.predict_masks(cached.features, [box_input], labels)
             if heads.has_keypoint and self.has_keypoints(label_index):
-                detections.keypoints, detections.keypoint_scores = heads.predict_keypoints(
-                    cached.features, [box_input]
-                )
+                detections.keypoints, detections.keypoint_scores = heads.predict_keypoints(cached.features, [box_input])
             self._check_cancelled()
             instances = self._instances(detections, batch, 0, score_threshold=0.0)
             instances.boxes = box_image.cpu()  # as drawn, not mapped there and back
@@ -236,8 +234,9 @@ class Predictor:
             return tensor.float().div_(255)
         return tensor.float()
 
-    def _instances(self, detections: Detections, batch: ImageBatch, index: int,
-                   score_threshold: float | None) -> Instances:  # fmt: skip
+    def _instances(
+        self, detections: Detections, batch: ImageBatch, index: int, score_threshold: float | None
+    ) -> Instances:
         """Detections of image ``index`` in its own pixels, masks pasted and thresholded."""
         start = sum(detections.counts[:index])
         part = slice(start, start + detections.counts[index])

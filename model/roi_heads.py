@@ -72,8 +72,15 @@ class MLPBoxHead(nn.Module):
 class ConvFCBoxHead(nn.Sequential):
     """v2 box head: 4 x (3x3 conv 256 + BatchNorm + ReLU), then one FC of 1024 with ReLU."""
 
-    def __init__(self, in_channels: int, resolution: int, conv_channels: int = 256, num_convs: int = 4,
-                 representation_size: int = 1024, norm: str = "bn") -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int,
+        conv_channels: int = 256,
+        num_convs: int = 4,
+        representation_size: int = 1024,
+        norm: str = "bn",
+    ) -> None:
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(num_convs):
@@ -245,8 +252,9 @@ def mask_targets(gt_masks: Tensor, gt_index: Tensor, boxes: Tensor, size: int) -
         boxes: (R, 4) RoIs in the same pixels as the masks (continuous coordinates: pixel (i, j)
             covers [j, j+1) x [i, i+1), hence ``aligned=True``).
     Returns:
-        (R, size, size) float32 in {0, 1}: each bin the mean of its bilinear samples, at least 0.5 (Detectron2's binary targets; the blur of resampling a binary mask would
-        otherwise soften every edge).
+        (R, size, size) float32 in {0, 1}: each bin the mean of its bilinear samples, at least 0.5
+        (Detectron2's binary targets; the blur of resampling a binary mask would otherwise soften
+        every edge).
     """
     if boxes.shape[0] == 0:
         return gt_masks.new_zeros((0, size, size), dtype=torch.float32)
@@ -343,9 +351,16 @@ class RoIHeads(nn.Module):
             torch.tensor([p.shape[0] for p in proposals], device=image_sizes.device),
         )
         detections = fast_rcnn_inference(
-            class_logits, box_deltas, torch.cat(proposals), proposal_image, image_sizes,
-            self.bbox_reg_weights, self.score_thresh, self.nms_thresh, self.detections_per_img,
-        )  # fmt: skip
+            class_logits,
+            box_deltas,
+            torch.cat(proposals),
+            proposal_image,
+            image_sizes,
+            self.bbox_reg_weights,
+            self.score_thresh,
+            self.nms_thresh,
+            self.detections_per_img,
+        )
         boxes = list(detections.boxes.split(detections.counts))
         if self.has_mask:
             detections.masks = self.predict_masks(features, boxes, detections.labels)
@@ -369,10 +384,14 @@ class RoIHeads(nn.Module):
         sampled = [self.sample_rois(p, t) for p, t in zip(proposals, targets)]
         boxes = [s.boxes for s in sampled]
         labels = torch.cat([s.labels for s in sampled])
-        regression = torch.cat([
-            encode_boxes(t["boxes"][s.gt_index], s.boxes, self.bbox_reg_weights) if t["boxes"].numel()
-            else torch.zeros_like(s.boxes) for s, t in zip(sampled, targets)
-        ])  # fmt: skip
+        regression = torch.cat(
+            [
+                encode_boxes(t["boxes"][s.gt_index], s.boxes, self.bbox_reg_weights)
+                if t["boxes"].numel()
+                else torch.zeros_like(s.boxes)
+                for s, t in zip(sampled, targets)
+            ]
+        )
         class_logits, box_deltas = self.classify(features, boxes)
         losses = fast_rcnn_losses(class_logits, box_deltas, labels, regression)
 
@@ -386,10 +405,12 @@ class RoIHeads(nn.Module):
             x = roi_align_fpn(features, fg_boxes, 14)
             logits = self.mask_predictor(self.mask_head(x), fg_labels)
             mask_size = logits.shape[-1]
-            gt_masks = torch.cat([
-                mask_targets(t["masks"], g, b / t["scale"].to(b.dtype).repeat(2), mask_size)
-                for b, g, t in zip(fg_boxes, fg_gt, targets)
-            ])  # fmt: skip
+            gt_masks = torch.cat(
+                [
+                    mask_targets(t["masks"], g, b / t["scale"].to(b.dtype).repeat(2), mask_size)
+                    for b, g, t in zip(fg_boxes, fg_gt, targets)
+                ]
+            )
             losses["loss_mask"] = mask_rcnn_loss(logits, fg_labels, gt_masks)
         if self.has_keypoint:
             assert self.keypoint_head is not None and self.keypoint_predictor is not None

@@ -184,9 +184,10 @@ def rpn_losses(
     targets = encode_boxes(matched_boxes[positive], anchors[anchor_index].to(matched_boxes.dtype), (1.0, 1.0, 1.0, 1.0))
     num_sampled = sampled.sum().clamp(min=1)
     box_loss = F.smooth_l1_loss(deltas[positive], targets, beta=SMOOTH_L1_BETA, reduction="sum") / num_sampled
-    objectness_loss = F.binary_cross_entropy_with_logits(
-        objectness[sampled], labels[sampled].to(objectness.dtype), reduction="sum"
-    ) / num_sampled
+    objectness_loss = (
+        F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled].to(objectness.dtype), reduction="sum")
+        / num_sampled
+    )
     return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
 
 
@@ -250,9 +251,14 @@ class RegionProposalNetwork(nn.Module):
         all_anchors = torch.cat(anchors)
         with torch.no_grad():
             labels, matched = label_anchors(
-                all_anchors, gt_boxes, crowd_boxes, self.fg_iou_thresh, self.bg_iou_thresh,
-                self.batch_size_per_image, self.positive_fraction,
-            )  # fmt: skip
+                all_anchors,
+                gt_boxes,
+                crowd_boxes,
+                self.fg_iou_thresh,
+                self.bg_iou_thresh,
+                self.batch_size_per_image,
+                self.positive_fraction,
+            )
         losses = rpn_losses(
             torch.cat([o for o, _ in flat], dim=1), torch.cat([d for _, d in flat], dim=1), all_anchors, labels, matched
         )

@@ -71,8 +71,14 @@ KEYPOINT_NAMES: tuple[str, ...] = ("centre", "top", "right", "bottom", "left")
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
 
 SKELETON: tuple[tuple[int, int], ...] = (
-    (2, 3), (3, 4), (4, 5), (5, 2),  # outline: top - right - bottom - left - top
-    (1, 2), (1, 3), (1, 4), (1, 5),  # spokes from the centre
+    (2, 3),
+    (3, 4),
+    (4, 5),
+    (5, 2),  # outline: top - right - bottom - left - top
+    (1, 2),
+    (1, 3),
+    (1, 4),
+    (1, 5),  # spokes from the centre
 )
 """Keypoint pairs to connect when drawing, 1-based indices into ``KEYPOINT_NAMES`` (COCO)."""
 
@@ -230,9 +236,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return image + shading[..., None] + grain
 
 
-def _shape_fill(
-    rng: np.random.Generator, colour: np.ndarray, height: int, width: int
-) -> np.ndarray:
+def _shape_fill(rng: np.random.Generator, colour: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H, W, 3) float32: a flat colour, a mild smooth texture, sometimes faint stripes, grain."""
     shading = rng.uniform(6, 25) * _smooth_noise(rng, height, width, int(rng.integers(1, 5)))
     if rng.random() < 0.3:
@@ -346,9 +350,7 @@ def _draw_side(rng: np.random.Generator, side: int | tuple[int, int]) -> int:
     return low if low == high else int(rng.integers(low, high + 1))
 
 
-def _coco_annotations(
-    instances: list[SyntheticInstance], image_id: int, first_id: int
-) -> list[dict[str, Any]]:
+def _coco_annotations(instances: list[SyntheticInstance], image_id: int, first_id: int) -> list[dict[str, Any]]:
     """COCO annotation records with compressed RLE masks; area and bbox come from the RLE."""
     if not instances:
         return []
@@ -375,11 +377,7 @@ def _coco_annotations(
                 "area": int(areas[offset]),
                 "bbox": [float(v) for v in boxes[offset]],
                 "iscrowd": 0,
-                "keypoints": [
-                    value
-                    for x, y, v in keypoints
-                    for value in (float(x), float(y), int(v))
-                ],
+                "keypoints": [value for x, y, v in keypoints for value in (float(x), float(y), int(v))],
                 "num_keypoints": int(np.count_nonzero(keypoints[:, 2])),
             }
         )
@@ -423,9 +421,7 @@ def generate(
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     write_params = (
-        [cv2.IMWRITE_PNG_COMPRESSION, 1]
-        if image_format == "png"
-        else [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        [cv2.IMWRITE_PNG_COMPRESSION, 1] if image_format == "png" else [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     )
 
     out_dir = Path(out_dir)

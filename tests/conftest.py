@@ -37,5 +37,3 @@ def image_folder(tmp_path: Path) -> Path:
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path / "torch" / "hub" / "checkpoints"
-
-

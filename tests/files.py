@@ -35,21 +35,35 @@ def write_json(path: Path, data: object) -> Path:
     return path
 
 
-def labelme_shape(label: str, points: list, shape_type: str = "polygon", group_id: int | None = None,
-           mask: np.ndarray | None = None) -> dict:
+def labelme_shape(
+    label: str, points: list, shape_type: str = "polygon", group_id: int | None = None, mask: np.ndarray | None = None
+) -> dict:
     encoded = None
     if mask is not None:
         buffer = io.BytesIO()
         Image.fromarray(mask.astype(np.uint8)).save(buffer, format="PNG")
         encoded = base64.b64encode(buffer.getvalue()).decode("utf-8")
-    return {"label": label, "points": points, "group_id": group_id, "description": "",
-            "shape_type": shape_type, "flags": {}, "mask": encoded}
+    return {
+        "label": label,
+        "points": points,
+        "group_id": group_id,
+        "description": "",
+        "shape_type": shape_type,
+        "flags": {},
+        "mask": encoded,
+    }
 
 
 def write_labelme(json_path: Path, image_path: Path, shapes: list[dict], size: tuple[int, int]) -> None:
-    data = {"version": "5.5.0", "flags": {}, "shapes": shapes,
-            "imagePath": os.path.relpath(image_path, json_path.parent), "imageData": None,
-            "imageHeight": size[1], "imageWidth": size[0]}
+    data = {
+        "version": "5.5.0",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": os.path.relpath(image_path, json_path.parent),
+        "imageData": None,
+        "imageHeight": size[1],
+        "imageWidth": size[0],
+    }
     json_path.write_text(json.dumps(data, ensure_ascii=False, indent=2))
 
 
@@ -75,8 +89,11 @@ def unreachable_url(filename: str) -> str:
 def few_megabytes_published(folder: Path) -> tuple[WeightsInfo, Path]:
     """A 4 MB weights file named like torchvision's and a registry entry whose URL is file://."""
     source, digest = published_like({"weight": torch.randn(1 << 20)}, folder, "few_megabytes")
-    info = WeightsInfo(name="few_megabytes.TEST", architecture="maskrcnn_resnet50_fpn", url=source.as_uri(),
-                       sha256_prefix=digest[:8], categories=("__background__", "thing"))  # fmt: skip
+    info = WeightsInfo(
+        name="few_megabytes.TEST",
+        architecture="maskrcnn_resnet50_fpn",
+        url=source.as_uri(),
+        sha256_prefix=digest[:8],
+        categories=("__background__", "thing"),
+    )
     return info, source
-
-

@@ -153,11 +153,9 @@ MAX_FILE_LINES = 600
 
 
 def project_files() -> list[Path]:
-    return sorted(
-        path
-        for folder in (*PACKAGES, "tests", "bench")
-        for path in (ROOT / folder).rglob("*.py")
-    ) + [ROOT / "main.py"]
+    return sorted(path for folder in (*PACKAGES, "tests", "bench") for path in (ROOT / folder).rglob("*.py")) + [
+        ROOT / "main.py"
+    ]
 
 
 def test_no_function_is_longer_than_a_hundred_lines() -> None:

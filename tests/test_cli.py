@@ -18,8 +18,9 @@ from tests.files import write_images, write_json
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_new_creates_a_project_over_nested_folders_of_mixed_images(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+def test_new_creates_a_project_over_nested_folders_of_mixed_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     images = tmp_path / "shots"
     write_images(images, [(30, 20)])
     (images / "sub").mkdir()
@@ -42,8 +43,7 @@ def test_new_refuses_to_overwrite_a_project(tmp_path: Path, capsys: pytest.Captu
     assert "a project already exists here" in capsys.readouterr().err
 
 
-def test_info_lists_review_states_and_instances_per_category(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_info_lists_review_states_and_instances_per_category(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_images(tmp_path / "i", [(20, 20), (20, 20)])
     with Project.create(tmp_path / "p.annot", tmp_path / "i") as project:
         a = project.add_image("0.png", 20, 20, "h")
@@ -80,7 +80,8 @@ def test_export_only_done_with_rle(tmp_path: Path) -> None:
 
 
 def test_export_says_how_many_proposals_it_left_out_and_writes_them_when_asked(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     write_images(tmp_path / "i", [(20, 20)])
     with Project.create(tmp_path / "p.annot", tmp_path / "i") as project:
         image = project.add_image("0.png", 20, 20, "h")

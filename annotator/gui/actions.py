@@ -36,63 +36,94 @@ TOOLBAR_WORDS = {"propose": "Propose", "propose_all": "Propose all", "done_next"
 def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
     """The menu bar of ``w`` (annotator.gui.main_window.MainWindow, which imports this module), in
     order: each menu's title and items."""
-    tools = [ActionSpec(f"tool_{name}", tool.label, lambda n=name: w.set_tool(n), (tool.shortcut,), tool.status_tip,
-                        checkable=True, group="tools") for name, tool in w.tools.items()]
+    tools = [
+        ActionSpec(
+            f"tool_{name}",
+            tool.label,
+            lambda n=name: w.set_tool(n),
+            (tool.shortcut,),
+            tool.status_tip,
+            checkable=True,
+            group="tools",
+        )
+        for name, tool in w.tools.items()
+    ]
     model = w.model_control
     return [
-        ("&File", [
-            ActionSpec("open_folder", "Open &folder…", w.choose_folder, ("Ctrl+O",)),
-            ActionSpec("open_project", "Open &project…", w.choose_project, ("Ctrl+Shift+O",)),
-            w.recent_menu,
-            None,
-            ActionSpec("import_coco", "Import COCO JSON…", w.import_coco),
-            ActionSpec("import_labelme", "Import labelme folder…", w.import_labelme),
-            ActionSpec("export_coco", "Export COCO JSON…", lambda: w.export_coco(False), ("Ctrl+E",)),
-            ActionSpec("export_done", "Export done images as COCO JSON…", lambda: w.export_coco(True)),
-            None,
-            ActionSpec("quit", "&Quit", w.close, ("Ctrl+Q",)),
-        ]),
-        ("&Edit", [
-            ActionSpec("undo", "&Undo", w.undo, ("Ctrl+Z",)),
-            ActionSpec("redo", "&Redo", w.redo, ("Ctrl+Shift+Z", "Ctrl+Y")),
-            None,
-            ActionSpec("change_category", "Change &category…", w.change_category, ("C",)),
-            ActionSpec("merge", "&Merge selected", w.merge_selected, ("Ctrl+G",)),
-            ActionSpec("split", "&Split into parts", w.split_selected, ("Ctrl+Shift+G",)),
-            ActionSpec("delete", "&Delete / reject selected", w.delete_selected, ("Delete", "Backspace")),
-            ActionSpec("brush_bigger", "Brush bigger", lambda: w.grow_brush(1), ("+", "=")),
-            ActionSpec("brush_smaller", "Brush smaller", lambda: w.grow_brush(-1), ("-",)),
-        ]),
-        ("&View", [
-            ActionSpec("fit", "&Fit image", w.canvas.fit, ("F",)),
-            ActionSpec("zoom_1to1", "Zoom &1:1", w.canvas.zoom_1to1, ("1",)),
-            ActionSpec("zoom_in", "Zoom in", lambda: w.canvas.zoom_by(1.25), ("Ctrl++",)),
-            ActionSpec("zoom_out", "Zoom out", lambda: w.canvas.zoom_by(0.8), ("Ctrl+-",)),
-            None,
-            *(dock.toggleViewAction() for dock in w.findChildren(QDockWidget)),
-        ]),
+        (
+            "&File",
+            [
+                ActionSpec("open_folder", "Open &folder…", w.choose_folder, ("Ctrl+O",)),
+                ActionSpec("open_project", "Open &project…", w.choose_project, ("Ctrl+Shift+O",)),
+                w.recent_menu,
+                None,
+                ActionSpec("import_coco", "Import COCO JSON…", w.import_coco),
+                ActionSpec("import_labelme", "Import labelme folder…", w.import_labelme),
+                ActionSpec("export_coco", "Export COCO JSON…", lambda: w.export_coco(False), ("Ctrl+E",)),
+                ActionSpec("export_done", "Export done images as COCO JSON…", lambda: w.export_coco(True)),
+                None,
+                ActionSpec("quit", "&Quit", w.close, ("Ctrl+Q",)),
+            ],
+        ),
+        (
+            "&Edit",
+            [
+                ActionSpec("undo", "&Undo", w.undo, ("Ctrl+Z",)),
+                ActionSpec("redo", "&Redo", w.redo, ("Ctrl+Shift+Z", "Ctrl+Y")),
+                None,
+                ActionSpec("change_category", "Change &category…", w.change_category, ("C",)),
+                ActionSpec("merge", "&Merge selected", w.merge_selected, ("Ctrl+G",)),
+                ActionSpec("split", "&Split into parts", w.split_selected, ("Ctrl+Shift+G",)),
+                ActionSpec("delete", "&Delete / reject selected", w.delete_selected, ("Delete", "Backspace")),
+                ActionSpec("brush_bigger", "Brush bigger", lambda: w.grow_brush(1), ("+", "=")),
+                ActionSpec("brush_smaller", "Brush smaller", lambda: w.grow_brush(-1), ("-",)),
+            ],
+        ),
+        (
+            "&View",
+            [
+                ActionSpec("fit", "&Fit image", w.canvas.fit, ("F",)),
+                ActionSpec("zoom_1to1", "Zoom &1:1", w.canvas.zoom_1to1, ("1",)),
+                ActionSpec("zoom_in", "Zoom in", lambda: w.canvas.zoom_by(1.25), ("Ctrl++",)),
+                ActionSpec("zoom_out", "Zoom out", lambda: w.canvas.zoom_by(0.8), ("Ctrl+-",)),
+                None,
+                *(dock.toggleViewAction() for dock in w.findChildren(QDockWidget)),
+            ],
+        ),
         ("&Tools", tools),
-        ("&Review", [
-            ActionSpec("prev_image", "&Previous image", lambda: w.step_image(-1), ("A",)),
-            ActionSpec("next_image", "&Next image", lambda: w.step_image(1), ("D",)),
-            ActionSpec("accept", "&Accept selected proposals", w.accept_selected, ("Return", "Enter")),
-            ActionSpec("accept_all", "Accept all above the threshold", w.accept_all_above_threshold,
-                       ("Shift+Return",)),
-            ActionSpec("done_next", "Mark &done and go to the next unlabeled image", w.mark_done_and_next,
-                       ("Space",)),
-            ActionSpec("mark_in_review", "Mark in review", lambda: w.set_review_state(ReviewState.IN_REVIEW)),
-        ]),
-        ("&Model", [
-            ActionSpec("choose_model", "Choose &model…", model.choose, ("Ctrl+M",)),
-            ActionSpec("propose", "&Propose for this image", model.propose_current, ("Ctrl+P",)),
-            ActionSpec("propose_all", "Propose for &all unlabeled images", model.propose_all, ("Ctrl+Shift+P",)),
-            ActionSpec("auto_propose", "A&uto-propose on opening an unlabeled image", model.on_auto_triggered,
-                       tip="Runs the model on each image you open that is unlabeled and has no instances yet",
-                       checkable=True),
-            ActionSpec("cancel", "&Cancel (drawing, or the model's job)", w.cancel, ("Escape",)),
-            None,
-            ActionSpec("fine_tune", "&Fine-tune on done images…", model.fine_tune),
-        ]),
+        (
+            "&Review",
+            [
+                ActionSpec("prev_image", "&Previous image", lambda: w.step_image(-1), ("A",)),
+                ActionSpec("next_image", "&Next image", lambda: w.step_image(1), ("D",)),
+                ActionSpec("accept", "&Accept selected proposals", w.accept_selected, ("Return", "Enter")),
+                ActionSpec(
+                    "accept_all", "Accept all above the threshold", w.accept_all_above_threshold, ("Shift+Return",)
+                ),
+                ActionSpec(
+                    "done_next", "Mark &done and go to the next unlabeled image", w.mark_done_and_next, ("Space",)
+                ),
+                ActionSpec("mark_in_review", "Mark in review", lambda: w.set_review_state(ReviewState.IN_REVIEW)),
+            ],
+        ),
+        (
+            "&Model",
+            [
+                ActionSpec("choose_model", "Choose &model…", model.choose, ("Ctrl+M",)),
+                ActionSpec("propose", "&Propose for this image", model.propose_current, ("Ctrl+P",)),
+                ActionSpec("propose_all", "Propose for &all unlabeled images", model.propose_all, ("Ctrl+Shift+P",)),
+                ActionSpec(
+                    "auto_propose",
+                    "A&uto-propose on opening an unlabeled image",
+                    model.on_auto_triggered,
+                    tip="Runs the model on each image you open that is unlabeled and has no instances yet",
+                    checkable=True,
+                ),
+                ActionSpec("cancel", "&Cancel (drawing, or the model's job)", w.cancel, ("Escape",)),
+                None,
+                ActionSpec("fine_tune", "&Fine-tune on done images…", model.fine_tune),
+            ],
+        ),
         ("&Help", [ActionSpec("help", "&Keyboard shortcuts", w.show_help, ("F1", "?"))]),
     ]
 
@@ -125,8 +156,9 @@ def build_actions(window: QMainWindow, toolbar: QToolBar) -> dict[str, QAction]:
     for action in toolbar.actions():
         if not action.isSeparator():
             tip = action.statusTip()
-            action.setToolTip(f"{action.text().replace('&', '')} ({action.shortcut().toString()})"
-                              + (f"\n{tip}" if tip else ""))
+            action.setToolTip(
+                f"{action.text().replace('&', '')} ({action.shortcut().toString()})" + (f"\n{tip}" if tip else "")
+            )
     return actions
 
 

@@ -4,7 +4,8 @@ thread pool, with the result handed back on the UI thread."""
 from __future__ import annotations
 
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
@@ -40,8 +41,9 @@ class _Job(QRunnable):
 _pending: set[_Relay] = set()  # relays stay alive until their result is delivered
 
 
-def run_in_background(work: Callable[[], Any], on_done: Callable[[Any], None],
-                      on_error: Callable[[str], None] | None = None) -> None:
+def run_in_background(
+    work: Callable[[], Any], on_done: Callable[[Any], None], on_error: Callable[[str], None] | None = None
+) -> None:
     """Runs ``work()`` on the global thread pool; ``on_done(result)`` or ``on_error(message)``
     is then called on the UI thread."""
     relay = _Relay()

@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import (QBrush, QColor, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen,
-                           QResizeEvent, QWheelEvent)
+from PySide6.QtGui import QBrush, QColor, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen, QResizeEvent, QWheelEvent
 from PySide6.QtWidgets import QWidget
 
 from annotator.gui.overlays import MaskOverlay, OverlayCache
@@ -78,8 +77,12 @@ class Canvas(QWidget):
 
     def set_session(self, session: Session | None) -> None:
         if self.session is not None:
-            for signal in (self.session.instances_changed, self.session.selection_changed,
-                           self.session.view_state_changed, self.session.categories_changed):
+            for signal in (
+                self.session.instances_changed,
+                self.session.selection_changed,
+                self.session.view_state_changed,
+                self.session.categories_changed,
+            ):
                 signal.disconnect(self.reload)
         self.session = session
         self._overlays.clear()
@@ -124,8 +127,11 @@ class Canvas(QWidget):
 
     def instance_at(self, pos: QPointF, proposals_only: bool = False) -> Instance | None:
         """The smallest drawn instance whose mask holds image point ``pos``."""
-        hits = [i for i in self._instances if self.overlay(i).contains(pos.x(), pos.y())
-                and (not proposals_only or i.source == Source.MODEL)]
+        hits = [
+            i
+            for i in self._instances
+            if self.overlay(i).contains(pos.x(), pos.y()) and (not proposals_only or i.source == Source.MODEL)
+        ]
         return min(hits, key=lambda i: i.area, default=None)
 
     # -- view -----------------------------------------------------------------------------------
@@ -140,8 +146,9 @@ class Canvas(QWidget):
         if self.pyramid is None or self.width() <= 0:
             return
         margin = 8
-        scale = min((self.width() - 2 * margin) / self.pyramid.width,
-                    (self.height() - 2 * margin) / self.pyramid.height)
+        scale = min(
+            (self.width() - 2 * margin) / self.pyramid.width, (self.height() - 2 * margin) / self.pyramid.height
+        )
         self.set_view(max(MIN_SCALE, min(MAX_SCALE, scale)), None)
         self._fit_pending = False
 
@@ -164,8 +171,9 @@ class Canvas(QWidget):
     def set_view(self, scale: float, offset: QPointF | None) -> None:
         self.scale = scale
         if offset is None and self.pyramid is not None:  # centred
-            offset = QPointF((self.width() - self.pyramid.width * scale) / 2,
-                             (self.height() - self.pyramid.height * scale) / 2)
+            offset = QPointF(
+                (self.width() - self.pyramid.width * scale) / 2, (self.height() - self.pyramid.height * scale) / 2
+            )
         self.offset = offset or QPointF(0, 0)
         self.zoom_changed.emit(scale)
         self.update()
@@ -191,8 +199,9 @@ class Canvas(QWidget):
         self._paint_background(painter)
         if self.pyramid is not None:
             self.last_level = level = self.pyramid.level_for_scale(self.scale)
-            visible = QRectF(self.widget_to_image(QPointF(0, 0)),
-                             self.widget_to_image(QPointF(self.width(), self.height())))
+            visible = QRectF(
+                self.widget_to_image(QPointF(0, 0)), self.widget_to_image(QPointF(self.width(), self.height()))
+            )
             self._paint_image(painter, level, visible)
             painter.save()
             painter.translate(self.offset)
@@ -214,16 +223,20 @@ class Canvas(QWidget):
         painter.fillRect(self.rect(), QColor(48, 48, 48))
         if self.pyramid is None:
             painter.setPen(QColor(170, 170, 170))
-            painter.drawText(self.rect().adjusted(20, 0, -20, 0),
-                             Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.placeholder)
+            painter.drawText(
+                self.rect().adjusted(20, 0, -20, 0),
+                Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
+                self.placeholder,
+            )
 
     def _paint_image(self, painter: QPainter, level: int, visible: QRectF) -> None:
-        image, (x, y, w, h) = self.pyramid.region(level, visible.left(), visible.top(), visible.right(),
-                                                  visible.bottom())
+        image, (x, y, w, h) = self.pyramid.region(
+            level, visible.left(), visible.top(), visible.right(), visible.bottom()
+        )
         if image.isNull():
             return
         # Magnified: nearest, so single pixels stay crisp for pixel-level editing.
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.scale * 2 ** level < 1.0)
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.scale * 2**level < 1.0)
         target = QRectF(self.image_to_widget(QPointF(x, y)), self.image_to_widget(QPointF(x + w, y + h)))
         painter.drawImage(target, image)
 
@@ -248,8 +261,7 @@ class Canvas(QWidget):
                 pen.setDashPattern(OUTLINE_DASHES)  # proposals not yet accepted
             self._draw_outline(painter, self.overlay(instance), pen, level, visible)
 
-    def _draw_outline(self, painter: QPainter, overlay: MaskOverlay, pen: QPen, level: int,
-                      visible: QRectF) -> None:
+    def _draw_outline(self, painter: QPainter, overlay: MaskOverlay, pen: QPen, level: int, visible: QRectF) -> None:
         """The part of ``overlay``'s outline in ``visible``, the pen's width in screen pixels."""
         if not overlay.rect.intersects(visible):
             return  # (nor traced, while the instance stays out of view)
@@ -308,15 +320,22 @@ class Canvas(QWidget):
         if self.scale * max(self.pyramid.width, self.pyramid.height) < 200:
             return
         selected = set(self.session.selection) if self.session else set()
-        labelled = self._instances if len(self._instances) <= LABEL_ALL_BELOW else [
-            i for i in self._instances if i.id in selected or i.id == self.hover_id]
+        labelled = (
+            self._instances
+            if len(self._instances) <= LABEL_ALL_BELOW
+            else [i for i in self._instances if i.id in selected or i.id == self.hover_id]
+        )
         for instance in labelled:
             category = self._categories.get(instance.category_id)
             text = category.name if category else "?"
             if instance.source == Source.MODEL and instance.score is not None:
                 text += f" {instance.score:.2f}"
-            self.paint_tag(painter, self.image_to_widget(QPointF(instance.bbox[0], instance.bbox[1])), text,
-                           self.category_color(instance.category_id).darker(150))
+            self.paint_tag(
+                painter,
+                self.image_to_widget(QPointF(instance.bbox[0], instance.bbox[1])),
+                text,
+                self.category_color(instance.category_id).darker(150),
+            )
 
     def paint_tag(self, painter: QPainter, corner: QPointF, text: str, color: QColor) -> None:
         """A small label of white text on ``color`` standing on ``corner`` (widget pixels), or
@@ -325,8 +344,9 @@ class Canvas(QWidget):
         font.setPointSizeF(8.5)
         painter.setFont(font)
         metrics = painter.fontMetrics()
-        box = QRectF(corner.x(), corner.y() - metrics.height() - 2, metrics.horizontalAdvance(text) + 6,
-                     metrics.height() + 2)
+        box = QRectF(
+            corner.x(), corner.y() - metrics.height() - 2, metrics.horizontalAdvance(text) + 6, metrics.height() + 2
+        )
         if box.top() < 0:
             box.moveTop(corner.y())
         painter.fillRect(box, color)
@@ -337,8 +357,9 @@ class Canvas(QWidget):
 
     def _tool_event(self, event: QMouseEvent) -> ToolEvent:
         widget_pos = event.position()
-        return ToolEvent(self.widget_to_image(widget_pos), widget_pos, event.button(), event.buttons(),
-                         event.modifiers())
+        return ToolEvent(
+            self.widget_to_image(widget_pos), widget_pos, event.button(), event.buttons(), event.modifiers()
+        )
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
         self.setFocus()

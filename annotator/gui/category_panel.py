@@ -3,13 +3,25 @@ names and skeleton of each."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QColorDialog, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout,
-                               QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QPlainTextEdit,
-                               QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QColorDialog,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from annotator.gui.instance_list import color_icon
 from annotator.gui.session import Session
@@ -52,8 +64,9 @@ class CategoryDialog(QDialog):
         self.keypoints = QPlainTextEdit("\n".join(category.keypoints) if category else "")
         self.keypoints.setPlaceholderText("one keypoint name a line, e.g.\nhead\ntail")
         names = list(category.keypoints) if category else []
-        self.skeleton = QPlainTextEdit("\n".join(f"{names[a - 1]} - {names[b - 1]}" for a, b in category.skeleton)
-                                       if category else "")
+        self.skeleton = QPlainTextEdit(
+            "\n".join(f"{names[a - 1]} - {names[b - 1]}" for a, b in category.skeleton) if category else ""
+        )
         self.skeleton.setPlaceholderText("one edge a line: head - tail (names or numbers)")
         form = QFormLayout()
         form.addRow("Name", self.name)
@@ -80,8 +93,12 @@ class CategoryDialog(QDialog):
     def values(self) -> dict:
         """The edited fields; raises ValueError for a bad skeleton."""
         names = [line.strip() for line in self.keypoints.toPlainText().splitlines() if line.strip()]
-        return {"name": self.name.text().strip(), "color": self.color.name(), "keypoints": names,
-                "skeleton": parse_skeleton(self.skeleton.toPlainText(), names)}
+        return {
+            "name": self.name.text().strip(),
+            "color": self.color.name(),
+            "keypoints": names,
+            "skeleton": parse_skeleton(self.skeleton.toPlainText(), names),
+        }
 
 
 class CategoryPanel(QWidget):
@@ -169,6 +186,7 @@ class CategoryPanel(QWidget):
         if self.session is None or self.session.current_category is None:
             return
         category_id = self.session.current_category_id
-        if self._run_dialog(self.session.current_category,
-                            lambda values: self.session.project.update_category(category_id, **values)):
+        if self._run_dialog(
+            self.session.current_category, lambda values: self.session.project.update_category(category_id, **values)
+        ):
             self.session.notify_categories()

@@ -50,8 +50,12 @@ def demo_project_path(target: Path | None = None) -> Path:
         generate(target / "data", DEMO_IMAGES, seed=7, size=(360, 480))
     with create_project(project_file, scan_images(images)) as project, project.transaction():
         for category in coco_categories():
-            project.add_category(category["name"], category["supercategory"], keypoints=category["keypoints"],
-                                 skeleton=[tuple(pair) for pair in category["skeleton"]])
+            project.add_category(
+                category["name"],
+                category["supercategory"],
+                keypoints=category["keypoints"],
+                skeleton=[tuple(pair) for pair in category["skeleton"]],
+            )
     return project_file
 
 

@@ -6,13 +6,25 @@ weights can become the proposal model at once."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPen, QPolygonF
-from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from annotator.gui.model_picker import runs_dir
 from annotator.gui.training import TrainingProcess, TrainingRequest, train_command
@@ -52,8 +64,15 @@ class LossPlot(QWidget):
         ys = [p[1] for p in self.points]
         x0, x1 = min(xs), max(max(xs), min(xs) + 1)
         y0, y1 = 0.0, max(ys) * 1.05 or 1.0
-        line = QPolygonF([QPointF(area.left() + (x - x0) / (x1 - x0) * area.width(),
-                                  area.bottom() - (y - y0) / (y1 - y0) * area.height()) for x, y in shown])
+        line = QPolygonF(
+            [
+                QPointF(
+                    area.left() + (x - x0) / (x1 - x0) * area.width(),
+                    area.bottom() - (y - y0) / (y1 - y0) * area.height(),
+                )
+                for x, y in shown
+            ]
+        )
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         painter.setPen(QPen(QColor("#ff7f0e"), 1.5))
         painter.drawPolyline(line)
@@ -62,15 +81,19 @@ class LossPlot(QWidget):
         painter.drawText(4, area.bottom(), "0")
         painter.drawText(area.left(), self.height() - 8, f"iteration {int(x0)}")
         painter.drawText(area.right() - 80, self.height() - 8, f"{int(x1)}")
-        painter.drawText(area.adjusted(0, 0, -4, 0), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop,
-                         f"loss {ys[-1]:.3f}")
+        painter.drawText(
+            area.adjusted(0, 0, -4, 0), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop, f"loss {ys[-1]:.3f}"
+        )
 
 
 def _ap_text(event: dict) -> str:
-    """"mask 61.2, box 70.3, keypoints 55.0": the COCO APs of an eval event, in percent."""
+    """ "mask 61.2, box 70.3, keypoints 55.0": the COCO APs of an eval event, in percent."""
     names = {"segm": "mask", "bbox": "box", "keypoints": "keypoints"}
-    parts = [f"{label} {100 * event[key]['AP']:.1f}" for key, label in names.items()
-             if isinstance(event.get(key), dict) and isinstance(event[key].get("AP"), (int, float))]
+    parts = [
+        f"{label} {100 * event[key]['AP']:.1f}"
+        for key, label in names.items()
+        if isinstance(event.get(key), dict) and isinstance(event[key].get("AP"), (int, float))
+    ]
     return ", ".join(parts) or "—"
 
 
@@ -86,8 +109,13 @@ def _mask_ap(event: dict | None) -> float:
 class FineTuneDialog(QDialog):
     model_ready = Signal(str)  # path of the fine-tuned weights
 
-    def __init__(self, project: Project, parent: QWidget | None = None, base_weights: list[str] | None = None,
-                 command_factory: Callable[[TrainingRequest, Path, Path], list[str]] = train_command) -> None:
+    def __init__(
+        self,
+        project: Project,
+        parent: QWidget | None = None,
+        base_weights: list[str] | None = None,
+        command_factory: Callable[[TrainingRequest, Path, Path], list[str]] = train_command,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Fine-tune the model on the images marked done")
         self.project = project
@@ -160,16 +188,17 @@ class FineTuneDialog(QDialog):
     @staticmethod
     def default_bases() -> list[str]:
         """The bundled demo model, then the registry's weights."""
-        from resources import bundled_model
         from annotator.gui.model_picker import registry_choices
+        from resources import bundled_model
 
         demo = bundled_model()
         return ([str(demo)] if demo else []) + [choice.name for choice in registry_choices()]
 
     def request(self) -> TrainingRequest:
         run = runs_dir(self.project.path) / time.strftime("run-%Y%m%d-%H%M%S")
-        return TrainingRequest(self.base.currentText(), self.epochs.value(), self.val_fraction.value(),
-                               self.device.currentText(), run)
+        return TrainingRequest(
+            self.base.currentText(), self.epochs.value(), self.val_fraction.value(), self.device.currentText(), run
+        )
 
     def start(self) -> bool:
         from annotator.coco import export_coco
@@ -214,9 +243,11 @@ class FineTuneDialog(QDialog):
             elif stage == "after":
                 after, before = _mask_ap(event), _mask_ap(self._before)
                 if after < before:
-                    self._on_log(f"The new model's mask AP on the held-out images is lower than the base's "
-                                 f"({100 * after:.1f} against {100 * before:.1f}): "
-                                 "you may want to keep the current model.")
+                    self._on_log(
+                        f"The new model's mask AP on the held-out images is lower than the base's "
+                        f"({100 * after:.1f} against {100 * before:.1f}): "
+                        "you may want to keep the current model."
+                    )
         elif kind == "checkpoint":
             self._on_log(f"checkpoint {event.get('path', '')}")
         elif kind == "done":

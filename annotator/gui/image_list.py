@@ -17,8 +17,11 @@ STATE_COLORS = {
     ReviewState.DONE: QColor("#2ca02c"),
 }
 FILTERS: list[tuple[str, ReviewState | None]] = [
-    ("All", None), ("Unlabeled", ReviewState.UNLABELED), ("Proposed", ReviewState.PROPOSED),
-    ("In review", ReviewState.IN_REVIEW), ("Done", ReviewState.DONE),
+    ("All", None),
+    ("Unlabeled", ReviewState.UNLABELED),
+    ("Proposed", ReviewState.PROPOSED),
+    ("In review", ReviewState.IN_REVIEW),
+    ("Done", ReviewState.DONE),
 ]
 
 

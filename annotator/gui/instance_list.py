@@ -5,8 +5,17 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPushButton, QSlider, QTreeWidget,
-                               QTreeWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from annotator.gui.session import Session
 from annotator.store import Source
@@ -103,17 +112,25 @@ class InstanceListPanel(QWidget):
             for instance in self.session.instances():
                 category = categories.get(instance.category_id)
                 below = not self.session.view.passes_threshold(instance)
-                item = QTreeWidgetItem([
-                    str(instance.id), category.name if category else "?",
-                    "" if instance.score is None else f"{instance.score:.2f}",
-                    provenance(instance), "", ""])
+                item = QTreeWidgetItem(
+                    [
+                        str(instance.id),
+                        category.name if category else "?",
+                        "" if instance.score is None else f"{instance.score:.2f}",
+                        provenance(instance),
+                        "",
+                        "",
+                    ]
+                )
                 item.setData(0, Qt.ItemDataRole.UserRole, instance.id)
                 if category is not None:
                     item.setIcon(1, color_icon(category.color))
-                item.setCheckState(4, Qt.CheckState.Unchecked if instance.id in self.session.view.hidden
-                                   else Qt.CheckState.Checked)
-                item.setCheckState(5, Qt.CheckState.Checked if instance.id in self.session.view.locked
-                                   else Qt.CheckState.Unchecked)
+                item.setCheckState(
+                    4, Qt.CheckState.Unchecked if instance.id in self.session.view.hidden else Qt.CheckState.Checked
+                )
+                item.setCheckState(
+                    5, Qt.CheckState.Checked if instance.id in self.session.view.locked else Qt.CheckState.Unchecked
+                )
                 if below:
                     for column in range(len(COLUMNS)):
                         item.setForeground(column, QColor(130, 130, 130))

@@ -5,8 +5,8 @@ annotator.prompts, annotator.auto_propose); this file only connects them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PySide6.QtCore import QByteArray, QSettings, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent
@@ -55,8 +55,11 @@ def app_settings() -> QSettings:
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, predictor_factory: Callable[[ModelChoice, str], PredictorLike] | None = None,
-                 settings: QSettings | None = None) -> None:
+    def __init__(
+        self,
+        predictor_factory: Callable[[ModelChoice, str], PredictorLike] | None = None,
+        settings: QSettings | None = None,
+    ) -> None:
         super().__init__()
         collect_on_the_ui_thread()  # the model thread and the thread pool run Python too (annotator.gui.garbage)
         self.setWindowTitle("Mask R-CNN annotator")
@@ -198,13 +201,15 @@ class MainWindow(QMainWindow):
         if first is None or project.image_root.is_dir():
             return
         answer = QMessageBox.question(
-            self, "Images not found",
-            f"The images of {project.path.name} are not in {project.image_root} any more.\n\n"
-            "Locate their folder?")
+            self,
+            "Images not found",
+            f"The images of {project.path.name} are not in {project.image_root} any more.\n\nLocate their folder?",
+        )
         if answer != QMessageBox.StandardButton.Yes:
             return
-        folder = QFileDialog.getExistingDirectory(self, f"The folder that now holds {first.file_name}",
-                                                  str(project.path.parent))
+        folder = QFileDialog.getExistingDirectory(
+            self, f"The folder that now holds {first.file_name}", str(project.path.parent)
+        )
         if not folder:
             return
         if not (Path(folder) / first.file_name).is_file():
@@ -301,9 +306,13 @@ class MainWindow(QMainWindow):
     @property
     def image_ready(self) -> bool:
         """Whether the canvas shows the current image (tests wait for this)."""
-        return (self.session is not None and self.canvas.pyramid is not None
-                and self.canvas.pyramid is self.pyramid and self._load_generation > 0
-                and self.pyramid.width == self.session.image.width)
+        return (
+            self.session is not None
+            and self.canvas.pyramid is not None
+            and self.canvas.pyramid is self.pyramid
+            and self._load_generation > 0
+            and self.pyramid.width == self.session.image.width
+        )
 
     # -- navigation and review (annotator.review) ------------------------------------------------
 
@@ -490,10 +499,15 @@ class MainWindow(QMainWindow):
             self._error("Export", f"{path}: {getattr(error, 'strerror', None) or error}")
             return None
         left_out = counts["proposals_left_out"]
-        unreviewed = (f"; {left_out} proposal{'s were' if left_out > 1 else ' was'} left out (nobody accepted "
-                      f"{'them' if left_out > 1 else 'it'})" if left_out else "")
-        self.status.showMessage(f"Wrote {counts['images']} images and {counts['annotations']} annotations "
-                                f"to {path}{unreviewed}", 10000)
+        unreviewed = (
+            f"; {left_out} proposal{'s were' if left_out > 1 else ' was'} left out (nobody accepted "
+            f"{'them' if left_out > 1 else 'it'})"
+            if left_out
+            else ""
+        )
+        self.status.showMessage(
+            f"Wrote {counts['images']} images and {counts['annotations']} annotations to {path}{unreviewed}", 10000
+        )
         return counts
 
     # -- misc -----------------------------------------------------------------------------------
@@ -512,8 +526,17 @@ class MainWindow(QMainWindow):
 
     def _update_enabled(self) -> None:
         has_project = self.session is not None
-        names = ("import_coco", "import_labelme", "export_coco", "export_done", "done_next", "prev_image",
-                 "next_image", "fine_tune", "mark_in_review")
+        names = (
+            "import_coco",
+            "import_labelme",
+            "export_coco",
+            "export_done",
+            "done_next",
+            "prev_image",
+            "next_image",
+            "fine_tune",
+            "mark_in_review",
+        )
         for name in names:
             self.actions_by_name[name].setEnabled(has_project)
         model_free = has_project and not self.proposals.busy

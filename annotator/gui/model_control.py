@@ -31,9 +31,14 @@ class ModelControl(QObject):
     error = Signal(str, str)  # title, text: for the window to show
     state_changed = Signal()  # a model loaded, or the model thread became busy or free
 
-    def __init__(self, parent: QWidget, status: StatusBar, settings: QSettings,
-                 session: Callable[[], Session | None],
-                 predictor_factory: Callable[[ModelChoice, str], PredictorLike] | None = None) -> None:
+    def __init__(
+        self,
+        parent: QWidget,
+        status: StatusBar,
+        settings: QSettings,
+        session: Callable[[], Session | None],
+        predictor_factory: Callable[[ModelChoice, str], PredictorLike] | None = None,
+    ) -> None:
         super().__init__(parent)
         self.status, self.settings, self.session = status, settings, session
         self.service = ProposalService(predictor_factory, self) if predictor_factory else ProposalService(parent=self)
@@ -92,8 +97,12 @@ class ModelControl(QObject):
         collect_on_the_ui_thread().freeze()  # the model and torch's modules stay: keep full collections cheap
         if self._loading is not None:
             choice, requested = self._loading
-            for key, value in (("kind", choice.kind.value), ("name", choice.name), ("label", choice.label),
-                               ("device", requested)):
+            for key, value in (
+                ("kind", choice.kind.value),
+                ("name", choice.name),
+                ("label", choice.label),
+                ("device", requested),
+            ):
                 self.settings.setValue(f"model/{key}", value)
             self._loading = None
         self.status.set_model(version, device)
@@ -161,8 +170,7 @@ class ModelControl(QObject):
 
     def _on_result(self, result: ProposalResult) -> None:
         session = self.session()
-        if (session is None or self._drop_results_until_idle
-                or not session.project.id_in_use("images", result.image_id)):
+        if session is None or self._drop_results_until_idle or not session.project.id_in_use("images", result.image_id):
             return
         outcome = store_result(session.review, result, session.ensure_category, session.image_id)
         if outcome.select:
@@ -204,6 +212,7 @@ class ModelControl(QObject):
         if current:
             bases = [current] + [base for base in bases if base != current]
         dialog = FineTuneDialog(session.project, self.parent(), base_weights=bases)
-        dialog.model_ready.connect(lambda path: self.load(ModelChoice(ModelKind.RUN, path),
-                                                          self.service.device or "auto"))
+        dialog.model_ready.connect(
+            lambda path: self.load(ModelChoice(ModelKind.RUN, path), self.service.device or "auto")
+        )
         dialog.exec()

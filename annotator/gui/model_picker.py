@@ -6,10 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel,
-                               QListWidget, QListWidgetItem, QProgressBar, QProgressDialog, QPushButton,
-                               QVBoxLayout, QWidget)
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QProgressDialog,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from annotator.gui.proposals import ModelChoice, ModelKind, ProposalService
 
@@ -26,8 +38,10 @@ def registry_choices() -> list[ModelChoice]:
         from model.weights.registry import REGISTRY  # imports torch: only when the dialog opens
     except Exception:
         return []
-    return [ModelChoice(ModelKind.REGISTRY, name, f"{name}  ({info.file_size_mb:.0f} MB download once)")
-            for name, info in REGISTRY.items()]
+    return [
+        ModelChoice(ModelKind.REGISTRY, name, f"{name}  ({info.file_size_mb:.0f} MB download once)")
+        for name, info in REGISTRY.items()
+    ]
 
 
 def run_choices(project_path: Path | None) -> list[ModelChoice]:
@@ -41,8 +55,6 @@ def run_choices(project_path: Path | None) -> list[ModelChoice]:
                 found.append(ModelChoice(ModelKind.RUN, str(files[-1]), f"fine-tuned: {run.name}"))
                 break
     return found
-
-
 
 
 class ModelPickerDialog(QDialog):

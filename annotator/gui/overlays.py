@@ -113,16 +113,28 @@ class MaskOverlay:
                 self._levels[0] = _Contours.of(self._trace())
             else:
                 side = 2**level
-                self._levels[level] = _Contours.of([
-                    cv2.approxPolyDP(c.astype(np.float32), 0.5 * side, True).reshape(-1, 2)
-                    for c in self.contours(0).split() if np.ptp(c, axis=0).max() >= side])
+                self._levels[level] = _Contours.of(
+                    [
+                        cv2.approxPolyDP(c.astype(np.float32), 0.5 * side, True).reshape(-1, 2)
+                        for c in self.contours(0).split()
+                        if np.ptp(c, axis=0).max() >= side
+                    ]
+                )
         return self._levels[level]
 
     def _trace(self) -> list[np.ndarray]:
         box = self.rect
         if self.run_ends is None:  # the box itself
-            return [np.array([[box.left(), box.top()], [box.right(), box.top()], [box.right(), box.bottom()],
-                              [box.left(), box.bottom()]])]
+            return [
+                np.array(
+                    [
+                        [box.left(), box.top()],
+                        [box.right(), box.top()],
+                        [box.right(), box.bottom()],
+                        [box.left(), box.bottom()],
+                    ]
+                )
+            ]
         x, y, w, h = (int(v) for v in (box.x(), box.y(), box.width(), box.height()))
         # traced on the transposed crop, which decode_crop gives as whole rows (copying it into
         # row order would cost several times the tracing on a large mask); points come back as
@@ -143,9 +155,13 @@ class MaskOverlay:
         p, along, firsts = contours.points, contours.along, contours.firsts
         x0, y0, x1, y1 = visible.getCoords()
         a, b = p[:-1], p[1:]
-        crossing = ((firsts[1:] == firsts[:-1])  # the step stays on one contour
-                    & (np.maximum(a[:, 0], b[:, 0]) >= x0) & (np.minimum(a[:, 0], b[:, 0]) <= x1)
-                    & (np.maximum(a[:, 1], b[:, 1]) >= y0) & (np.minimum(a[:, 1], b[:, 1]) <= y1))
+        crossing = (
+            (firsts[1:] == firsts[:-1])  # the step stays on one contour
+            & (np.maximum(a[:, 0], b[:, 0]) >= x0)
+            & (np.minimum(a[:, 0], b[:, 0]) <= x1)
+            & (np.maximum(a[:, 1], b[:, 1]) >= y0)
+            & (np.minimum(a[:, 1], b[:, 1]) <= y1)
+        )
         # runs of crossing steps: steps first..end-1 join points first..end
         edges = np.diff(np.concatenate([[0], crossing.astype(np.int8), [0]]))
         first, end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)

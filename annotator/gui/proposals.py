@@ -21,10 +21,10 @@ import enum
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, SignalInstance, Slot
@@ -45,8 +45,9 @@ class PredictorLike(Protocol):
 
     def predict(self, image: np.ndarray) -> Any: ...
 
-    def predict_in_box(self, image: np.ndarray, box: tuple[float, float, float, float],
-                       label: str | None = None) -> Any: ...
+    def predict_in_box(
+        self, image: np.ndarray, box: tuple[float, float, float, float], label: str | None = None
+    ) -> Any: ...
 
 
 class ModelKind(enum.StrEnum):
@@ -110,8 +111,9 @@ class ProposalWorker(QObject):
         return self._cached[1]
 
     @contextlib.contextmanager
-    def _job(self, title: str, failed: SignalInstance | None = None,
-             cancelled: SignalInstance | None = None) -> Iterator[None]:
+    def _job(
+        self, title: str, failed: SignalInstance | None = None, cancelled: SignalInstance | None = None
+    ) -> Iterator[None]:
         """One job of the model thread, between ``job_started`` and ``job_finished``. An error
         ends it as one message on ``failed`` (default: the ``failed`` signal); the user's cancel
         is not an error and goes to ``cancelled``, if given."""
@@ -153,8 +155,12 @@ class ProposalWorker(QObject):
                 raise DownloadCancelled(name)
             now = time.monotonic()
             step = total * DOWNLOAD_REPORT_FRACTION if total else DOWNLOAD_REPORT_BYTES_UNKNOWN_SIZE
-            if (not started or done == total or now - last_time >= DOWNLOAD_REPORT_INTERVAL_S
-                    or done - last_done >= step):
+            if (
+                not started
+                or done == total
+                or now - last_time >= DOWNLOAD_REPORT_INTERVAL_S
+                or done - last_done >= step
+            ):
                 started, last_time, last_done = True, now, done
                 self.download_progress.emit(name, done, total)
 
@@ -197,13 +203,19 @@ class ProposalWorker(QObject):
                 self._last_prediction = (image_id, self.predictor.predict(image))
             self.result.emit(self._result(image_id, self._last_prediction[1], PromptKind.POINT, tuple(point)))
 
-    def _result(self, image_id: int, instances: Any, prompt: PromptKind,
-                point: tuple[float, float] | None = None) -> ProposalResult:
+    def _result(
+        self, image_id: int, instances: Any, prompt: PromptKind, point: tuple[float, float] | None = None
+    ) -> ProposalResult:
         """The proposals ``prompt`` gives (annotator.prompts), masks encoded here, in the model thread."""
         version = str(getattr(instances, "model_version", "") or getattr(self.predictor, "model_version", ""))
-        return ProposalResult(image_id, version, proposals_for(prompt, instances, point), prompt,
-                              tuple(getattr(self.predictor, "keypoint_names", ())),
-                              tuple(getattr(self.predictor, "keypoint_skeleton", ())))
+        return ProposalResult(
+            image_id,
+            version,
+            proposals_for(prompt, instances, point),
+            prompt,
+            tuple(getattr(self.predictor, "keypoint_names", ())),
+            tuple(getattr(self.predictor, "keypoint_skeleton", ())),
+        )
 
 
 def _leave_a_core_for_the_ui() -> None:
@@ -252,8 +264,11 @@ class ProposalService(QObject):
     busy_changed = Signal(bool)
     status = Signal(str)
 
-    def __init__(self, factory: Callable[[ModelChoice, str], PredictorLike] = default_predictor_factory,
-                 parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        factory: Callable[[ModelChoice, str], PredictorLike] = default_predictor_factory,
+        parent: QObject | None = None,
+    ) -> None:
         super().__init__(parent)
         self.thread = QThread()
         self.thread.setObjectName("model")

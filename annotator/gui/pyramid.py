@@ -43,11 +43,13 @@ class ImagePyramid:
         level = int(math.floor(math.log2(1.0 / scale))) if scale < 1 else 0
         return max(0, min(level, len(self.levels) - 1))
 
-    def region(self, level: int, x0: float, y0: float, x1: float, y1: float) -> tuple[QImage, tuple[int, int, int, int]]:
+    def region(
+        self, level: int, x0: float, y0: float, x1: float, y1: float
+    ) -> tuple[QImage, tuple[int, int, int, int]]:
         """The part of ``level`` covering image rectangle ``[x0, x1) x [y0, y1)`` (level-0 pixels),
         as a QImage that owns its pixels, and that part's rectangle in level-0 pixels
         ``(x, y, width, height)``; widened to whole level pixels."""
-        factor = 2 ** level
+        factor = 2**level
         array = self.levels[level]
         h, w = array.shape[:2]
         lx0 = max(0, min(w, int(math.floor(x0 / factor))))

@@ -44,9 +44,11 @@ class ThumbnailCache(QObject):
             return image
         if image_id not in self._pending:
             self._pending.add(image_id)
-            run_in_background(lambda: make_thumbnail(path),
-                              lambda result: self._store(image_id, result),
-                              lambda message: self._store(image_id, QImage()))
+            run_in_background(
+                lambda: make_thumbnail(path),
+                lambda result: self._store(image_id, result),
+                lambda message: self._store(image_id, QImage()),
+            )
         return None
 
     def _store(self, image_id: int, image: QImage) -> None:

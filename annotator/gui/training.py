@@ -33,11 +33,27 @@ def train_command(request: TrainingRequest, coco_file: Path, image_root: Path) -
     total, epoch, loss, each loss term, lr, eta_s), ``eval`` (stage ``before`` / ``during`` /
     ``after``; ``bbox``, ``segm``, ``keypoints`` each with ``AP`` as a fraction), ``checkpoint``
     (path), ``done`` (path of the final weights), ``error`` (message)."""
-    return [sys.executable, "-u", str(MAIN_PY), "train", str(coco_file), "--images", str(image_root),
-            "--weights", request.base_weights, "--epochs", str(request.epochs),
-            "--val-fraction", f"{request.val_fraction:g}", "--device", request.device,
-            "--out", str(request.run_dir),
-            "--log-period", "1"]  # a point on the loss plot every step: a short run is a line too
+    return [
+        sys.executable,
+        "-u",
+        str(MAIN_PY),
+        "train",
+        str(coco_file),
+        "--images",
+        str(image_root),
+        "--weights",
+        request.base_weights,
+        "--epochs",
+        str(request.epochs),
+        "--val-fraction",
+        f"{request.val_fraction:g}",
+        "--device",
+        request.device,
+        "--out",
+        str(request.run_dir),
+        "--log-period",
+        "1",
+    ]  # a point on the loss plot every step: a short run is a line too
 
 
 def parse_event(line: str) -> dict | None:
@@ -71,11 +87,22 @@ class TrainingProcess(QObject):
             raise RuntimeError("a training process is already running")
         self.cancelled = False
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        kwargs = {"start_new_session": True} if os.name == "posix" else {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-        self.process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, text=True, bufsize=1, env=environment,
-                                        **kwargs)
+        kwargs = (
+            {"start_new_session": True}
+            if os.name == "posix"
+            else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        )
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=environment,
+            **kwargs,
+        )
         threading.Thread(target=self._read, args=(self.process,), daemon=True, name="training-output").start()
 
     def _read(self, process: subprocess.Popen) -> None:
@@ -97,7 +124,9 @@ class TrainingProcess(QObject):
         self.cancelled = True
         process = self.process
         self._signal_group(process, signal.SIGTERM if os.name == "posix" else None)
-        QTimer.singleShot(grace_ms, lambda: process.poll() is None and self._signal_group(process, getattr(signal, "SIGKILL", None)))
+        QTimer.singleShot(
+            grace_ms, lambda: process.poll() is None and self._signal_group(process, getattr(signal, "SIGKILL", None))
+        )
 
     @staticmethod
     def _signal_group(process: subprocess.Popen, sig) -> None:

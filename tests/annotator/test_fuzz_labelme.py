@@ -42,26 +42,42 @@ def _png(mask: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def labelme_shape(label: str, points: list, shape_type: str, group_id: int | None = None, mask: str | None = None) -> dict:
-    return {"label": label, "points": points, "group_id": group_id, "description": "", "shape_type": shape_type,
-            "flags": {}, "mask": mask}
+def labelme_shape(
+    label: str, points: list, shape_type: str, group_id: int | None = None, mask: str | None = None
+) -> dict:
+    return {
+        "label": label,
+        "points": points,
+        "group_id": group_id,
+        "description": "",
+        "shape_type": shape_type,
+        "flags": {},
+        "mask": mask,
+    }
 
 
 def valid_file() -> dict[str, Any]:
     """A labelme 5 file as LabelFile.save writes it, with every kind of shape."""
     blob = np.zeros((6, 8), dtype=bool)
     blob[1:5, 2:7] = True
-    return {"version": "5.5.0", "flags": {}, "imagePath": "../0.png", "imageData": None,
-            "imageHeight": HEIGHT, "imageWidth": WIDTH, "shapes": [
-                labelme_shape("dog", [[2, 2], [12, 2], [12, 12], [2, 12]], "polygon"),
-                labelme_shape("box", [[14, 2], [20, 8]], "rectangle"),
-                labelme_shape("ball", [[30, 20], [34, 20]], "circle"),
-                labelme_shape("blob", [[24.5, 20.5], [31.5, 25.5]], "mask", mask=_png(blob)),
-                labelme_shape("person", [[2, 14], [12, 14], [12, 28], [2, 28]], "polygon", group_id=1),
-                labelme_shape("nose", [[7, 16]], "point", group_id=1),
-                labelme_shape("tile", [[20, 12], [24, 16], [20, 20], [16, 16]], "oriented_rectangle"),
-                labelme_shape("fence", [[0, 29], [39, 29]], "line"),
-            ]}  # fmt: skip
+    return {
+        "version": "5.5.0",
+        "flags": {},
+        "imagePath": "../0.png",
+        "imageData": None,
+        "imageHeight": HEIGHT,
+        "imageWidth": WIDTH,
+        "shapes": [
+            labelme_shape("dog", [[2, 2], [12, 2], [12, 12], [2, 12]], "polygon"),
+            labelme_shape("box", [[14, 2], [20, 8]], "rectangle"),
+            labelme_shape("ball", [[30, 20], [34, 20]], "circle"),
+            labelme_shape("blob", [[24.5, 20.5], [31.5, 25.5]], "mask", mask=_png(blob)),
+            labelme_shape("person", [[2, 14], [12, 14], [12, 28], [2, 28]], "polygon", group_id=1),
+            labelme_shape("nose", [[7, 16]], "point", group_id=1),
+            labelme_shape("tile", [[20, 12], [24, 16], [20, 20], [16, 16]], "oriented_rectangle"),
+            labelme_shape("fence", [[0, 29], [39, 29]], "line"),
+        ],
+    }
 
 
 SHAPE_KEYS = ("label", "points", "group_id", "shape_type", "mask", "flags", "description")
@@ -74,15 +90,45 @@ odd_numbers = st.one_of(
 )
 odd_text = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["", " ", "__ignore__", "dog", "nose", "a\nb", "a\x00b", "\u2028", "0.png", "../0.png",
-                     "..\\0.png", "/etc/passwd", "C:\\0.png", "../../0.png", "missing.png", "x.json", "\ud800",
-                     "polygon", "rectangle", "circle", "mask", "point", "line", "linestrip", "points",
-                     "oriented_rectangle", "ellipse", "aGVsbG8=", "!!notbase64"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "__ignore__",
+            "dog",
+            "nose",
+            "a\nb",
+            "a\x00b",
+            "\u2028",
+            "0.png",
+            "../0.png",
+            "..\\0.png",
+            "/etc/passwd",
+            "C:\\0.png",
+            "../../0.png",
+            "missing.png",
+            "x.json",
+            "\ud800",
+            "polygon",
+            "rectangle",
+            "circle",
+            "mask",
+            "point",
+            "line",
+            "linestrip",
+            "points",
+            "oriented_rectangle",
+            "ellipse",
+            "aGVsbG8=",
+            "!!notbase64",
+        ]
+    ),
 )
 
 
 def _mask_values() -> st.SearchStrategy[str]:
     """A mask field: another PNG (empty, huge declared size, other modes), not PNG, not base64."""
+
     def png_of(size: tuple[int, int], mode: str) -> str:
         buffer = io.BytesIO()
         Image.new(mode, size).save(buffer, format="PNG")
@@ -94,8 +140,11 @@ def _mask_values() -> st.SearchStrategy[str]:
         return base64.b64encode(buffer.getvalue()).decode("ascii")
 
     sizes = st.tuples(st.sampled_from([1, 3, 8, 40, 41, 20000]), st.sampled_from([1, 6, 30, 31, 20000]))
-    return st.one_of(st.builds(png_of, sizes, st.sampled_from(["1", "L", "RGB", "RGBA", "I;16", "P"])),
-                     st.builds(jpeg), st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode("ascii")))
+    return st.one_of(
+        st.builds(png_of, sizes, st.sampled_from(["1", "L", "RGB", "RGBA", "I;16", "P"])),
+        st.builds(jpeg),
+        st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode("ascii")),
+    )
 
 
 # characters that break a line or a path: control characters, separators, an escape, NUL
@@ -103,15 +152,26 @@ breaking = st.sampled_from(["\n", "\r", "\x00", "\t", "\x1b", "\x85", "\u2028", 
 image_paths = st.one_of(
     odd_text,
     st.builds(lambda at, char: "../0.png"[:at] + char + "../0.png"[at:], st.integers(0, 8), breaking),
-    st.sampled_from(["../0.png", "..\\0.png", "./../0.png", "../images/../0.png", "../0.PNG", "../0.png/",
-                     "../labels/../0.png", "../../images/0.png"]),
+    st.sampled_from(
+        [
+            "../0.png",
+            "..\\0.png",
+            "./../0.png",
+            "../images/../0.png",
+            "../0.PNG",
+            "../0.png/",
+            "../labels/../0.png",
+            "../../images/0.png",
+        ]
+    ),
 )
 labels = st.one_of(odd_text, st.builds(lambda char, at: "dog"[:at] + char + "dog"[at:], breaking, st.integers(0, 3)))
 
 odd_values = st.recursive(
     st.one_of(st.none(), st.booleans(), odd_numbers, odd_text),
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(SHAPE_KEYS), inner,
-                                                                         max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(SHAPE_KEYS), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -122,8 +182,25 @@ def mutated_file(draw: st.DrawFn) -> bytes:
     data = valid_file()
     for _ in range(draw(st.integers(1, 4))):
         shapes = data.get("shapes") if isinstance(data.get("shapes"), list) else None
-        kind = draw(st.sampled_from(["top", "path", "shape", "label", "point", "point", "point", "mask", "drop",
-                                     "copy", "length", "group", "group"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "top",
+                    "path",
+                    "shape",
+                    "label",
+                    "point",
+                    "point",
+                    "point",
+                    "mask",
+                    "drop",
+                    "copy",
+                    "length",
+                    "group",
+                    "group",
+                ]
+            )
+        )
         if kind == "path":
             data["imagePath"] = draw(image_paths)
             continue
@@ -162,8 +239,11 @@ def mutated_file(draw: st.DrawFn) -> bytes:
     if encoding == "huge-int":
         text = text.replace(f'"imageWidth": {WIDTH}', '"imageWidth": ' + "9" * 4400, 1)
     # a lone surrogate (ensure_ascii=False) goes out as the three bytes UTF-8 forbids
-    raw = text.encode("latin-1", "replace") if encoding == "latin-1" else text.encode(
-        "utf-8" if encoding in ("cut", "huge-int") else encoding, "surrogatepass")
+    raw = (
+        text.encode("latin-1", "replace")
+        if encoding == "latin-1"
+        else text.encode("utf-8" if encoding in ("cut", "huge-int") else encoding, "surrogatepass")
+    )
     return raw[: draw(st.integers(0, len(raw)))] if encoding == "cut" else raw
 
 
@@ -213,11 +293,17 @@ def workspace() -> Iterator[Path]:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the hang check needs SIGALRM")
-@settings(max_examples=EXAMPLES or 250, deadline=None, derandomize=not EXAMPLES, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES or 250,
+    deadline=None,
+    derandomize=not EXAMPLES,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 @given(content=mutated_file())
 def test_import_of_any_labelme_file_imports_or_refuses_in_one_line_leaving_the_project_as_it_was(
-        workspace: Path, content: bytes) -> None:
+    workspace: Path, content: bytes
+) -> None:
     project, labels = workspace / "p.annot", workspace / "images" / "labels"
     shutil.copyfile(workspace / "template.annot", project)
     (labels / "0.json").write_bytes(content)

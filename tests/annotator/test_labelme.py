@@ -39,21 +39,31 @@ BLOB[1:5, 2:7] = True
 def labelme_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "data"
     write_images(folder, [(80, 60), (80, 60)])
-    write_labelme(folder / "0.json", folder / "0.png", [
-        labelme_shape("dog", [[10, 10], [30, 10], [30, 30], [10, 30]]),
-        labelme_shape("box", [[40, 5], [50, 15]], "rectangle"),
-        labelme_shape("ball", [[60, 40], [65, 40]], "circle"),
-        labelme_shape("blob", [[70, 50], [77, 55]], "mask", mask=BLOB),
-        labelme_shape("fence", [[0, 0], [79, 0]], "line"),
-    ], (80, 60))
-    write_labelme(folder / "1.json", folder / "1.png", [
-        labelme_shape("person", [[5, 5], [25, 5], [25, 40], [5, 40]], group_id=1),
-        labelme_shape("nose", [[15, 8]], "point", group_id=1),
-        labelme_shape("tail", [[15, 38]], "point", group_id=1),
-        labelme_shape("dog", [[40, 5], [50, 5], [50, 15]], group_id=2),
-        labelme_shape("dog", [[60, 5], [70, 5], [70, 15]], group_id=2),
-        labelme_shape("stray", [[1, 1]], "point"),
-    ], (80, 60))
+    write_labelme(
+        folder / "0.json",
+        folder / "0.png",
+        [
+            labelme_shape("dog", [[10, 10], [30, 10], [30, 30], [10, 30]]),
+            labelme_shape("box", [[40, 5], [50, 15]], "rectangle"),
+            labelme_shape("ball", [[60, 40], [65, 40]], "circle"),
+            labelme_shape("blob", [[70, 50], [77, 55]], "mask", mask=BLOB),
+            labelme_shape("fence", [[0, 0], [79, 0]], "line"),
+        ],
+        (80, 60),
+    )
+    write_labelme(
+        folder / "1.json",
+        folder / "1.png",
+        [
+            labelme_shape("person", [[5, 5], [25, 5], [25, 40], [5, 40]], group_id=1),
+            labelme_shape("nose", [[15, 8]], "point", group_id=1),
+            labelme_shape("tail", [[15, 38]], "point", group_id=1),
+            labelme_shape("dog", [[40, 5], [50, 5], [50, 15]], group_id=2),
+            labelme_shape("dog", [[60, 5], [70, 5], [70, 15]], group_id=2),
+            labelme_shape("stray", [[1, 1]], "point"),
+        ],
+        (80, 60),
+    )
     return folder
 
 
@@ -133,22 +143,26 @@ def test_image_path_outside_the_image_root_is_refused(tmp_path: Path) -> None:
     write_images(images, [(40, 30)])
     write_images(tmp_path / "elsewhere", [(40, 30)])
     labels.mkdir()
-    write_labelme(labels / "0.json", tmp_path / "elsewhere" / "0.png", [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])],
-                   (40, 30))
+    write_labelme(
+        labels / "0.json", tmp_path / "elsewhere" / "0.png", [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])], (40, 30)
+    )
     with Project.create(tmp_path / "p.annot", images) as project:
         with pytest.raises(InputError, match="points outside the image folder"):
             import_labelme(project, labels)
         assert project.image_count() == 0
 
 
-@pytest.mark.parametrize("shape, message", [
-    (labelme_shape("cat", [[1, 1], [9, 1]]), "polygon has 2 points; it needs at least 3"),
-    (labelme_shape("cat", [[1, 1], [9, 1], [9, float("nan")]]), "contains nan"),
-    (labelme_shape("cat", [[1, 1]], "rectangle"), "rectangle needs 2 corner points"),
-    (labelme_shape("cat", [[1, 1], [4, 4]], "mask"), "mask shape needs its box"),
-    (labelme_shape("cat", [[1, 1], [4, 4]], "ellipse"), "unknown shape_type 'ellipse'"),
-    (dict(labelme_shape("", [[1, 1], [9, 1], [9, 9]])), "'label' must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        (labelme_shape("cat", [[1, 1], [9, 1]]), "polygon has 2 points; it needs at least 3"),
+        (labelme_shape("cat", [[1, 1], [9, 1], [9, float("nan")]]), "contains nan"),
+        (labelme_shape("cat", [[1, 1]], "rectangle"), "rectangle needs 2 corner points"),
+        (labelme_shape("cat", [[1, 1], [4, 4]], "mask"), "mask shape needs its box"),
+        (labelme_shape("cat", [[1, 1], [4, 4]], "ellipse"), "unknown shape_type 'ellipse'"),
+        (dict(labelme_shape("", [[1, 1], [9, 1], [9, 9]])), "'label' must be a non-empty string"),
+    ],
+)
 def test_bad_labelme_shapes_name_file_and_shape(tmp_path: Path, shape: dict, message: str) -> None:
     write_images(tmp_path, [(40, 30)])
     write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (40, 30))
@@ -175,12 +189,19 @@ def test_labelme_import_exports_as_coco_with_the_drawn_polygons(tmp_path: Path, 
 def _run_import(project: Path, folder: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     """``main.py import`` in a child process, with 4 GiB of address space: a crash, a hang or a
     file read without end fails the test instead of taking the test run (or the machine) with it."""
+
     def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), "import", str(project), str(folder)],
-                          capture_output=True, text=True, check=False, timeout=timeout, preexec_fn=limit_memory,
-                          cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "import", str(project), str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        preexec_fn=limit_memory,
+        cwd=ROOT,
+    )
 
 
 def _one_line_error(err: str, path: Path, problem: str) -> None:
@@ -191,9 +212,15 @@ def _one_line_error(err: str, path: Path, problem: str) -> None:
 @posix_only
 def test_circle_of_huge_radius_is_bounded_to_the_image_before_it_is_rasterised(tmp_path: Path) -> None:
     write_images(tmp_path, [(40, 30)])
-    write_labelme(tmp_path / "0.json", tmp_path / "0.png", [labelme_shape("sun", [[10, 10], [1e10, 10]], "circle"),
-                                                             labelme_shape("moon", [[1e10, 10], [1e10, 15]], "circle")],
-                   (40, 30))
+    write_labelme(
+        tmp_path / "0.json",
+        tmp_path / "0.png",
+        [
+            labelme_shape("sun", [[10, 10], [1e10, 10]], "circle"),
+            labelme_shape("moon", [[1e10, 10], [1e10, 15]], "circle"),
+        ],
+        (40, 30),
+    )
     done = _run_import(tmp_path / "p", tmp_path)
     assert done.returncode == 0, done.stderr  # pycocotools crashed with SIGSEGV on the 64-gon of radius 1e10
     assert done.stderr == f"warning: {tmp_path / '0.json'}: shapes[1]: circle 'moon' lies outside the image; left out\n"
@@ -205,27 +232,43 @@ def test_circle_of_huge_radius_is_bounded_to_the_image_before_it_is_rasterised(t
         assert x0 <= min(xs) and max(xs) <= x1 and y0 <= min(ys) and max(ys) <= y1  # and so is what export writes
 
 
-@pytest.mark.parametrize("image_path, shown", [("0.png\x00x", r"'0.png\x00x'"), ("0\n.png", r"'0\n.png'"),
-                                               ("0\u2028.png", r"'0\u2028.png'")])
+@pytest.mark.parametrize(
+    "image_path, shown", [("0.png\x00x", r"'0.png\x00x'"), ("0\n.png", r"'0\n.png'"), ("0\u2028.png", r"'0\u2028.png'")]
+)
 def test_control_characters_in_image_path_are_refused_in_one_escaped_line(
-        tmp_path: Path, image_path: str, shown: str, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, image_path: str, shown: str, capsys: pytest.CaptureFixture
+) -> None:
     write_images(tmp_path, [(40, 30)])
-    data = {"version": "5.5.0", "flags": {}, "shapes": [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])],
-            "imagePath": image_path, "imageData": None, "imageHeight": 30, "imageWidth": 40}
+    data = {
+        "version": "5.5.0",
+        "flags": {},
+        "shapes": [labelme_shape("cat", [[1, 1], [9, 1], [9, 9]])],
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": 30,
+        "imageWidth": 40,
+    }
     (tmp_path / "0.json").write_text(json.dumps(data))
     assert main.main(["import", str(tmp_path / "p"), str(tmp_path)]) == main.EXIT_BAD_INPUT
-    _one_line_error(capsys.readouterr().err, tmp_path / "0.json",
-                    f"imagePath {shown} holds a control character or a line break")
+    _one_line_error(
+        capsys.readouterr().err, tmp_path / "0.json", f"imagePath {shown} holds a control character or a line break"
+    )
     assert not (tmp_path / "p.annot").exists()
 
 
-def test_label_with_a_line_break_is_refused_in_one_escaped_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_label_with_a_line_break_is_refused_in_one_escaped_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_images(tmp_path, [(40, 30)])
     for label, shown in (("cat\ndog", r"'cat\ndog'"), ("cat\x00", r"'cat\x00'"), ("cat\u2029", r"'cat\u2029'")):
         shapes = [labelme_shape(label, [[1, 1], [9, 1]], "line")]  # even where it would only be named in a warning
-        data = {"version": "5.5.0", "flags": {}, "shapes": shapes, "imagePath": "0.png", "imageData": None,
-                "imageHeight": 30, "imageWidth": 40}
+        data = {
+            "version": "5.5.0",
+            "flags": {},
+            "shapes": shapes,
+            "imagePath": "0.png",
+            "imageData": None,
+            "imageHeight": 30,
+            "imageWidth": 40,
+        }
         (tmp_path / "0.json").write_text(json.dumps(data))
         assert main.main(["import", str(tmp_path / "p"), str(tmp_path)]) == main.EXIT_BAD_INPUT
         _one_line_error(capsys.readouterr().err, tmp_path / "0.json", f"shapes[0]: 'label' {shown} holds a control")
@@ -239,25 +282,31 @@ def _bomb_png(width: int, height: int) -> bytes:
 
 
 def test_mask_png_larger_than_its_image_is_refused_before_it_is_decoded(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     write_images(tmp_path, [(40, 30)])
     shape = labelme_shape("blob", [[0, 0], [39, 29]], "mask")
     shape["mask"] = base64.b64encode(_bomb_png(20000, 20000)).decode("ascii")
     write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (40, 30))
     assert main.main(["import", str(tmp_path / "p"), str(tmp_path)]) == main.EXIT_BAD_INPUT
-    _one_line_error(capsys.readouterr().err, tmp_path / "0.json",
-                    "shapes[0]: 'mask' is a 20000x20000 PNG, larger than the 40x30 image")
+    _one_line_error(
+        capsys.readouterr().err,
+        tmp_path / "0.json",
+        "shapes[0]: 'mask' is a 20000x20000 PNG, larger than the 40x30 image",
+    )
 
 
 def test_declared_image_size_over_the_pixel_limit_is_refused_before_any_mask_is_decoded(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     write_images(tmp_path, [(40, 30)])
     shape = labelme_shape("blob", [[0, 0], [39, 29]], "mask")
     shape["mask"] = base64.b64encode(_bomb_png(20000, 20000)).decode("ascii")
     write_labelme(tmp_path / "0.json", tmp_path / "0.png", [shape], (20000, 20000))
     assert main.main(["import", str(tmp_path / "p"), str(tmp_path), "--max-pixels", "1000000"]) == main.EXIT_BAD_INPUT
-    _one_line_error(capsys.readouterr().err, tmp_path / "0.json",
-                    "declares a 20000x20000 image, over the limit of 1 megapixels")
+    _one_line_error(
+        capsys.readouterr().err, tmp_path / "0.json", "declares a 20000x20000 image, over the limit of 1 megapixels"
+    )
 
 
 @posix_only

@@ -24,15 +24,19 @@ def _one_file(tmp_path: Path, shapes: list[dict], size: tuple[int, int] = (20, 2
     return folder
 
 
-@pytest.mark.parametrize("points, top_left, extent", [
-    ([[2.3, 1.3], [6.3, 3.3]], (2, 1), (3, 5)),  # rounds down
-    ([[2.7, 1.7], [6.7, 3.7]], (3, 2), (3, 5)),  # rounds up, where truncating is one pixel off
-    ([[2.5, 1.5], [6.5, 3.5]], (2, 2), (3, 5)),  # .5 ties to even, as numpy's round in labelme
-    ([[2.7, 1.7], [6.3, 3.3]], (3, 2), (3, 5)),  # fractional corners: the PNG keeps its own extent
-    ([[2.0, 1.0], [4.0, 3.0]], (2, 1), (3, 3)),  # whole-pixel corners: cut to the box, both inclusive
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "points, top_left, extent",
+    [
+        ([[2.3, 1.3], [6.3, 3.3]], (2, 1), (3, 5)),  # rounds down
+        ([[2.7, 1.7], [6.7, 3.7]], (3, 2), (3, 5)),  # rounds up, where truncating is one pixel off
+        ([[2.5, 1.5], [6.5, 3.5]], (2, 2), (3, 5)),  # .5 ties to even, as numpy's round in labelme
+        ([[2.7, 1.7], [6.3, 3.3]], (3, 2), (3, 5)),  # fractional corners: the PNG keeps its own extent
+        ([[2.0, 1.0], [4.0, 3.0]], (2, 1), (3, 3)),  # whole-pixel corners: cut to the box, both inclusive
+    ],
+)
 def test_mask_shape_lands_on_the_pixels_labelme_paints(
-        tmp_path: Path, points: list, top_left: tuple[int, int], extent: tuple[int, int]) -> None:
+    tmp_path: Path, points: list, top_left: tuple[int, int], extent: tuple[int, int]
+) -> None:
     folder = _one_file(tmp_path, [labelme_shape("car", points, "mask", mask=PATCH)])
     with Project.create(tmp_path / "p.annot", folder) as project:
         import_labelme(project, folder)
@@ -52,11 +56,14 @@ def test_mask_partly_outside_the_image_is_cut_at_its_edge(tmp_path: Path) -> Non
 
 
 def test_ignore_label_is_no_category_and_is_left_out_with_a_warning(tmp_path: Path) -> None:
-    folder = _one_file(tmp_path, [
-        labelme_shape("dog", [[1, 1], [9, 1], [9, 9]]),
-        labelme_shape("__ignore__", [[10, 10], [19, 10], [19, 19]]),
-        labelme_shape("__ignore__", [[0, 10], [5, 15]], "rectangle", group_id=4),
-    ])  # fmt: skip
+    folder = _one_file(
+        tmp_path,
+        [
+            labelme_shape("dog", [[1, 1], [9, 1], [9, 9]]),
+            labelme_shape("__ignore__", [[10, 10], [19, 10], [19, 19]]),
+            labelme_shape("__ignore__", [[0, 10], [5, 15]], "rectangle", group_id=4),
+        ],
+    )
     with Project.create(tmp_path / "p.annot", folder) as project:
         report = import_labelme(project, folder)
         assert [c.name for c in project.categories()] == ["dog"]
@@ -66,13 +73,16 @@ def test_ignore_label_is_no_category_and_is_left_out_with_a_warning(tmp_path: Pa
 
 
 def test_group_with_two_labels_becomes_one_instance_per_label_with_a_warning(tmp_path: Path) -> None:
-    folder = _one_file(tmp_path, [
-        labelme_shape("person", [[1, 1], [9, 1], [9, 9], [1, 9]], group_id=1),
-        labelme_shape("bag", [[10, 10], [15, 10], [15, 15]], group_id=1),
-        labelme_shape("nose", [[5, 3]], "point", group_id=1),
-        labelme_shape("person", [[1, 12], [4, 12], [4, 15]], group_id=1),
-        labelme_shape("bag", [[16, 1], [19, 1], [19, 4]], group_id=2),
-    ])  # fmt: skip
+    folder = _one_file(
+        tmp_path,
+        [
+            labelme_shape("person", [[1, 1], [9, 1], [9, 9], [1, 9]], group_id=1),
+            labelme_shape("bag", [[10, 10], [15, 10], [15, 15]], group_id=1),
+            labelme_shape("nose", [[5, 3]], "point", group_id=1),
+            labelme_shape("person", [[1, 12], [4, 12], [4, 15]], group_id=1),
+            labelme_shape("bag", [[16, 1], [19, 1], [19, 4]], group_id=2),
+        ],
+    )
     with Project.create(tmp_path / "p.annot", folder) as project:
         report = import_labelme(project, folder)
         names = {c.id: c for c in project.categories()}
@@ -83,8 +93,10 @@ def test_group_with_two_labels_becomes_one_instance_per_label_with_a_warning(tmp
         (person,) = by_name["person"]
         assert len(person.polygons) == 2 and person.keypoints == (5.0, 3.0, 2.0)
         (warning,) = report.warnings
-        assert warning == (f"{folder / '0.json'}: group 1 holds the labels 'person', 'bag': imported as 2 "
-                           "instances, as labelme's converter does; its points go with 'person'")
+        assert warning == (
+            f"{folder / '0.json'}: group 1 holds the labels 'person', 'bag': imported as 2 "
+            "instances, as labelme's converter does; its points go with 'person'"
+        )
 
 
 def test_oriented_rectangle_is_its_four_corners(tmp_path: Path) -> None:
@@ -97,10 +109,16 @@ def test_oriented_rectangle_is_its_four_corners(tmp_path: Path) -> None:
 
 
 def test_cli_prints_the_ignore_and_group_warnings_and_imports_the_rest(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    folder = _one_file(tmp_path, [labelme_shape("__ignore__", [[1, 1], [9, 1], [9, 9]]),
-                                  labelme_shape("a", [[1, 1], [9, 1], [9, 9]], group_id=3),
-                                  labelme_shape("b", [[1, 1], [9, 1], [9, 9]], group_id=3)])
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = _one_file(
+        tmp_path,
+        [
+            labelme_shape("__ignore__", [[1, 1], [9, 1], [9, 9]]),
+            labelme_shape("a", [[1, 1], [9, 1], [9, 9]], group_id=3),
+            labelme_shape("b", [[1, 1], [9, 1], [9, 9]], group_id=3),
+        ],
+    )
     assert main.main(["import", str(tmp_path / "p"), str(folder)]) == 0
     out, err = capsys.readouterr()
     assert "imported 1 images, 2 categories, 2 instances" in out

@@ -32,7 +32,7 @@ def detections(*found: tuple[str, float, tuple[int, int, int, int]]) -> Detectio
     """Detections of rectangular masks: (class name, score, (x, y, w, h)) each."""
     masks = np.zeros((len(found), HEIGHT, WIDTH), dtype=bool)
     for index, (_, _, (x, y, w, h)) in enumerate(found):
-        masks[index, y:y + h, x:x + w] = True
+        masks[index, y : y + h, x : x + w] = True
     boxes = np.array([[x, y, x + w, y + h] for _, _, (x, y, w, h) in found], dtype=np.float32).reshape(-1, 4)
     return Detections(boxes, np.array([s for _, s, _ in found], dtype=np.float32), [n for n, _, _ in found], masks)
 
@@ -61,11 +61,14 @@ def no_category() -> Category:
 
 
 def test_an_image_result_replaces_untouched_proposals_and_leaves_reviewed_images_alone(
-        project: Project, review: Review) -> None:
+    project: Project, review: Review
+) -> None:
     found = detections(("blob", 0.9, (0, 0, 5, 5)), ("blob", 0.3, (10, 10, 4, 4)))
     outcome = store_result(review, result(PromptKind.IMAGE, found), no_category, image_in_view=1)
     assert [(i.source, i.score, i.model_version) for i in outcome.added] == [
-        (Source.MODEL, pytest.approx(0.9), "net@1234abcd"), (Source.MODEL, pytest.approx(0.3), "net@1234abcd")]
+        (Source.MODEL, pytest.approx(0.9), "net@1234abcd"),
+        (Source.MODEL, pytest.approx(0.3), "net@1234abcd"),
+    ]
     assert project.category(outcome.added[0].category_id).name == "blob"  # the model's class
     assert outcome.message == "2 proposals" and outcome.select == []
     assert project.image(1).state == ReviewState.PROPOSED and review.history.undo_text == "Propose"
@@ -80,13 +83,18 @@ def test_an_image_result_replaces_untouched_proposals_and_leaves_reviewed_images
 
 
 def test_a_box_becomes_a_label_of_the_current_category_without_a_score_and_puts_the_image_in_review(
-        project: Project, review: Review) -> None:
+    project: Project, review: Review
+) -> None:
     found = detections(("blob", 0.8, (2, 3, 6, 5)), ("other", 0.7, (20, 20, 3, 3)))
     cell = project.category_by_name("cell")
     outcome = store_result(review, result(PromptKind.BOX, found), lambda: cell, image_in_view=1)
     (added,) = outcome.added
     assert (added.category_id, added.source, added.score, added.model_version) == (
-        cell.id, Source.HUMAN, None, "net@1234abcd")
+        cell.id,
+        Source.HUMAN,
+        None,
+        "net@1234abcd",
+    )
     assert added.bbox == (2.0, 3.0, 6.0, 5.0)  # the best detection only
     assert outcome.select == [added.id] and outcome.message == "Box to mask: added cell"
     assert project.image(1).state == ReviewState.IN_REVIEW
@@ -96,7 +104,8 @@ def test_a_box_becomes_a_label_of_the_current_category_without_a_score_and_puts_
 
 
 def test_a_click_becomes_a_selected_proposal_of_the_models_class_with_its_score(
-        project: Project, review: Review) -> None:
+    project: Project, review: Review
+) -> None:
     found = detections(("blob", 0.4, (0, 0, 10, 10)), ("ring", 0.6, (5, 5, 10, 10)), ("far", 0.9, (30, 20, 5, 5)))
     outcome = store_result(review, result(PromptKind.POINT, found, point=(7.5, 6.2)), no_category, image_in_view=1)
     (added,) = outcome.added
@@ -114,10 +123,12 @@ def test_a_prompt_that_finds_nothing_says_so_and_adds_nothing(project: Project, 
 
 
 def test_a_prompts_result_for_an_image_no_longer_in_view_is_stored_but_not_selected(
-        project: Project, review: Review) -> None:
+    project: Project, review: Review
+) -> None:
     cell = project.category_by_name("cell")
-    outcome = store_result(review, result(PromptKind.BOX, detections(("blob", 0.8, (2, 3, 6, 5)))), lambda: cell,
-                           image_in_view=2)
+    outcome = store_result(
+        review, result(PromptKind.BOX, detections(("blob", 0.8, (2, 3, 6, 5)))), lambda: cell, image_in_view=2
+    )
     assert len(outcome.added) == 1 and outcome.select == [] and outcome.message == ""
     assert project.image(1).state == ReviewState.UNLABELED
 

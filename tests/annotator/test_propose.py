@@ -23,9 +23,18 @@ from tests.files import write_images
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weights Mask R-CNN with mask and keypoint heads, saved as our own self-describing file."""
     torch.manual_seed(0)
-    model = build_model("maskrcnn_resnet50_fpn", num_classes=3, keypoint_on=True, num_keypoints=2, min_size=96,
-                        max_size=128, box_score_thresh=0.0, box_detections_per_img=5,
-                        keypoint_names=("head", "tail"), keypoint_skeleton=((0, 1),))  # 0-based, as models hold it
+    model = build_model(
+        "maskrcnn_resnet50_fpn",
+        num_classes=3,
+        keypoint_on=True,
+        num_keypoints=2,
+        min_size=96,
+        max_size=128,
+        box_score_thresh=0.0,
+        box_detections_per_img=5,
+        keypoint_names=("head", "tail"),
+        keypoint_skeleton=((0, 1),),
+    )  # 0-based, as models hold it
     return save_weights(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
@@ -41,14 +50,16 @@ def project(tmp_path: Path) -> Project:
 
 
 def test_propose_stores_scored_model_instances_and_marks_images_proposed(
-        project: Project, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    project: Project, weights: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main.main(["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0"]) == 0
     assert "proposed" in capsys.readouterr().out
     for image_id in (1, 2):
         instances = project.instances(image_id)
         assert 0 < len(instances) <= 5
-        assert all(i.source == Source.MODEL and i.score is not None and i.model_version.startswith("tiny@")
-                   for i in instances)
+        assert all(
+            i.source == Source.MODEL and i.score is not None and i.model_version.startswith("tiny@") for i in instances
+        )
         assert project.image(image_id).state == ReviewState.PROPOSED
     assert project.instances(3) == [] and project.image(3).state == ReviewState.DONE
     category = project.category(project.instances(1)[0].category_id)
@@ -57,8 +68,7 @@ def test_propose_stores_scored_model_instances_and_marks_images_proposed(
     assert category.keypoints == ("head", "tail") and category.skeleton == ((1, 2),)
 
 
-def test_proposing_again_replaces_untouched_proposals_and_keeps_edited_ones(
-        project: Project, weights: Path) -> None:
+def test_proposing_again_replaces_untouched_proposals_and_keeps_edited_ones(project: Project, weights: Path) -> None:
     predictor = Predictor(weights, device="cpu", score_threshold=0.0)
     images = images_to_propose(project, unlabeled_only=False)
     reader = lambda image: read_image(project.image_path(image))  # noqa: E731
@@ -103,22 +113,31 @@ def test_missing_weights_file_is_one_line(project: Project, tmp_path: Path, caps
 
 def test_proposed_masks_are_stored_at_image_resolution(project: Project, weights: Path) -> None:
     predictor = Predictor(weights, device="cpu", score_threshold=0.0)
-    propose(project, predictor, images_to_propose(project, unlabeled_only=True),
-            lambda image: read_image(project.image_path(image)))
+    propose(
+        project,
+        predictor,
+        images_to_propose(project, unlabeled_only=True),
+        lambda image: read_image(project.image_path(image)),
+    )
     masked = [i for i in project.instances(1) if i.rle is not None]
     assert masked and all(i.mask.shape == (48, 64) and i.area == i.mask.sum() for i in masked)
 
 
 def test_ranks_under_torchrun_share_the_images_without_overlap(
-        project: Project, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project: Project, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project.set_review_state(3, ReviewState.UNLABELED)
     seen = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
         before = {i.id for i in project.images() if project.instances(i.id)}
-        assert main.main(["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0",
-                          "--device", "cpu"]) == 0
+        assert (
+            main.main(
+                ["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0", "--device", "cpu"]
+            )
+            == 0
+        )
         seen.append({i.id for i in project.images() if project.instances(i.id)} - before)
     assert seen == [{1, 3}, {2}]
 
@@ -143,29 +162,41 @@ def _project_over(tmp_path: Path, images: list[tuple[str, int, int]]) -> Project
 
 
 def test_an_image_too_narrow_for_the_model_is_skipped_in_one_line_and_the_rest_are_proposed(
-        tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture
+) -> None:
     # a 1x5000 image passed 'new' before its sides were checked; resized to the model's input, its
     # short side was 0 pixels and propose stopped there with a traceback
     with _project_over(tmp_path, [("a.png", 64, 48), ("strip.png", 5000, 1), ("b.png", 64, 48)]) as project:
-        code = main.main(["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0",
-                          "--device", "cpu"])
+        code = main.main(
+            ["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0", "--device", "cpu"]
+        )
         out, err = capsys.readouterr()
         assert code == 0
-        assert err.splitlines() == [(f"warning: {project.image_path(project.image(2))}: image is 5000x1 pixels, its "
-                                     "sides in a ratio over 100:1, too narrow for the model; skipped")]
+        assert err.splitlines() == [
+            (
+                f"warning: {project.image_path(project.image(2))}: image is 5000x1 pixels, its "
+                "sides in a ratio over 100:1, too narrow for the model; skipped"
+            )
+        ]
         assert "on 2 images" in out
         assert project.instances(1) and project.instances(3) and not project.instances(2)
         assert project.image(2).state == ReviewState.UNLABELED
 
 
 def test_an_image_replaced_by_one_of_another_size_is_skipped_in_one_line(
-        tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture
+) -> None:
     with _project_over(tmp_path, [("a.png", 64, 48), ("b.png", 64, 48), ("c.png", 64, 48)]) as project:
         Image.fromarray(np.zeros((50, 70, 3), np.uint8)).save(project.image_path(project.image(1)))
-        code = main.main(["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0",
-                          "--device", "cpu"])
+        code = main.main(
+            ["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0", "--device", "cpu"]
+        )
         err = capsys.readouterr().err
         assert code == 0
-        assert err.splitlines() == [(f"warning: {project.image_path(project.image(1))}: the image is now 70x50, "
-                                     "the project has it as 64x48; skipped")]
+        assert err.splitlines() == [
+            (
+                f"warning: {project.image_path(project.image(1))}: the image is now 70x50, "
+                "the project has it as 64x48; skipped"
+            )
+        ]
         assert not project.instances(1) and project.instances(2) and project.instances(3)

@@ -38,7 +38,7 @@ def review(project: Project, heard: list[int]) -> Review:
 
 def square(x: int, y: int, side: int = 4) -> np.ndarray:
     mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
-    mask[y:y + side, x:x + side] = True
+    mask[y : y + side, x : x + side] = True
     return mask
 
 
@@ -67,7 +67,8 @@ def test_shown_means_show_checked_and_a_proposal_at_the_threshold_or_selected(pr
 
 
 def test_accepting_keeps_the_provenance_puts_the_image_in_review_and_undo_takes_it_back(
-        project: Project, review: Review, heard: list[int]) -> None:
+    project: Project, review: Review, heard: list[int]
+) -> None:
     first, locked, other = proposal(project, 0.9), proposal(project, 0.8, x=10), proposal(project, 0.7, x=20)
     review.view.locked.add(locked.id)
     gone = proposal(project, 0.6, x=30)
@@ -98,14 +99,20 @@ def test_accept_all_takes_the_shown_unlocked_proposals_in_one_step(project: Proj
     review.view.hidden.add(hidden.id)
     review.view.locked.add(locked.id)
     assert review.accept_all_shown(1) == [strong.id]
-    assert sources(project) == {strong.id: Source.HUMAN, weak.id: Source.MODEL, hidden.id: Source.MODEL,
-                                locked.id: Source.MODEL, kept.id: Source.HUMAN}
+    assert sources(project) == {
+        strong.id: Source.HUMAN,
+        weak.id: Source.MODEL,
+        hidden.id: Source.MODEL,
+        locked.id: Source.MODEL,
+        kept.id: Source.HUMAN,
+    }
     assert review.history.undo_text == "Accept 1 proposals" and len(review.history) == 1
     assert review.accept_all_shown(1) == [] and len(review.history) == 1  # nothing left: no empty step
 
 
 def test_marking_done_accepts_what_passes_the_threshold_discards_the_rest_and_undoes_in_three_steps(
-        project: Project, review: Review) -> None:
+    project: Project, review: Review
+) -> None:
     project.set_review_state(1, ReviewState.PROPOSED)
     strong, weak = proposal(project, 0.9), proposal(project, 0.3, x=10)
     hidden, locked = proposal(project, 0.8, x=20), proposal(project, 0.1, x=30)
@@ -115,19 +122,29 @@ def test_marking_done_accepts_what_passes_the_threshold_discards_the_rest_and_un
     before = sorted(i.id for i in project.instances(1))
     done = review.mark_done(1)
     assert (done.accepted, done.discarded) == ([strong.id, hidden.id], [weak.id])
-    assert sources(project) == {strong.id: Source.HUMAN, hidden.id: Source.HUMAN, locked.id: Source.MODEL,
-                                kept.id: Source.HUMAN}
+    assert sources(project) == {
+        strong.id: Source.HUMAN,
+        hidden.id: Source.HUMAN,
+        locked.id: Source.MODEL,
+        kept.id: Source.HUMAN,
+    }
     assert project.image(1).state == ReviewState.DONE
     for _ in range(3):  # the review state, the accept, the discard
         review.history.undo()
     assert project.image(1).state == ReviewState.PROPOSED
     assert sorted(i.id for i in project.instances(1)) == before
-    assert sources(project) == {strong.id: Source.MODEL, weak.id: Source.MODEL, hidden.id: Source.MODEL,
-                                locked.id: Source.MODEL, kept.id: Source.HUMAN}
+    assert sources(project) == {
+        strong.id: Source.MODEL,
+        weak.id: Source.MODEL,
+        hidden.id: Source.MODEL,
+        locked.id: Source.MODEL,
+        kept.id: Source.HUMAN,
+    }
 
 
 def test_done_next_goes_to_the_next_unreviewed_image_then_back_to_the_first_then_nowhere(
-        project: Project, review: Review) -> None:
+    project: Project, review: Review
+) -> None:
     project.set_review_state(2, ReviewState.IN_REVIEW)
     project.set_review_state(3, ReviewState.PROPOSED)
     assert review.next_to_review(1) == 3  # in review is not "to review"
@@ -139,7 +156,8 @@ def test_done_next_goes_to_the_next_unreviewed_image_then_back_to_the_first_then
 
 
 def test_only_an_unlabeled_or_proposed_image_goes_in_review_on_an_edit(
-        project: Project, review: Review, heard: list[int]) -> None:
+    project: Project, review: Review, heard: list[int]
+) -> None:
     project.set_review_state(2, ReviewState.PROPOSED)
     project.set_review_state(3, ReviewState.DONE)
     assert [review.mark_in_review(i) for i in (1, 2, 3, 0)] == [True, True, False, False]
@@ -148,7 +166,8 @@ def test_only_an_unlabeled_or_proposed_image_goes_in_review_on_an_edit(
 
 
 def test_a_category_change_is_one_undo_step_that_skips_instances_already_of_that_category(
-        project: Project, review: Review) -> None:
+    project: Project, review: Review
+) -> None:
     a, b, locked = label(project, 0), label(project, 10), label(project, 30)
     already = project.add_instance(1, 2, mask=square(20, 20))
     review.view.locked.add(locked.id)

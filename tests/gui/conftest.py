@@ -34,5 +34,3 @@ def window(qtbot, settings):
     window = make_window(qtbot, settings)
     yield window
     window.close()
-
-

@@ -5,10 +5,9 @@ drive the canvas with real mouse events in image coordinates."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ def write_blob_images(folder: Path, count: int = 3) -> list[str]:
     for index in range(count):
         pixels = np.full((IMAGE_SIZE[1], IMAGE_SIZE[0], 3), 30, dtype=np.uint8)
         for number, (x, y, w, h) in enumerate(BLOBS):
-            pixels[y:y + h, x:x + w] = 200 + 20 * number
+            pixels[y : y + h, x : x + w] = 200 + 20 * number
         name = f"{index:02d}.png"
         Image.fromarray(pixels).save(folder / name)
         names.append(name)
@@ -75,9 +74,13 @@ class BlobPredictor:
             masks.append(part)
             boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             scores.append(float(image[part].mean()) / 255)
-        return _Instances(np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(scores, dtype=np.float32),
-                          ["blob"] * len(masks), np.array(masks, dtype=bool).reshape(-1, *mask.shape),
-                          self.model_version)
+        return _Instances(
+            np.array(boxes, dtype=np.float32).reshape(-1, 4),
+            np.array(scores, dtype=np.float32),
+            ["blob"] * len(masks),
+            np.array(masks, dtype=bool).reshape(-1, *mask.shape),
+            self.model_version,
+        )
 
     def predict(self, image: np.ndarray):
         self.calls += 1
@@ -130,8 +133,9 @@ def at(window: MainWindow, x: float, y: float) -> QPoint:
     return window.canvas.image_to_widget(QPointF(x, y)).toPoint()
 
 
-def click(window: MainWindow, x: float, y: float, button=Qt.MouseButton.LeftButton,
-          modifiers=Qt.KeyboardModifier.NoModifier) -> None:
+def click(
+    window: MainWindow, x: float, y: float, button=Qt.MouseButton.LeftButton, modifiers=Qt.KeyboardModifier.NoModifier
+) -> None:
     QTest.mouseClick(window.canvas, button, modifiers, at(window, x, y))
 
 

@@ -20,7 +20,8 @@ def test_bundled_demo_model_proposes_masks_and_keypoints_on_the_demo_images() ->
 
 
 def test_the_demo_opens_with_proposals_on_its_first_image_without_changing_the_users_setting(
-        qtbot, tmp_path, monkeypatch) -> None:
+    qtbot, tmp_path, monkeypatch
+) -> None:
     from PySide6.QtCore import QSettings
 
     import annotator.gui.demo as demo
@@ -34,8 +35,10 @@ def test_the_demo_opens_with_proposals_on_its_first_image_without_changing_the_u
     window.show()
     try:
         demo.open_demo(window)
-        qtbot.waitUntil(lambda: window.session is not None and any(
-            i.source == Source.MODEL for i in window.session.instances()), timeout=60000)
+        qtbot.waitUntil(
+            lambda: window.session is not None and any(i.source == Source.MODEL for i in window.session.instances()),
+            timeout=60000,
+        )
         assert window.session.project.path == tmp_path / "demo" / "demo.annot"
         assert window.actions_by_name["auto_propose"].isChecked()
         assert settings.value("model/auto_propose") is None  # on for the demo, not saved as the user's choice

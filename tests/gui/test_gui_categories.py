@@ -3,7 +3,7 @@ refusals that keep what was typed, renaming, and the counts it shows (labels kep
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PySide6.QtWidgets import QDialog
@@ -20,6 +20,7 @@ def fill(name: str, keypoints: str = "", skeleton: str = "") -> Callable[[QDialo
         dialog.keypoints.setPlainText(keypoints)
         dialog.skeleton.setPlainText(skeleton)
         dialog.accept()
+
     return answer
 
 
@@ -55,21 +56,29 @@ def test_a_refused_category_shows_why_and_the_dialog_keeps_what_was_typed(qtbot,
             dialog.name.setText(name)
             dialog.skeleton.setPlainText(skeleton)
             dialog.accept()
+
         return answer
 
-    warnings = answer_dialogs(qtbot, [
-        fill("fish", "head\ntail", "head - fin"), ok,  # no keypoint 'fin'
-        look_then_retry("blob", "head - tail"), ok,    # a name in use
-        look_then_retry("fish", "head - tail"),
-    ])
+    warnings = answer_dialogs(
+        qtbot,
+        [
+            fill("fish", "head\ntail", "head - fin"),
+            ok,  # no keypoint 'fin'
+            look_then_retry("blob", "head - tail"),
+            ok,  # a name in use
+            look_then_retry("fish", "head - tail"),
+        ],
+    )
     window.categories.add_category()
 
-    assert warnings == ["Not saved: skeleton line 1: no keypoint 'fin'",
-                        "Not saved: there is already a category named 'blob' (id 1)"]
+    assert warnings == [
+        "Not saved: skeleton line 1: no keypoint 'fin'",
+        "Not saved: there is already a category named 'blob' (id 1)",
+    ]
     assert seen == [("fish", "head\ntail", "head - fin"), ("blob", "head\ntail", "head - tail")]
     after = window.session.project.categories()
-    assert after[:len(before)] == before
-    assert [(c.name, c.keypoints, c.skeleton) for c in after[len(before):]] == [("fish", ("head", "tail"), ((1, 2),))]
+    assert after[: len(before)] == before
+    assert [(c.name, c.keypoints, c.skeleton) for c in after[len(before) :]] == [("fish", ("head", "tail"), ((1, 2),))]
 
 
 def test_renaming_the_current_category_keeps_its_instances_and_updates_the_counts(qtbot, window, blob_project):

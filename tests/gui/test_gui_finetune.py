@@ -106,8 +106,10 @@ def test_a_new_model_that_scores_lower_than_its_base_is_pointed_out(qtbot, blob_
         with qtbot.waitSignal(dialog.process.finished, timeout=20000):
             assert dialog.start()
         qtbot.waitUntil(lambda: dialog.use_button.isEnabled(), timeout=5000)
-    assert ("The new model's mask AP on the held-out images is lower than the base's (5.0 against 10.5)"
-            in dialog.log.toPlainText())
+    assert (
+        "The new model's mask AP on the held-out images is lower than the base's (5.0 against 10.5)"
+        in dialog.log.toPlainText()
+    )
     assert dialog.use_button.isEnabled()  # pointed out, not refused: the user decides
 
 
@@ -169,10 +171,13 @@ def test_cancel_kills_the_training_process_tree_and_the_ui_keeps_running(qtbot, 
 
 def test_fine_tuning_from_the_window_starts_from_the_model_in_use(qtbot, window, blob_project):
     from tests.gui.driving import answer_dialogs, load_model, open_and_wait
+
     open_and_wait(qtbot, window, blob_project)
     load_model(qtbot, window)  # "blob.pt", as a fine-tuned run's weights would be
     offered = []
-    answer_dialogs(qtbot, [lambda dialog: (offered.extend(dialog.base.itemText(i) for i in range(dialog.base.count())),
-                                           dialog.reject())])
+    answer_dialogs(
+        qtbot,
+        [lambda dialog: (offered.extend(dialog.base.itemText(i) for i in range(dialog.base.count())), dialog.reject())],
+    )
     window.model_control.fine_tune()
     assert offered[0] == "blob.pt" and offered[1:] == FineTuneDialog.default_bases()

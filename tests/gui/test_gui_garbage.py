@@ -14,16 +14,16 @@ from annotator.gui.garbage import collect_on_the_ui_thread
 def _qt_object_in_a_cycle(destroyed_on: list[str]) -> None:
     holder = QObject()
     holder.itself = holder  # a reference cycle: only the cyclic collector can free it
-    holder.destroyed.connect(lambda: destroyed_on.append(threading.current_thread().name),
-                             Qt.ConnectionType.DirectConnection)
+    holder.destroyed.connect(
+        lambda: destroyed_on.append(threading.current_thread().name), Qt.ConnectionType.DirectConnection
+    )
 
 
 def _allocate_on_another_thread() -> list:
     """Objects made on a thread named "worker", far past generation 0's threshold; they are kept,
     so that the count stays past it."""
     kept: list = []
-    worker = threading.Thread(target=lambda: kept.extend([] for _ in range(20 * gc.get_threshold()[0])),
-                              name="worker")
+    worker = threading.Thread(target=lambda: kept.extend([] for _ in range(20 * gc.get_threshold()[0])), name="worker")
     worker.start()
     worker.join()
     return kept

@@ -39,11 +39,14 @@ def _stored(window):
 
 def _source_column(window) -> dict[int, str]:
     tree = window.instances.tree
-    return {int(tree.topLevelItem(row).text(0)): tree.topLevelItem(row).text(3) for row in range(tree.topLevelItemCount())}
+    return {
+        int(tree.topLevelItem(row).text(0)): tree.topLevelItem(row).text(3) for row in range(tree.topLevelItemCount())
+    }
 
 
 def test_the_real_demo_model_proposes_in_a_new_project_and_its_categories_take_the_models_keypoints(
-        qtbot, settings, tmp_path):
+    qtbot, settings, tmp_path
+):
     import shutil
 
     from annotator.gui.main_window import MainWindow
@@ -134,8 +137,7 @@ def test_accept_all_above_threshold_and_mark_done_moves_to_the_next_unlabeled(qt
     assert [i.id for i in window.session.project.instances(first)] == accepted
 
 
-def test_marking_done_accepts_proposals_shown_and_discards_those_under_the_threshold(
-        qtbot, window, blob_project):
+def test_marking_done_accepts_proposals_shown_and_discards_those_under_the_threshold(qtbot, window, blob_project):
     open_and_wait(qtbot, window, blob_project)
     load_model(qtbot, window)
     window.model_control.propose_current()
@@ -228,13 +230,20 @@ def test_the_download_dialog_stays_hidden_while_nothing_downloads(qtbot, window)
 
 
 def test_registry_weights_download_under_a_progress_dialog_then_the_model_loads(
-        qtbot, window, blob_project, hub, tmp_path, monkeypatch):
+    qtbot, window, blob_project, hub, tmp_path, monkeypatch
+):
     info, source = few_megabytes_published(tmp_path / "server")
     monkeypatch.setitem(REGISTRY, info.name, info)
     seen = []  # what the user saw at each report: dialog shown, window blocked, label
-    window.proposals.download_progress.connect(lambda name, done, total: seen.append(
-        (window.model_control.downloads.isVisible(), QApplication.activeModalWidget() is window.model_control.downloads,
-         window.model_control.downloads.labelText())))
+    window.proposals.download_progress.connect(
+        lambda name, done, total: seen.append(
+            (
+                window.model_control.downloads.isVisible(),
+                QApplication.activeModalWidget() is window.model_control.downloads,
+                window.model_control.downloads.labelText(),
+            )
+        )
+    )
     open_and_wait(qtbot, window, blob_project)
 
     window.load_model(ModelChoice(ModelKind.REGISTRY, info.name), "cpu")
@@ -264,11 +273,11 @@ def served_until_stalled(path: Path, resume: threading.Event) -> Iterator[str]:
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data[:1 << 20])
+            self.wfile.write(data[: 1 << 20])
             self.wfile.flush()
             resume.wait(20)
             try:
-                self.wfile.write(data[1 << 20:])
+                self.wfile.write(data[1 << 20 :])
             except ConnectionError:
                 pass  # the client stopped reading: cancelled
 
@@ -286,7 +295,8 @@ def served_until_stalled(path: Path, resume: threading.Event) -> Iterator[str]:
 
 
 def test_cancelling_a_download_leaves_nothing_in_the_cache_and_the_app_usable(
-        qtbot, window, blob_project, hub, tmp_path, monkeypatch):
+    qtbot, window, blob_project, hub, tmp_path, monkeypatch
+):
     info, source = few_megabytes_published(tmp_path / "server")
     resume = threading.Event()
     open_and_wait(qtbot, window, blob_project)
@@ -312,8 +322,13 @@ def test_cancelling_a_download_leaves_nothing_in_the_cache_and_the_app_usable(
 
 def test_offline_registry_weights_say_so_and_where_to_put_the_file(qtbot, window, blob_project, hub, monkeypatch):
     url = unreachable_url("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
-    info = WeightsInfo(name="offline.TEST", architecture="maskrcnn_resnet50_fpn", url=url,
-                       sha256_prefix="bf2d0c1e", categories=("__background__", "thing"))  # fmt: skip
+    info = WeightsInfo(
+        name="offline.TEST",
+        architecture="maskrcnn_resnet50_fpn",
+        url=url,
+        sha256_prefix="bf2d0c1e",
+        categories=("__background__", "thing"),
+    )
     monkeypatch.setitem(REGISTRY, info.name, info)
     open_and_wait(qtbot, window, blob_project)
 

@@ -94,7 +94,7 @@ def test_a_large_masks_fill_at_high_zoom_lies_exactly_on_its_pixels(qtbot, tmp_p
         pixels = _grab(canvas).astype(float)
         assert canvas.last_level == 0
 
-        view = mask[y0:y0 + 30, x0:x0 + 40]
+        view = mask[y0 : y0 + 30, x0 : x0 + 40]
         assert 0.2 < view.mean() < 0.8  # the edge runs through the view
         red = np.array(QColor("#ff0000").getRgb()[:3], dtype=float)
         filled = (1 - MASK_OPACITY) * 100 + MASK_OPACITY * red
@@ -112,8 +112,13 @@ def test_a_proposals_dashes_stay_in_place_while_the_view_pans(qtbot, tmp_path):
     width, height = 2000, 1500
     rows, cols = np.ogrid[:height, :width]
     with _project_of_one_image(tmp_path, width, height) as (project, image, category):
-        project.add_instance(image.id, category.id, score=0.9, source=Source.MODEL,
-                             mask=((cols - 1000) / 800.0) ** 2 + ((rows - 750) / 600.0) ** 2 < 1)
+        project.add_instance(
+            image.id,
+            category.id,
+            score=0.9,
+            source=Source.MODEL,
+            mask=((cols - 1000) / 800.0) ** 2 + ((rows - 750) / 600.0) ** 2 < 1,
+        )
         canvas = _canvas_on(qtbot, project, image.id, _grey(width, height), (400, 300))
         for scale in (4.0, 0.5):  # levels 0 and 1
             canvas.set_view(scale, QPointF(0, 0))
@@ -121,7 +126,7 @@ def test_a_proposals_dashes_stay_in_place_while_the_view_pans(qtbot, tmp_path):
             before = _grab(canvas).astype(int)
             canvas.pan_by(0, -37)  # along the edge: the outline moves 37 pixels up the screen
             after = _grab(canvas).astype(int)
-            moved = np.abs(before[37 + 20:-20] - after[20:-37 - 20]).max(axis=2)  # away from the view's edges
+            moved = np.abs(before[37 + 20 : -20] - after[20 : -37 - 20]).max(axis=2)  # away from the view's edges
             assert before[:, 150:].std() > 20 and (moved > 40).sum() == 0, (scale, (moved > 40).sum())
         canvas.close()
 
@@ -140,10 +145,18 @@ def test_a_large_image_with_large_masks_paints_in_bounded_time(qtbot, tmp_path):
     rows, cols = np.ogrid[:height, :width]
     ragged = 60 * np.sin(rows / 9.0) + 40 * np.sin(cols / 13.0)  # wavy edges, a turn every few pixels
     with _project_of_one_image(tmp_path, width, height) as (project, image, category):
-        project.add_instance(image.id, category.id,
-                             mask=((cols - 3000) / 2600.0) ** 2 + ((rows - 3000) / 2400.0) ** 2 < 1 + ragged / 2000)
-        project.add_instance(image.id, category.id, mask=(np.abs(cols - 6000 + ragged) < 1700) & (rows > 800),
-                             score=0.9, source=Source.MODEL)  # dashed
+        project.add_instance(
+            image.id,
+            category.id,
+            mask=((cols - 3000) / 2600.0) ** 2 + ((rows - 3000) / 2400.0) ** 2 < 1 + ragged / 2000,
+        )
+        project.add_instance(
+            image.id,
+            category.id,
+            mask=(np.abs(cols - 6000 + ragged) < 1700) & (rows > 800),
+            score=0.9,
+            source=Source.MODEL,
+        )  # dashed
         canvas = _canvas_on(qtbot, project, image.id, pyramid, (1000, 700))
         canvas.fit()
         assert canvas.scale < 0.2

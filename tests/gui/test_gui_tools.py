@@ -109,8 +109,12 @@ def test_the_keypoint_under_the_pointer_is_named_on_the_canvas(qtbot, window, bl
     zoom_4x(window)
     mask = np.zeros((90, 120), dtype=bool)
     mask[20:60, 20:80] = True
-    instance = window.session.project.add_instance(window.session.image_id, 2, mask=mask,  # 'animal'
-                                                   keypoints=[30, 40, 2, 70, 45, 1])
+    instance = window.session.project.add_instance(
+        window.session.image_id,
+        2,
+        mask=mask,  # 'animal'
+        keypoints=[30, 40, 2, 70, 45, 1],
+    )
     window.canvas.reload()
     window.session.select([instance.id])
     key(window, Qt.Key.Key_K)
@@ -191,8 +195,10 @@ def test_box_becomes_a_mask_through_the_model(qtbot, window, blob_project):
     assert segmented.bbox == (x, y, w, h) and segmented.area == w * h
     assert segmented.source == Source.HUMAN and segmented.model_version == "blob-net@test"
     assert segmented.score is None  # a person's box: no detection score to show
-    rows = {window.instances.tree.topLevelItem(r).text(0): window.instances.tree.topLevelItem(r).text(3)
-            for r in range(window.instances.tree.topLevelItemCount())}
+    rows = {
+        window.instances.tree.topLevelItem(r).text(0): window.instances.tree.topLevelItem(r).text(3)
+        for r in range(window.instances.tree.topLevelItemCount())
+    }
     assert rows == {str(rectangle.id): "drawn", str(segmented.id): "from box"}
     assert segmented.category_id == window.session.current_category_id
     assert window.status.currentMessage() == "Box to mask: added blob"

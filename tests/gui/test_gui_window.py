@@ -131,8 +131,15 @@ def test_a_folder_without_the_projects_images_changes_nothing(qtbot, window, blo
         dialog.setDirectory(str(tmp_path / "empty"))
         dialog.accept()
 
-    texts = answer_dialogs(qtbot, [lambda box: box.button(QMessageBox.StandardButton.Yes).click(), choose_folder,
-                                   lambda box: box.accept(), lambda box: box.accept()])
+    texts = answer_dialogs(
+        qtbot,
+        [
+            lambda box: box.button(QMessageBox.StandardButton.Yes).click(),
+            choose_folder,
+            lambda box: box.accept(),
+            lambda box: box.accept(),
+        ],
+    )
     window.open_path(blob_project)
     qtbot.waitUntil(lambda: len(texts) == 3, timeout=5000)
     assert texts[1].endswith("does not hold 00.png; the project is unchanged")
@@ -146,11 +153,22 @@ def test_a_folder_without_the_projects_images_changes_nothing(qtbot, window, blo
 
 def test_help_lists_the_documented_shortcuts(qtbot, window):
     rows = dict((text, keys) for keys, text in shortcut_rows(list(window.actions_by_name.values())))
-    for text, keys in [("Previous image", "A"), ("Next image", "D"), ("Undo", "Ctrl+Z"),
-                       ("Brush", "B"), ("Eraser", "E"), ("Polygon", "P"), ("Box to mask", "R"),
-                       ("Keypoints", "K"), ("Fit image", "F"), ("Brush bigger", "+"), ("Brush smaller", "-"),
-                       ("Mark done and go to the next unlabeled image", "Space"),
-                       ("Accept selected proposals", "Return"), ("Delete / reject selected", "Del")]:
+    for text, keys in [
+        ("Previous image", "A"),
+        ("Next image", "D"),
+        ("Undo", "Ctrl+Z"),
+        ("Brush", "B"),
+        ("Eraser", "E"),
+        ("Polygon", "P"),
+        ("Box to mask", "R"),
+        ("Keypoints", "K"),
+        ("Fit image", "F"),
+        ("Brush bigger", "+"),
+        ("Brush smaller", "-"),
+        ("Mark done and go to the next unlabeled image", "Space"),
+        ("Accept selected proposals", "Return"),
+        ("Delete / reject selected", "Del"),
+    ]:
         assert rows[text].startswith(keys), (text, rows[text])
     assert "Ctrl+Shift+Z" in rows["Redo"]
     dialog = HelpDialog(list(window.actions_by_name.values()), window)
@@ -181,8 +199,7 @@ def test_export_writes_coco_and_a_bad_import_leaves_the_project_unchanged(qtbot,
     assert window.session.project.instance_count() == before
 
 
-def test_auto_propose_runs_the_model_on_opening_an_unlabeled_image_and_is_remembered(
-        qtbot, blob_project, settings):
+def test_auto_propose_runs_the_model_on_opening_an_unlabeled_image_and_is_remembered(qtbot, blob_project, settings):
     window = make_window(qtbot, settings)
     try:
         auto = window.actions_by_name["auto_propose"]
@@ -218,8 +235,7 @@ def test_auto_propose_runs_the_model_on_opening_an_unlabeled_image_and_is_rememb
     again.close()
 
 
-def test_auto_propose_skips_images_left_before_their_turn_and_runs_one_job_at_a_time(
-        qtbot, blob_project, settings):
+def test_auto_propose_skips_images_left_before_their_turn_and_runs_one_job_at_a_time(qtbot, blob_project, settings):
     window = make_window(qtbot, settings, BlobPredictor(delay=0.5))
     try:
         open_and_wait(qtbot, window, blob_project)
@@ -274,9 +290,14 @@ CRASHING_SESSION = textwrap.dedent("""
 
 def test_reopening_after_a_crash_loses_no_edit(qtbot, blob_project, tmp_path, settings):
     repo = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-c", CRASHING_SESSION, str(blob_project), str(tmp_path / "s.ini")],
-                            cwd=repo, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(repo), "QT_QPA_PLATFORM": "offscreen"})
+    result = subprocess.run(
+        [sys.executable, "-c", CRASHING_SESSION, str(blob_project), str(tmp_path / "s.ini")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(repo), "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert "edited" in result.stdout, result.stderr
     assert result.returncode == -9
     with Project.open(blob_project) as project:
@@ -320,10 +341,14 @@ def test_run_app_opens_the_annotation_window_on_a_project(blob_project, tmp_path
     # later event loop of the test session at once.
     repo = Path(__file__).resolve().parents[2]
     config = tmp_path / "config"  # QSettings' native store on Linux: not the user's own
-    result = subprocess.run([sys.executable, "-c", RUN_APP, str(blob_project)], cwd=repo, capture_output=True,
-                            text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(repo), "QT_QPA_PLATFORM": "offscreen",
-                                 "XDG_CONFIG_HOME": str(config)})
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_APP, str(blob_project)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(repo), "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(config)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["window 3 True blobs.annot — Mask R-CNN annotator", "exit 0"], result.stderr
     saved = QSettings(str(config / "maskrcnn-annotator" / "annotator.conf"), QSettings.Format.IniFormat)

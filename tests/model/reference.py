@@ -24,8 +24,9 @@ def synthetic_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[torch.
     return [torch.from_numpy(im).permute(2, 0, 1).double() / 255 for im in images]
 
 
-def torchvision_reference(name: str, calibration: list[torch.Tensor] | None = None, *,
-                          random_batchnorm: bool = True, **kwargs: object) -> torch.nn.Module:
+def torchvision_reference(
+    name: str, calibration: list[torch.Tensor] | None = None, *, random_batchnorm: bool = True, **kwargs: object
+) -> torch.nn.Module:
     """torchvision's ``name`` model in eval mode with calibrated random weights.
 
     Args:
@@ -53,8 +54,11 @@ def torchvision_reference(name: str, calibration: list[torch.Tensor] | None = No
     inputs: dict[str, torch.Tensor] = {}
     hooks = [heads.box_predictor.register_forward_pre_hook(lambda m, a: inputs.__setitem__("box", a[0]))]
     if heads.has_mask():
-        hooks.append(heads.mask_predictor.mask_fcn_logits.register_forward_pre_hook(
-            lambda m, a: inputs.__setitem__("mask", a[0])))  # fmt: skip
+        hooks.append(
+            heads.mask_predictor.mask_fcn_logits.register_forward_pre_hook(
+                lambda m, a: inputs.__setitem__("mask", a[0])
+            )
+        )
     if calibration is None:
         calibration = synthetic_images([(160, 200)], seed=5)
     with torch.inference_mode():

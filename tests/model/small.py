@@ -34,10 +34,11 @@ def square_coco(tmp_path: Path, annotations: list[dict], keypoints: list[str] | 
         for category in categories:
             category["keypoints"] = keypoints
             category["skeleton"] = [[1, 2]]
-    return write_json(tmp_path / "coco.json", {
-        "images": [{"id": i + 1, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(names)],
-        "annotations": annotations,
-        "categories": categories,
-    })
-
-
+    return write_json(
+        tmp_path / "coco.json",
+        {
+            "images": [{"id": i + 1, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(names)],
+            "annotations": annotations,
+            "categories": categories,
+        },
+    )

@@ -24,8 +24,10 @@ posix_only = pytest.mark.skipif(os.name != "posix", reason="a shell-script gs, F
 
 # Real PostScript, as a file named .jpg would hold it: an EPS with its bounding box, and a plain
 # PostScript program (Pillow's EPS plugin takes both, and renders them with Ghostscript).
-EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 12\n%%EndComments\n"
-       b"newpath 0 0 moveto 16 12 lineto stroke\nshowpage\n%%EOF\n")
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 12\n%%EndComments\n"
+    b"newpath 0 0 moveto 16 12 lineto stroke\nshowpage\n%%EOF\n"
+)
 PS = b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 16 12\n{ } loop\nshowpage\n"  # a loop without end
 
 
@@ -45,8 +47,15 @@ def ghostscript_spy(tmp_path: Path) -> tuple[dict[str, str], Path]:
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     """``main.py`` in a child process: a fresh Pillow (it remembers whether it found Ghostscript),
     and a hang fails the test instead of stopping the run."""
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, check=False,
-                          env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def _one_line_error(err: str, path: Path, problem: str) -> None:
@@ -57,22 +66,23 @@ def _one_line_error(err: str, path: Path, problem: str) -> None:
 @posix_only
 @pytest.mark.parametrize("content", [EPS, PS], ids=["eps", "ps"])
 def test_postscript_named_jpg_is_refused_by_new_and_ghostscript_never_starts(
-        tmp_path: Path, ghostscript_spy: tuple[dict[str, str], Path], content: bytes) -> None:
+    tmp_path: Path, ghostscript_spy: tuple[dict[str, str], Path], content: bytes
+) -> None:
     env, started = ghostscript_spy
     images = tmp_path / "images"
     write_images(images, [(16, 12)])
     (images / "photo.jpg").write_bytes(content)
     done = _cli("new", str(tmp_path / "p"), "--images", str(images), env=env)
     assert done.returncode == main.EXIT_BAD_INPUT
-    _one_line_error(done.stderr, images / "photo.jpg",
-                    "not a readable image (not a JPEG, PNG, BMP, TIFF or WebP file)")
+    _one_line_error(done.stderr, images / "photo.jpg", "not a readable image (not a JPEG, PNG, BMP, TIFF or WebP file)")
     assert not started.exists()
     assert not (tmp_path / "p.annot").exists()
 
 
 @posix_only
 def test_every_way_of_opening_an_image_refuses_postscript_without_ghostscript(
-        tmp_path: Path, ghostscript_spy: tuple[dict[str, str], Path]) -> None:
+    tmp_path: Path, ghostscript_spy: tuple[dict[str, str], Path]
+) -> None:
     env, started = ghostscript_spy
     (tmp_path / "a.jpg").write_bytes(EPS)
     (tmp_path / "b.png").write_bytes(PS)
@@ -91,8 +101,15 @@ def test_every_way_of_opening_an_image_refuses_postscript_without_ghostscript(
         "        except ImageReadError as error:\n"
         "            print(error.problem)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a.jpg"), str(tmp_path / "b.png")],
-                          capture_output=True, text=True, check=False, env=env, timeout=60, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a.jpg"), str(tmp_path / "b.png")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["not a readable image (not a JPEG, PNG, BMP, TIFF or WebP file)"] * 8
     assert not started.exists()
@@ -127,14 +144,16 @@ def test_image_too_narrow_for_the_model_is_refused_from_its_header(tmp_path: Pat
     for read in (probe_image, header_size, read_image):
         with pytest.raises(ImageReadError) as raised:
             read(strip)
-        assert str(raised.value) == (f"{strip}: image is 5000x1 pixels, its sides in a ratio over "
-                                     f"{MAX_ASPECT_RATIO}:1, too narrow for the model")
+        assert str(raised.value) == (
+            f"{strip}: image is 5000x1 pixels, its sides in a ratio over {MAX_ASPECT_RATIO}:1, too narrow for the model"
+        )
     tall = _narrow(tmp_path, 2, 2 * MAX_ASPECT_RATIO, "tall.png")
     assert header_size(tall) == (2, 200) and read_image(tall).shape == (200, 2, 3)  # the ratio itself is fine
 
 
-def test_new_refuses_an_image_too_narrow_for_the_model_in_one_line(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_new_refuses_an_image_too_narrow_for_the_model_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     images = tmp_path / "images"
     write_images(images, [(64, 48)])
     strip = _narrow(images, 5000, 1)
@@ -144,19 +163,47 @@ def test_new_refuses_an_image_too_narrow_for_the_model_in_one_line(tmp_path: Pat
 
 
 def test_train_refuses_an_image_too_narrow_for_the_model_before_it_starts(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     images = tmp_path / "images"
     write_images(images, [(64, 48), (64, 48)])
     strip = _narrow(images, 1, 5000)
     entries = [("0.png", 64, 48), ("strip.png", 1, 5000), ("1.png", 64, 48)]
-    coco = {"images": [{"id": i + 1, "file_name": n, "width": w, "height": h} for i, (n, w, h) in enumerate(entries)],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "iscrowd": 0,
-                             "area": 400, "segmentation": [[4, 4, 24, 4, 24, 24, 4, 24]]}],
-            "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    coco = {
+        "images": [{"id": i + 1, "file_name": n, "width": w, "height": h} for i, (n, w, h) in enumerate(entries)],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [4, 4, 20, 20],
+                "iscrowd": 0,
+                "area": 400,
+                "segmentation": [[4, 4, 24, 4, 24, 24, 4, 24]],
+            }
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
     (tmp_path / "train.json").write_text(json.dumps(coco))
     out = tmp_path / "run"
-    status = main.main(["train", str(tmp_path / "train.json"), "--images", str(images), "--out", str(out),
-                        "--weights", "none", "--iters", "1", "--workers", "0", "--device", "cpu"])
+    status = main.main(
+        [
+            "train",
+            str(tmp_path / "train.json"),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--weights",
+            "none",
+            "--iters",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == main.EXIT_BAD_INPUT
     assert "Traceback" not in err

@@ -66,8 +66,9 @@ def test_truncated_and_garbage_files_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "text.jpg").write_text("hello")
     with pytest.raises(ImageReadError) as raised:
         read_image(tmp_path / "text.jpg")
-    assert str(raised.value) == (f"{tmp_path / 'text.jpg'}: not a readable image "
-                                 "(not a JPEG, PNG, BMP, TIFF or WebP file)")
+    assert str(raised.value) == (
+        f"{tmp_path / 'text.jpg'}: not a readable image (not a JPEG, PNG, BMP, TIFF or WebP file)"
+    )
 
 
 def test_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
@@ -77,8 +78,9 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
     assert read_image(tmp_path / "a.png", max_pixels=10_000).shape == (100, 100, 3)
 
 
-@pytest.mark.parametrize("suffix, orientation", [(".jpg", o) for o in range(1, 9)] + [
-    (suffix, 6) for suffix in (".png", ".webp", ".tif")])  # fmt: skip
+@pytest.mark.parametrize(
+    "suffix, orientation", [(".jpg", o) for o in range(1, 9)] + [(suffix, 6) for suffix in (".png", ".webp", ".tif")]
+)
 def test_header_size_is_read_images_size_up_to_a_quarter_turn(tmp_path: Path, suffix: str, orientation: int) -> None:
     image = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
     exif = image.getexif()
@@ -96,8 +98,9 @@ def test_header_size_names_the_file_and_the_problem_without_decoding(tmp_path: P
     (tmp_path / "text.jpg").write_text("hello")
     with pytest.raises(ImageReadError) as raised:
         header_size(tmp_path / "text.jpg")
-    assert str(raised.value) == (f"{tmp_path / 'text.jpg'}: not a readable image "
-                                 "(not a JPEG, PNG, BMP, TIFF or WebP file)")
+    assert str(raised.value) == (
+        f"{tmp_path / 'text.jpg'}: not a readable image (not a JPEG, PNG, BMP, TIFF or WebP file)"
+    )
     with pytest.raises(ImageReadError, match=r"gone.png: image file not found"):
         header_size(tmp_path / "gone.png")
     with pytest.raises(ImageReadError, match=r"big.png: image has 0.1 megapixels, over the limit"):

@@ -50,9 +50,7 @@ def test_outputs_match_torchvision_in_float64(name: str) -> None:
         if "keypoints" in exp:
             # torchvision computes keypoints in float32, whatever the model's dtype
             torch.testing.assert_close(act["keypoints"], exp["keypoints"].double(), rtol=0, atol=1e-3)
-            torch.testing.assert_close(
-                act["keypoints_scores"], exp["keypoints_scores"].double(), rtol=1e-5, atol=1e-4
-            )
+            torch.testing.assert_close(act["keypoints_scores"], exp["keypoints_scores"].double(), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

@@ -186,8 +186,9 @@ def test_auto_device_is_the_cpu_without_an_accelerator() -> None:
 
 def test_importing_the_model_package_and_image_reader_does_not_import_torch() -> None:
     code = "import sys, model, model.images; assert 'torch' not in sys.modules; print(model._LAZY['Predictor'])"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2]
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "predictor"
 

@@ -164,24 +164,18 @@ def test_first_images_do_not_depend_on_how_many_are_generated(tmp_path: Path) ->
     assert long["images"][:2] == short["images"]
     assert long["annotations"][: len(short["annotations"])] == short["annotations"]
     for name in ("000001.png", "000002.png"):
-        assert (tmp_path / "short/images" / name).read_bytes() == (
-            tmp_path / "long/images" / name
-        ).read_bytes()
+        assert (tmp_path / "short/images" / name).read_bytes() == (tmp_path / "long/images" / name).read_bytes()
 
 
 def test_size_ranges_are_drawn_per_image_within_bounds(tmp_path: Path) -> None:
-    dataset = json.loads(
-        synthetic.generate(tmp_path, 8, seed=2, size=((100, 140), 150), max_shapes=3).read_text()
-    )
+    dataset = json.loads(synthetic.generate(tmp_path, 8, seed=2, size=((100, 140), 150), max_shapes=3).read_text())
     heights = {info["height"] for info in dataset["images"]}
     assert all(100 <= h <= 140 for h in heights) and len(heights) > 1
     assert {info["width"] for info in dataset["images"]} == {150}
 
 
 def test_jpeg_output_writes_readable_jpg_files(tmp_path: Path) -> None:
-    dataset = json.loads(
-        synthetic.generate(tmp_path, 2, seed=1, size=(64, 80), image_format="jpg").read_text()
-    )
+    dataset = json.loads(synthetic.generate(tmp_path, 2, seed=1, size=(64, 80), image_format="jpg").read_text())
     for info in dataset["images"]:
         assert info["file_name"].endswith(".jpg")
         assert cv2.imread(str(tmp_path / "images" / info["file_name"])).shape == (64, 80, 3)

@@ -71,12 +71,18 @@ def test_keypoint_heatmap_targets_decode_back_to_their_keypoints():
 def test_an_image_without_annotations_has_zero_box_mask_and_keypoint_losses():
     model = tiny_model().train()
     image = torch.rand(3, 128, 128)
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-             "masks": torch.zeros(0, 128, 128, dtype=torch.uint8), "keypoints": torch.zeros(0, 5, 3)}  # fmt: skip
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, 128, 128, dtype=torch.uint8),
+        "keypoints": torch.zeros(0, 5, 3),
+    }
     losses = model([image], [empty])
-    assert {k: float(v.detach()) for k, v in losses.items() if k in ("loss_rpn_box_reg", "loss_box_reg", "loss_mask",
-                                                              "loss_keypoint")} == {
-        "loss_rpn_box_reg": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0, "loss_keypoint": 0.0}  # fmt: skip
+    assert {
+        k: float(v.detach())
+        for k, v in losses.items()
+        if k in ("loss_rpn_box_reg", "loss_box_reg", "loss_mask", "loss_keypoint")
+    } == {"loss_rpn_box_reg": 0.0, "loss_box_reg": 0.0, "loss_mask": 0.0, "loss_keypoint": 0.0}
     assert losses["loss_objectness"] > 0 and losses["loss_classifier"] > 0
     sum(losses.values()).backward()
     # every trainable parameter takes part (DistributedDataParallel relies on it)
@@ -85,8 +91,9 @@ def test_an_image_without_annotations_has_zero_box_mask_and_keypoint_losses():
 
 def test_classes_and_keypoints_are_carried_over_by_name_to_another_label_space():
     source = tiny_model(class_names=("__background__", "a", "b", "c"))
-    target = tiny_model(seed=1, class_names=("__background__", "c", "new", "a"),
-                        keypoint_names=("top", "extra", "centre"))  # fmt: skip
+    target = tiny_model(
+        seed=1, class_names=("__background__", "c", "new", "a"), keypoint_names=("top", "extra", "centre")
+    )
     fresh = target.roi_heads.box_predictor.cls_score.weight.detach().clone()
     report = load_transferred(target, source.state_dict(), source.config)
     assert report.kept_classes == ["c", "a"] and report.new_classes == ["new"]
@@ -112,9 +119,7 @@ def test_training_from_weights_takes_the_data_sets_categories(shapes, tmp_path):
     assert any("rectangle, triangle" in note for note in notes) and any("keypoint" in note for note in notes)
 
 
-def test_an_imagenet_backbone_from_the_registry_initialises_only_the_resnet_body(
-    shapes, tmp_path, monkeypatch
-):
+def test_an_imagenet_backbone_from_the_registry_initialises_only_the_resnet_body(shapes, tmp_path, monkeypatch):
     import hashlib
 
     import torchvision
@@ -128,8 +133,13 @@ def test_an_imagenet_backbone_from_the_registry_initialises_only_the_resnet_body
     torch.save(classifier, staging)
     digest = hashlib.sha256(staging.read_bytes()).hexdigest()
     published = staging.rename(staging.with_name(f"resnet50-{digest[:8]}.pth"))
-    info = weights.WeightsInfo(name="resnet50.TEST", architecture="maskrcnn_resnet50_fpn", url=published.as_uri(),
-                               sha256_prefix=digest[:8], categories=())  # fmt: skip
+    info = weights.WeightsInfo(
+        name="resnet50.TEST",
+        architecture="maskrcnn_resnet50_fpn",
+        url=published.as_uri(),
+        sha256_prefix=digest[:8],
+        categories=(),
+    )
     monkeypatch.setitem(weights.BACKBONES, "resnet50.TEST", info)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     data = load_coco(shapes, shapes.parent / "images")
@@ -156,8 +166,19 @@ def test_the_ground_truth_as_predictions_scores_ap_one(shapes):
 
 def test_evaluate_prints_the_ap_figures_as_json_on_its_last_line(shapes, tmp_path, capsys):
     weights = save_weights(tiny_model(), tmp_path / "model.safetensors")
-    status = main.main(["evaluate", str(shapes), "--images", str(shapes.parent / "images"), "--weights",
-                        str(weights), "--json", "--device", "cpu"])  # fmt: skip
+    status = main.main(
+        [
+            "evaluate",
+            str(shapes),
+            "--images",
+            str(shapes.parent / "images"),
+            "--weights",
+            str(weights),
+            "--json",
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for iou_type in ("segm", "bbox", "keypoints"):
@@ -172,12 +193,29 @@ def test_evaluate_prints_the_ap_figures_as_json_on_its_last_line(shapes, tmp_pat
 def test_overfitting_four_images_drives_the_loss_down_and_mask_ap_up(shapes, tmp_path):
     data = load_coco(shapes, shapes.parent / "images")
     model = tiny_model()
-    options = TrainOptions(iterations=200, batch_size=4, lr=0.02, clip_grad_norm=10.0, warmup_iterations=10,
-                           steps=(0.8,), log_period=10, checkpoint_period=1000, num_workers=0,
-                           flip_probability=0.0)  # fmt: skip
+    options = TrainOptions(
+        iterations=200,
+        batch_size=4,
+        lr=0.02,
+        clip_grad_norm=10.0,
+        warmup_iterations=10,
+        steps=(0.8,),
+        log_period=10,
+        checkpoint_period=1000,
+        num_workers=0,
+        flip_probability=0.0,
+    )
     stream = io.StringIO()
-    result = train(model, data, data, tmp_path / "run", options, device=torch.device("cpu"),
-                   events=EventLog(stream, progress_bar=False), evaluate_before=False)  # fmt: skip
+    result = train(
+        model,
+        data,
+        data,
+        tmp_path / "run",
+        options,
+        device=torch.device("cpu"),
+        events=EventLog(stream, progress_bar=False),
+        evaluate_before=False,
+    )
     losses = [e["loss"] for e in events_of(stream) if e["event"] == "progress"]
     assert losses[0] >= 5 * losses[-1], losses
     assert result.evaluation["segm"]["AP"] >= 0.8, result.evaluation
@@ -199,8 +237,16 @@ def test_a_step_with_a_non_finite_loss_is_skipped_and_reported(shapes, tmp_path)
     model.losses = poisoned
     stream = io.StringIO()
     options = TrainOptions(iterations=3, batch_size=2, log_period=1, checkpoint_period=100, num_workers=0)
-    train(model, data, None, tmp_path / "run", options, device=torch.device("cpu"),
-          events=EventLog(stream, progress_bar=False), evaluate_before=False)  # fmt: skip
+    train(
+        model,
+        data,
+        None,
+        tmp_path / "run",
+        options,
+        device=torch.device("cpu"),
+        events=EventLog(stream, progress_bar=False),
+        evaluate_before=False,
+    )
     events = events_of(stream)
     warnings = [e for e in events if e["event"] == "warning"]
     assert [(w["iteration"], w["losses"]["loss_mask"]) for w in warnings] == [(2, None)]
@@ -209,9 +255,29 @@ def test_a_step_with_a_non_finite_loss_is_skipped_and_reported(shapes, tmp_path)
 
 
 def _train_args(shapes: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", str(shapes), "--images", str(shapes.parent / "images"), "--out", str(out), "--weights", "none",
-            "--min-size", "128", "--max-size", "128", "--batch-size", "2", "--val-fraction", "0", "--workers", "0",
-            "--device", "cpu", *extra]  # fmt: skip
+    return [
+        "train",
+        str(shapes),
+        "--images",
+        str(shapes.parent / "images"),
+        "--out",
+        str(out),
+        "--weights",
+        "none",
+        "--min-size",
+        "128",
+        "--max-size",
+        "128",
+        "--batch-size",
+        "2",
+        "--val-fraction",
+        "0",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -270,9 +336,13 @@ def test_an_image_that_fails_to_decode_in_training_ends_in_one_error_line_and_ke
     _truncate(broken)
     out = tmp_path / "run"
     # a real process: a data-loader worker's traceback would reach stderr past pytest's capture
-    command = [sys.executable, str(ROOT / "main.py"),
-               *_train_args(jpeg_shapes, out, "--iters", "6", "--batch-size", "1", "--checkpoint-period", "1",
-                            "--workers", str(workers))]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "main.py"),
+        *_train_args(
+            jpeg_shapes, out, "--iters", "6", "--batch-size", "1", "--checkpoint-period", "1", "--workers", str(workers)
+        ),
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
 
@@ -298,11 +368,14 @@ def _not_an_image(path: Path) -> None:
     path.write_text("not an image")
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (_delete, "image file not found"),
-    (_resize, "the image is 80x64 but the COCO file says 64x64"),
-    (_not_an_image, "not a readable image"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (_delete, "image file not found"),
+        (_resize, "the image is 80x64 but the COCO file says 64x64"),
+        (_not_an_image, "not a readable image"),
+    ],
+)
 def test_a_missing_unreadable_or_resized_image_is_refused_before_training_starts(
     jpeg_shapes, tmp_path, capsys, damage, problem
 ):
@@ -322,8 +395,9 @@ def test_evaluate_reports_an_image_that_fails_to_decode_in_one_line(jpeg_shapes,
     weights = save_weights(tiny_model(), tmp_path / "model.safetensors")
     broken = _image_file(jpeg_shapes, 1)
     _truncate(broken)
-    status = main.main(["evaluate", str(jpeg_shapes), "--images", str(broken.parent), "--weights", str(weights),
-                        "--device", "cpu"])  # fmt: skip
+    status = main.main(
+        ["evaluate", str(jpeg_shapes), "--images", str(broken.parent), "--weights", str(weights), "--device", "cpu"]
+    )
     assert status == main.EXIT_BAD_INPUT
     (error,) = _error_lines(capsys.readouterr().err)
     assert error.startswith(f"error: {broken}: image data is truncated or corrupt")
@@ -336,13 +410,22 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_under_torchrun_an_image_that_fails_to_decode_ends_the_run_in_one_error_line_of_ours(
-        jpeg_shapes, tmp_path):
+def test_under_torchrun_an_image_that_fails_to_decode_ends_the_run_in_one_error_line_of_ours(jpeg_shapes, tmp_path):
     broken = _image_file(jpeg_shapes, 1)
     _truncate(broken)  # passes the header check: a rank finds it while training
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), str(ROOT / "main.py"),
-               *_train_args(jpeg_shapes, tmp_path / "run", "--iters", "6", "--batch-size", "1")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(ROOT / "main.py"),
+        *_train_args(jpeg_shapes, tmp_path / "run", "--iters", "6", "--batch-size", "1"),
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
 
@@ -350,8 +433,11 @@ def test_under_torchrun_an_image_that_fails_to_decode_ends_the_run_in_one_error_
     ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     found = [line for line in ours if line.startswith(f"error: {broken}: image data is truncated or corrupt")]
     assert len(found) == 1  # the rank that read the image; the other stops, saying so, unless torchrun ended it first
-    assert all(re.fullmatch(r"error: rank \d: stopped because another process of the run ended \(its error says why\)",
-                            line) for line in ours if line not in found), ours
+    assert all(
+        re.fullmatch(r"error: rank \d: stopped because another process of the run ended \(its error says why\)", line)
+        for line in ours
+        if line not in found
+    ), ours
     # torchrun reports the failed rank in its own words (with its own traceback); none passes through our code
     ours_in_a_traceback = re.compile(rf'File "{re.escape(str(ROOT))}/(main\.py|model/|annotator/|ops/)')
     assert not ours_in_a_traceback.search(done.stderr), done.stderr[-3000:]
@@ -360,9 +446,19 @@ def test_under_torchrun_an_image_that_fails_to_decode_ends_the_run_in_one_error_
 @pytest.mark.slow
 def test_two_gloo_processes_under_torchrun_train_and_only_rank_0_writes(shapes, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), str(ROOT / "main.py"),
-               *_train_args(shapes, out, "--iters", "5", "--checkpoint-period", "5", "--batch-size", "1")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(ROOT / "main.py"),
+        *_train_args(shapes, out, "--iters", "5", "--checkpoint-period", "5", "--batch-size", "1"),
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -371,4 +467,7 @@ def test_two_gloo_processes_under_torchrun_train_and_only_rank_0_writes(shapes, 
     assert [e["event"] for e in events] == ["checkpoint", "done"]
     assert events[1]["iterations"] == 5 and events[0]["path"].endswith("checkpoint_0000005.pth")
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
-        "checkpoint_0000005.pth", "last_checkpoint", "model_final.safetensors"]  # fmt: skip
+        "checkpoint_0000005.pth",
+        "last_checkpoint",
+        "model_final.safetensors",
+    ]

@@ -25,14 +25,32 @@ def test_dataset_reads_polygons_and_both_kinds_of_rle_with_contiguous_labels(tmp
             value, count = pixel, 0
         count += 1
     runs.append(count)
-    coco = square_coco(tmp_path, [
-        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
-         "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},
-        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10],
-         "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode()}},
-        {"id": 3, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
-         "segmentation": {"size": [30, 40], "counts": runs}},
-    ])  # fmt: skip
+    coco = square_coco(
+        tmp_path,
+        [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [10, 5, 20, 10],
+                "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [10, 5, 20, 10],
+                "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode()},
+            },
+            {
+                "id": 3,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [10, 5, 20, 10],
+                "segmentation": {"size": [30, 40], "counts": runs},
+            },
+        ],
+    )
     data = load_coco(coco, tmp_path / "images")
     assert data.labels.class_names == ("__background__", "other", "thing")  # categories in id order
     _, target = CocoDataset(data)[0]
@@ -52,10 +70,13 @@ def test_images_without_annotations_stay_as_negatives(tmp_path):
 
 
 def test_crowd_regions_are_not_ground_truth_but_crowd_boxes(tmp_path):
-    coco = square_coco(tmp_path, [
-        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
-        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [20, 10, 15, 12], "iscrowd": 1},
-    ])  # fmt: skip
+    coco = square_coco(
+        tmp_path,
+        [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
+            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [20, 10, 15, 12], "iscrowd": 1},
+        ],
+    )
     _, target = CocoDataset(load_coco(coco, tmp_path / "images"))[0]
     assert target["boxes"].tolist() == [[1, 1, 6, 6]]
     assert target["crowd_boxes"].tolist() == [[20, 10, 35, 22]]
@@ -70,12 +91,15 @@ def test_crowd_regions_keep_anchors_out_of_the_negatives():
 
 
 def test_degenerate_boxes_are_dropped_with_one_warning_naming_them(tmp_path):
-    coco = square_coco(tmp_path, [
-        {"id": 11, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
-        {"id": 12, "image_id": 1, "category_id": 7, "bbox": [3, 3, 0, 5]},
-        {"id": 13, "image_id": 2, "category_id": 3, "bbox": [3, 3, 4, 0.2]},
-        {"id": 14, "image_id": 2, "category_id": 3, "bbox": [45, 3, 4, 4]},  # outside the image
-    ])  # fmt: skip
+    coco = square_coco(
+        tmp_path,
+        [
+            {"id": 11, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
+            {"id": 12, "image_id": 1, "category_id": 7, "bbox": [3, 3, 0, 5]},
+            {"id": 13, "image_id": 2, "category_id": 3, "bbox": [3, 3, 4, 0.2]},
+            {"id": 14, "image_id": 2, "category_id": 3, "bbox": [45, 3, 4, 4]},  # outside the image
+        ],
+    )
     data = load_coco(coco, tmp_path / "images")
     assert [len(record.boxes) for record in data.images] == [1, 0]
     assert len(data.warnings) == 1
@@ -83,11 +107,20 @@ def test_degenerate_boxes_are_dropped_with_one_warning_naming_them(tmp_path):
 
 
 def test_horizontal_flip_mirrors_pixels_masks_boxes_and_swaps_left_and_right(tmp_path):
-    coco = square_coco(tmp_path, [
-        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10],
-         "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
-         "keypoints": [12.5, 6.5, 2, 28.0, 14.0, 2, 20, 10, 1, 0, 0, 0]},
-    ], keypoints=["left_hand", "right_hand", "nose", "left_foot"])  # fmt: skip
+    coco = square_coco(
+        tmp_path,
+        [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [10, 5, 20, 10],
+                "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
+                "keypoints": [12.5, 6.5, 2, 28.0, 14.0, 2, 20, 10, 1, 0, 0, 0],
+            },
+        ],
+        keypoints=["left_hand", "right_hand", "nose", "left_foot"],
+    )
     dataset = CocoDataset(load_coco(coco, tmp_path / "images"))
     image, target = dataset[0]
     flipped, mirrored = dataset[(0, True)]
@@ -100,8 +133,10 @@ def test_horizontal_flip_mirrors_pixels_masks_boxes_and_swaps_left_and_right(tmp
 
 def test_flip_map_pairs_keypoint_names_that_differ_by_left_and_right():
     assert infer_flip_map(["nose", "left_eye", "right_eye", "l_knee", "r_knee", "left", "right"]) == (
-        ("left_eye", "right_eye"), ("l_knee", "r_knee"), ("left", "right"),
-    )  # fmt: skip
+        ("left_eye", "right_eye"),
+        ("l_knee", "r_knee"),
+        ("left", "right"),
+    )
 
 
 def test_training_batches_are_a_function_of_seed_and_iteration():
@@ -117,5 +152,3 @@ def test_training_batches_are_a_function_of_seed_and_iteration():
 
 
 # -- losses --------------------------------------------------------------------------------------
-
-

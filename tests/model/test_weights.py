@@ -40,11 +40,9 @@ def assert_same_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tens
 def test_registry_names_torchvision_files_with_their_hashes_and_categories() -> None:
     expected = {
         "maskrcnn_resnet50_fpn.COCO_V1": "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
-        "maskrcnn_resnet50_fpn_v2.COCO_V1":
-            "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
-        "keypointrcnn_resnet50_fpn.COCO_V1":
-            "https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
-    }  # fmt: skip
+        "maskrcnn_resnet50_fpn_v2.COCO_V1": "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+        "keypointrcnn_resnet50_fpn.COCO_V1": "https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+    }
     assert {name: info.url for name, info in REGISTRY.items()} == expected
     for info in REGISTRY.values():
         assert info.filename.endswith(f"-{info.sha256_prefix}.pth")
@@ -60,9 +58,12 @@ def test_registry_names_torchvision_files_with_their_hashes_and_categories() -> 
 def test_download_lands_in_hub_cache_once_and_loads(torchvision_state_dict, hub: Path, tmp_path: Path) -> None:
     source, digest = published_like(torchvision_state_dict, tmp_path / "server", "maskrcnn_resnet50_fpn_coco")
     info = WeightsInfo(
-        name="maskrcnn_resnet50_fpn.TEST", architecture="maskrcnn_resnet50_fpn", url=source.as_uri(),
-        sha256_prefix=digest[:8], categories=REGISTRY["maskrcnn_resnet50_fpn.COCO_V1"].categories,
-    )  # fmt: skip
+        name="maskrcnn_resnet50_fpn.TEST",
+        architecture="maskrcnn_resnet50_fpn",
+        url=source.as_uri(),
+        sha256_prefix=digest[:8],
+        categories=REGISTRY["maskrcnn_resnet50_fpn.COCO_V1"].categories,
+    )
 
     file = fetch(info, progress=False)
 
@@ -80,8 +81,13 @@ def test_download_lands_in_hub_cache_once_and_loads(torchvision_state_dict, hub:
 def test_download_with_wrong_hash_leaves_nothing_in_cache(torchvision_state_dict, hub: Path, tmp_path: Path) -> None:
     source, digest = published_like(torchvision_state_dict, tmp_path / "server", "maskrcnn_resnet50_fpn_coco")
     wrong = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
-    info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url=source.as_uri(),
-                       sha256_prefix=wrong, categories=("__background__", "thing"))  # fmt: skip
+    info = WeightsInfo(
+        name="x",
+        architecture="maskrcnn_resnet50_fpn",
+        url=source.as_uri(),
+        sha256_prefix=wrong,
+        categories=("__background__", "thing"),
+    )
     with pytest.raises(WeightsHashError):
         fetch(info, progress=False)
     assert not hub.exists() or list(hub.iterdir()) == []
@@ -89,8 +95,13 @@ def test_download_with_wrong_hash_leaves_nothing_in_cache(torchvision_state_dict
 
 def test_offline_download_names_the_url_and_where_to_put_the_file(hub: Path) -> None:
     url = unreachable_url("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
-    info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url=url, sha256_prefix="bf2d0c1e",
-                       categories=("__background__", "thing"))  # fmt: skip
+    info = WeightsInfo(
+        name="x",
+        architecture="maskrcnn_resnet50_fpn",
+        url=url,
+        sha256_prefix="bf2d0c1e",
+        categories=("__background__", "thing"),
+    )
     with pytest.raises(WeightsUnavailableError) as error:
         fetch(info, progress=False)
     assert url in str(error.value)
@@ -99,7 +110,8 @@ def test_offline_download_names_the_url_and_where_to_put_the_file(hub: Path) -> 
 
 
 def test_download_reports_growing_byte_counts_up_to_the_file_size_beside_the_bar(
-        hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     info, source = few_megabytes_published(tmp_path / "server")
     size = source.stat().st_size
     reports: list[tuple[int, int | None]] = []
@@ -143,8 +155,13 @@ def test_download_that_breaks_off_says_so_and_leaves_nothing(hub: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), BreaksOff)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
-    info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url=url, sha256_prefix="bf2d0c1e",
-                       categories=("__background__", "thing"))  # fmt: skip
+    info = WeightsInfo(
+        name="x",
+        architecture="maskrcnn_resnet50_fpn",
+        url=url,
+        sha256_prefix="bf2d0c1e",
+        categories=("__background__", "thing"),
+    )
     try:
         with pytest.raises(WeightsUnavailableError) as error:
             fetch(info, progress=False)
@@ -159,8 +176,13 @@ def test_download_that_breaks_off_says_so_and_leaves_nothing(hub: Path) -> None:
 def test_file_placed_by_hand_in_the_cache_is_used_offline(torchvision_state_dict, hub: Path, tmp_path: Path) -> None:
     source, digest = published_like(torchvision_state_dict, hub, "maskrcnn_resnet50_fpn_coco")
     categories = REGISTRY["maskrcnn_resnet50_fpn.COCO_V1"].categories
-    info = WeightsInfo(name="x", architecture="maskrcnn_resnet50_fpn", url="http://127.0.0.1:9/" + source.name,
-                       sha256_prefix=digest[:8], categories=categories)  # fmt: skip
+    info = WeightsInfo(
+        name="x",
+        architecture="maskrcnn_resnet50_fpn",
+        url="http://127.0.0.1:9/" + source.name,
+        sha256_prefix=digest[:8],
+        categories=categories,
+    )
     assert fetch(info, progress=False).path == source
 
 
@@ -210,8 +232,9 @@ def test_pth_that_would_run_code_is_refused(tmp_path: Path, monkeypatch: pytest.
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_own_checkpoint_round_trips_with_its_config(tmp_path: Path, suffix: str) -> None:
-    model = build_model("maskrcnn_resnet50_fpn", backbone_depth=18, class_names=("__background__", "cat", "dog"),
-                        box_score_thresh=0.3)  # fmt: skip
+    model = build_model(
+        "maskrcnn_resnet50_fpn", backbone_depth=18, class_names=("__background__", "cat", "dog"), box_score_thresh=0.3
+    )
     path = save_weights(model, tmp_path / f"run{suffix}")
     loaded = load_model(path, progress=False)
     assert loaded.config == model.config
@@ -242,10 +265,13 @@ def test_fewer_classes_reinitialise_only_the_predictors(torchvision_state_dict, 
     state = {k: v for k, v in torchvision_state_dict.items() if not k.endswith("num_batches_tracked")}
     reinitialised = {k for k, v in state.items() if own[k].shape != v.shape}
     assert reinitialised == {
-        "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
-        "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
-        "roi_heads.mask_predictor.mask_fcn_logits.weight", "roi_heads.mask_predictor.mask_fcn_logits.bias",
-    }  # fmt: skip
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.box_predictor.cls_score.bias",
+        "roi_heads.box_predictor.bbox_pred.weight",
+        "roi_heads.box_predictor.bbox_pred.bias",
+        "roi_heads.mask_predictor.mask_fcn_logits.weight",
+        "roi_heads.mask_predictor.mask_fcn_logits.bias",
+    }
     for key, value in state.items():
         if key not in reinitialised:
             assert torch.equal(own[key], value), key  # conv5_mask (class-agnostic) included
@@ -261,8 +287,10 @@ def test_other_keypoint_count_reinitialises_only_the_keypoint_predictor(tmp_path
     own = model.state_dict()
     assert own["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape == (512, 5, 4, 4)
     changed = {k for k in state if not k.endswith("num_batches_tracked") and not torch.equal(own[k], state[k])}
-    assert changed == {"roi_heads.keypoint_predictor.kps_score_lowres.weight",
-                       "roi_heads.keypoint_predictor.kps_score_lowres.bias"}  # fmt: skip
+    assert changed == {
+        "roi_heads.keypoint_predictor.kps_score_lowres.weight",
+        "roi_heads.keypoint_predictor.kps_score_lowres.bias",
+    }
 
 
 def test_own_checkpoint_resolves_to_its_state_dict_config_and_version(tmp_path: Path) -> None:

@@ -55,8 +55,9 @@ class BoxTool(Tool):
             self.message.emit("Segmenting the box...")
         else:
             x1, y1, x2, y2 = box
-            added = session.history.add(session.image_id, category.id, "Box (no model: rectangle)",
-                                        polygons=[[x1, y1, x2, y1, x2, y2, x1, y2]])
+            added = session.history.add(
+                session.image_id, category.id, "Box (no model: rectangle)", polygons=[[x1, y1, x2, y1, x2, y2, x1, y2]]
+            )
             session.select([added.id])
             session.mark_in_review()
             self.message.emit("No model loaded: the box became a rectangular mask")

@@ -17,7 +17,6 @@ from annotator.gui.tools.base import Tool
 from annotator.strokes import MAX_RADIUS, MIN_RADIUS, rasterise_stroke
 
 
-
 class BrushTool(Tool):
     name = "brush"
     label = "Brush"
@@ -46,7 +45,7 @@ class BrushTool(Tool):
         self.canvas.update()
 
     def grow(self, steps: int) -> None:
-        factor = 1.25 ** steps
+        factor = 1.25**steps
         radius = self.radius * factor
         self.set_radius(int(round(radius)) if abs(round(radius) - self.radius) >= 1 else self.radius + steps)
 
@@ -98,7 +97,7 @@ class BrushTool(Tool):
             if mask is None:  # a box-only instance: start from its box
                 mask = np.zeros((image.height, image.width), dtype=bool)
                 x, y, w, h = (int(round(v)) for v in instance.bbox)
-                mask[y:y + h, x:x + w] = True
+                mask[y : y + h, x : x + w] = True
             new = mask & ~stroke if self.erase else mask | stroke
             if np.array_equal(new, mask):
                 return
@@ -129,8 +128,13 @@ class BrushTool(Tool):
             color = QColor(255, 255, 255, 110) if self.erase else QColor(self._color())
             if not self.erase:
                 color.setAlpha(140)
-            pen = QPen(color, max(1.0, 2 * radius_on_screen), Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap,
-                       Qt.PenJoinStyle.RoundJoin)
+            pen = QPen(
+                color,
+                max(1.0, 2 * radius_on_screen),
+                Qt.PenStyle.SolidLine,
+                Qt.PenCapStyle.RoundCap,
+                Qt.PenJoinStyle.RoundJoin,
+            )
             painter.setPen(pen)
             if len(self._points) == 1:
                 painter.setBrush(color)

@@ -26,8 +26,13 @@ class ClickTool(Tool):
         if session is None or event.button != Qt.MouseButton.LeftButton:
             return False
         x, y = event.pos.x(), event.pos.y()
-        picked = instance_at_click([i for i in session.instances()
-                                    if i.id not in session.view.hidden and self.canvas.overlay(i).contains(x, y)])
+        picked = instance_at_click(
+            [
+                i
+                for i in session.instances()
+                if i.id not in session.view.hidden and self.canvas.overlay(i).contains(x, y)
+            ]
+        )
         if picked is not None:
             session.select([picked.id])
             if picked.source == Source.MODEL:

@@ -118,7 +118,9 @@ class KeypointTool(Tool):
             self._drag_pos = event.pos
             return True
         instance = self.session.selected if self.session and event.buttons == Qt.MouseButton.NoButton else None
-        hover = self._nearest(instance, event.pos) if instance is not None and instance.keypoints_array is not None else -1
+        hover = (
+            self._nearest(instance, event.pos) if instance is not None and instance.keypoints_array is not None else -1
+        )
         if hover == self._hover_index:
             return False
         self._hover_index = hover
@@ -148,7 +150,7 @@ class KeypointTool(Tool):
         self._paint_name(painter)
 
     def _paint_name(self, painter: QPainter) -> None:
-        """"tail (2)", "tail (2), occluded": beside the keypoint dragged or under the pointer."""
+        """ "tail (2)", "tail (2), occluded": beside the keypoint dragged or under the pointer."""
         index = self._drag_index if self._drag_index >= 0 else self._hover_index
         instance = self.session.selected if self.session else None
         points = instance.keypoints_array if instance is not None else None

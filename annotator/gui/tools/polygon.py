@@ -99,7 +99,7 @@ class PolygonTool(Tool):
         painter.setPen(QPen(color, 1.5))
         painter.drawPolygon(QPolygonF(points))
         painter.setPen(QPen(QColor(0, 0, 0), 1))
-        for index, point in enumerate(points[:len(self.vertices)]):
+        for index, point in enumerate(points[: len(self.vertices)]):
             painter.setBrush(QColor(255, 255, 255) if index else color)
             size = 4.0 if index else 5.5
             painter.drawRect(point.x() - size / 2 * 1.5, point.y() - size / 2 * 1.5, size * 1.5, size * 1.5)
