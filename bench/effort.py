@@ -3,7 +3,7 @@ counts what it costs, in actions and seconds, next to labelling it by hand the l
 and keypoint clicks) in the same run. ``--json`` prints one JSON object as the last line.
 
     python bench/effort.py GT.json --images DIR (--weights W | --proposals RESULTS.json | --manual)
-                           [--iou 0.85] [--json]
+                           [--iou 0.85] [--json] [--rounds K [--round-size N] [--order list|uncertainty]]
 
 Per ground-truth instance the person takes the cheapest way the app offers to a mask of IoU >= --iou
 with the right category: accept the matching proposal (+1 to change its category) and correct it
@@ -476,7 +476,7 @@ class ModelProposals:
     own conversions (``annotator.proposals.to_proposals``, ``annotator.prompts.proposals_for``)."""
 
     def __init__(self, weights: str, device: str, data: CocoData) -> None:
-        from main import load_predictor  # one-line errors for weights that cannot be loaded
+        from model.cli import load_predictor  # one-line errors for weights that cannot be loaded
         from model.images import read_image
 
         self.predictor = load_predictor(weights, device)
@@ -564,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iou", type=float, default=0.85, help="mask IoU an instance must reach (default 0.85)")
     parser.add_argument("--device", default="auto", help="for --weights: auto (as the app), cpu, cuda, ...")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON object, last")
+    from bench.effort_rounds import add_round_arguments  # the loop measured: rounds of labelling and fine-tuning
+
+    add_round_arguments(parser)
     return parser
 
 
@@ -574,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         data = load_coco(args.ground_truth, args.images)
+        if args.rounds is not None:
+            return args.run_rounds(args, data)
         if args.weights:
             works, what = ModelProposals(args.weights, args.device, data).work, Path(args.weights).name
         elif args.proposals:

@@ -9,15 +9,20 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
 from annotator import masks
+from annotator.learning import RoundSettings
 from annotator.strokes import correction_stroke, next_click, rasterise_stroke
 from bench import effort
+from bench.effort_rounds import measure_rounds, next_images
+from model.data import load_coco
 from model.synthetic import generate
+from resources import bundled_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,3 +224,78 @@ def test_keypoints_cost_a_drag_when_off_and_clicks_for_visibility():
     assert effort.keypoint_actions(truth, None, tolerances) == [click] * 4  # 3 placed, 1 made occluded
     assert effort.keypoint_actions(None, proposed, tolerances) == []
     assert effort.keypoint_tolerance(400.0, 0.05, 0.85) == pytest.approx(2 * 0.05 * 20 * 0.570, rel=1e-3)
+
+
+# --- the loop: rounds of labelling and fine-tuning -------------------------------------------------------
+
+
+def test_rounds_label_each_image_once_with_the_model_the_previous_round_left(shapes):
+    data = load_coco(shapes, shapes.parent / "images")
+    # two steps a round and half the done images held out: a round in seconds, and a comparison
+    fast = RoundSettings(iterations=2, device="cpu", threads=1, held_out_fraction=0.5)
+    result = measure_rounds(data, str(bundled_model()), "cpu", 0.85, 3, 2, "list", fast)
+    rounds = result["rounds"]
+    assert [entry["round"] for entry in rounds] == [0, 1] and [entry["images"] for entry in rounds] == [2, 2]
+    assert (
+        sum(entry["instances"] for entry in rounds)
+        == result["instances"]
+        == len(json.loads(shapes.read_text())["annotations"])
+    )
+    assert rounds[0]["train_seconds"] == 0 and rounds[0]["weights"] == "model.safetensors"
+    assert rounds[1]["train_seconds"] > 0 and rounds[1]["model"]  # the round says what it decided
+    kept_new = rounds[1]["model"].startswith(("switched", "no held-out"))
+    assert rounds[1]["weights"] == ("model_final.safetensors" if kept_new else "model.safetensors")
+    for entry in rounds:
+        assert 1 <= entry["actions_per_instance"] < entry["manual_actions_per_instance"]
+    overall = sum(entry["actions_per_instance"] * entry["instances"] for entry in rounds) / result["instances"]
+    assert result["actions_per_instance"] == pytest.approx(overall)  # rejects included
+    # by hand costs the same whatever model is in use: over all rounds as in one measure
+    manual = effort.measure(data, lambda record, truths: effort.ImageWork(truths, []), 0.85)
+    assert result["manual_actions_per_instance"] == pytest.approx(manual["manual_actions_per_instance"])
+
+
+def test_the_command_line_with_rounds_prints_a_list_of_rounds_in_the_json_last(shapes):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "effort.py"),
+            str(shapes),
+            "--images",
+            str(shapes.parent / "images"),
+            "--weights",
+            str(ROOT / "resources" / "demo" / "model.safetensors"),
+            "--device",
+            "cpu",
+            "--rounds",
+            "1",
+            "--round-size",
+            "3",
+            "--order",
+            "uncertainty",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (only,) = result["rounds"]
+    for key in ("actions_per_instance", "seconds_per_instance", "images", "train_seconds"):
+        assert key in only
+    assert only["images"] == 3 and only["train_seconds"] == 0 and result["order"] == "uncertainty"
+    assert result["manual_actions_per_instance"] > only["actions_per_instance"]
+
+
+def test_rounds_need_a_model_and_say_so_in_one_line(shapes, capsys):
+    assert effort.main([str(shapes), "--images", str(shapes.parent / "images"), "--manual", "--rounds", "2"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_uncertainty_order_takes_the_images_whose_proposals_are_least_sure_first():
+    def work(*scores: float) -> effort.ImageWork:
+        return effort.ImageWork([], [effort.Candidate(np.zeros((4, 4), bool), 1, s, None) for s in scores])
+
+    records = [SimpleNamespace(image_id=i) for i in range(4)]
+    works = {0: work(0.99, 0.98), 1: work(0.5, 0.55), 2: work(0.97, 0.6), 3: work(0.02, 0.99)}
+    assert [r.image_id for r in next_images(works, records, 2, "uncertainty")] == [1, 2]
+    assert [r.image_id for r in next_images(works, records, 2, "list")] == [0, 1]
