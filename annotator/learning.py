@@ -84,8 +84,8 @@ def evaluate_command(weights: str, coco_file: Path, image_root: Path, device: st
     ]
 
 
-def parse_event(line: str) -> dict | None:
-    """The event of one output line, or None for a line that is not a JSON event (plain logging)."""
+def _json_object(line: str) -> dict | None:
+    """The JSON object one output line of a child ``main.py`` holds, or None (plain logging)."""
     line = line.strip()
     if not line.startswith("{"):
         return None
@@ -93,7 +93,13 @@ def parse_event(line: str) -> dict | None:
         value = json.loads(line)
     except json.JSONDecodeError:
         return None
-    return value if isinstance(value, dict) and isinstance(value.get("event"), str) else None
+    return value if isinstance(value, dict) else None
+
+
+def parse_event(line: str) -> dict | None:
+    """The event of one output line, or None for a line that is not a JSON event (plain logging)."""
+    value = _json_object(line)
+    return value if value is not None and isinstance(value.get("event"), str) else None
 
 
 def mask_ap(summary: dict | None) -> float | None:
@@ -256,14 +262,8 @@ def held_out_ap(weights: str, held_out_file: Path, image_root: Path, cwd: Path, 
 
 def parse_summary(line: str) -> dict | None:
     """The JSON object of ``evaluate --json``'s last line, or None for another line."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) and "weights" in value else None
+    value = _json_object(line)
+    return value if value is not None and "weights" in value else None
 
 
 def learning_round(

@@ -27,7 +27,8 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.gui.model_picker import runs_dir
-from annotator.gui.training import TrainingProcess, TrainingRequest, train_command
+from annotator.gui.training import TrainingProcess
+from annotator.learning import TrainingRequest, train_command
 from annotator.store import Project, ReviewState
 
 

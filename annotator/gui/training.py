@@ -5,67 +5,15 @@ so data-loader workers and a ``torchrun`` launcher's children go with it)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-MAIN_PY = Path(__file__).resolve().parents[2] / "main.py"
-
-
-@dataclass(frozen=True)
-class TrainingRequest:
-    base_weights: str  # registry name or weights file
-    epochs: int
-    val_fraction: float  # fraction of the done images held out for evaluation
-    device: str
-    run_dir: Path
-
-
-def train_command(request: TrainingRequest, coco_file: Path, image_root: Path) -> list[str]:
-    """The command line of ``main.py train`` for a request. Its events: ``progress`` (iteration,
-    total, epoch, loss, each loss term, lr, eta_s), ``eval`` (stage ``before`` / ``during`` /
-    ``after``; ``bbox``, ``segm``, ``keypoints`` each with ``AP`` as a fraction), ``checkpoint``
-    (path), ``done`` (path of the final weights), ``error`` (message)."""
-    return [
-        sys.executable,
-        "-u",
-        str(MAIN_PY),
-        "train",
-        str(coco_file),
-        "--images",
-        str(image_root),
-        "--weights",
-        request.base_weights,
-        "--epochs",
-        str(request.epochs),
-        "--val-fraction",
-        f"{request.val_fraction:g}",
-        "--device",
-        request.device,
-        "--out",
-        str(request.run_dir),
-        "--log-period",
-        "1",
-    ]  # a point on the loss plot every step: a short run is a line too
-
-
-def parse_event(line: str) -> dict | None:
-    """The event of one output line, or None for a line that is not a JSON event (plain logging)."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) and isinstance(value.get("event"), str) else None
+from annotator.learning import parse_event
 
 
 class TrainingProcess(QObject):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from annotator.gui.finetune_dialog import FineTuneDialog
-from annotator.gui.training import parse_event
+from annotator.learning import parse_event
 from annotator.store import ReviewState
 
 FAKE_TRAIN = textwrap.dedent("""
@@ -61,7 +61,7 @@ def _done_project(path: Path):
 
 
 def test_train_command_is_a_command_line_that_main_py_train_accepts(tmp_path):
-    from annotator.gui.training import TrainingRequest, train_command
+    from annotator.learning import TrainingRequest, train_command
     from main import build_parser
     from model.cli import cmd_train
 
