@@ -200,15 +200,13 @@ def lower_priority(pid: int, niceness: int) -> None:
             pass
 
 
-def run_child(
-    command: list[str], cwd: Path, settings: RoundSettings, on_event: Callable[[dict], None] | None = None
-) -> ChildRun:
-    """Runs ``command`` to its end at lower priority, in its own process group (a data-loader worker
-    goes with it), handing each JSON event to ``on_event`` as it comes."""
+def start_child(command: list[str], cwd: Path | None, environment: dict[str, str]) -> subprocess.Popen:
+    """``command`` started in its own process group (ending the group ends its data-loader workers
+    and a torchrun launcher's children too), its output and errors as one text stream of lines."""
     kwargs: dict[str, Any] = (
         {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     )
-    process = subprocess.Popen(
+    return subprocess.Popen(
         command,
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -216,9 +214,17 @@ def run_child(
         stdin=subprocess.DEVNULL,
         text=True,
         bufsize=1,
-        env=child_environment(settings),
+        env=environment,
         **kwargs,
     )
+
+
+def run_child(
+    command: list[str], cwd: Path, settings: RoundSettings, on_event: Callable[[dict], None] | None = None
+) -> ChildRun:
+    """Runs ``command`` to its end at lower priority, in its own process group (a data-loader worker
+    goes with it), handing each JSON event to ``on_event`` as it comes."""
+    process = start_child(command, cwd, child_environment(settings))
     lower_priority(process.pid, settings.niceness)
     events: list[dict] = []
     log: list[str] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from annotator.learning import parse_event
+from annotator.learning import parse_event, start_child
 
 
 class TrainingProcess(QObject):
@@ -34,23 +34,7 @@ class TrainingProcess(QObject):
         if self.running:
             raise RuntimeError("a training process is already running")
         self.cancelled = False
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        kwargs = (
-            {"start_new_session": True}
-            if os.name == "posix"
-            else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-        )
-        self.process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            env=environment,
-            **kwargs,
-        )
+        self.process = start_child(command, cwd, {**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._read, args=(self.process,), daemon=True, name="training-output").start()
 
     def _read(self, process: subprocess.Popen) -> None:

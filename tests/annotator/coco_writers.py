@@ -26,27 +26,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from annotator import masks
+from model.config import COCO_PERSON_KEYPOINT_NAMES
 from tests.files import write_images
 
-COCO_KEYPOINTS = [
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
+COCO_KEYPOINTS = list(COCO_PERSON_KEYPOINT_NAMES)  # as COCO's person_keypoints file names them
 COCO_SKELETON = [
     [16, 14],
     [14, 12],
