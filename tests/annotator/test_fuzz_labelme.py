@@ -30,30 +30,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import main
+from tests.files import labelme_shape
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 SECONDS_PER_FILE = 10
 WIDTH, HEIGHT = 40, 30
-
-
-def _png(mask: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def labelme_shape(
-    label: str, points: list, shape_type: str, group_id: int | None = None, mask: str | None = None
-) -> dict:
-    return {
-        "label": label,
-        "points": points,
-        "group_id": group_id,
-        "description": "",
-        "shape_type": shape_type,
-        "flags": {},
-        "mask": mask,
-    }
 
 
 def valid_file() -> dict[str, Any]:
@@ -71,7 +52,7 @@ def valid_file() -> dict[str, Any]:
             labelme_shape("dog", [[2, 2], [12, 2], [12, 12], [2, 12]], "polygon"),
             labelme_shape("box", [[14, 2], [20, 8]], "rectangle"),
             labelme_shape("ball", [[30, 20], [34, 20]], "circle"),
-            labelme_shape("blob", [[24.5, 20.5], [31.5, 25.5]], "mask", mask=_png(blob)),
+            labelme_shape("blob", [[24.5, 20.5], [31.5, 25.5]], "mask", mask=blob),
             labelme_shape("person", [[2, 14], [12, 14], [12, 28], [2, 28]], "polygon", group_id=1),
             labelme_shape("nose", [[7, 16]], "point", group_id=1),
             labelme_shape("tile", [[20, 12], [24, 16], [20, 20], [16, 16]], "oriented_rectangle"),
