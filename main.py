@@ -4,7 +4,7 @@
     python main.py new PROJECT --images DIR         create a project over a folder of images
     python main.py import PROJECT SOURCE            add a COCO file or a labelme folder
     python main.py export PROJECT OUT.json          write COCO JSON
-    python main.py info PROJECT                     review states and instances per category
+    python main.py info PROJECT [--effort]          review states, instances per category, effort
     python main.py propose PROJECT [--weights W]    the model's proposals into the project
     python main.py train COCO.json --images DIR --out RUN_DIR     fine-tune (or train) the model
     python main.py evaluate COCO.json --images DIR --weights W    COCO box, mask and keypoint AP
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = command("info", project_cli.cmd_info, "images per review state and instances per category")
     info.add_argument("project", metavar="PROJECT")
+    info.add_argument("--effort", action="store_true", help="also what labelling cost: per model version and over time")
 
     pro = command(
         "propose",

@@ -84,11 +84,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from annotator.effort import effort_report
     from annotator.project_info import describe
     from annotator.store import Project
 
     with Project.open(project_path(args.project)) as project:
         print("\n".join(describe(project)))
+        if args.effort:
+            print("\n".join(effort_report(project)))
     return 0
 
 

@@ -55,6 +55,8 @@ class ImageRecord:
     height: int
     sha256: str
     state: ReviewState
+    active_seconds: float = 0.0  # time a person worked on the image in the app (annotator.effort)
+    done_at: float | None = None  # when it was last marked done (Unix time); None while not done
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class Instance:
     polygons_json: str | None
     created_at: float
     updated_at: float
+    # edits a person made to it after it was created (strokes, category changes, keypoint drags,
+    # merges); 0 for a proposal accepted as it was
+    edits: int = 0
 
     @property
     def polygons(self) -> tuple[tuple[float, ...], ...] | None:
@@ -94,6 +99,18 @@ class Instance:
     def num_keypoints(self) -> int:
         """Keypoints labelled (v > 0), COCO's ``num_keypoints``."""
         return 0 if self.keypoints is None else sum(1 for v in self.keypoints[2::3] if v > 0)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model in the project's history: one it started from or one a fine-tune produced."""
+
+    version: str  # the model version its proposals carry (``Predictor.model_version``)
+    weights: str  # its weights: a file (relative to the project's folder when beside it) or a registry name
+    base: str | None  # the version it was fine-tuned from; None for a starting model
+    trained_on: int  # images it learned from (the done images a round trained on)
+    held_out_ap: float | None  # mask AP on the held-out done images when it was made (0..1)
+    created_at: float  # Unix time
 
 
 def check_file_name(file_name: str) -> str:

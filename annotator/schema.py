@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from annotator.records import Category, ImageRecord, Instance, ReviewState, Source
+from annotator.records import Category, ImageRecord, Instance, ModelRecord, ReviewState, Source
 from model.errors import InputError
 
 # Ids are SQLite rowids from 1 to MAX_ID. SQLite's own limit is 2**63 - 1, but a project whose
@@ -62,6 +62,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX instances_by_image ON instances (image_id);
     CREATE INDEX instances_by_category ON instances (category_id);
+    """,
+    # The effort a person spends (issue 12) and the models the project produced (issue 13):
+    # edits made to an instance after it was created, seconds of active work on an image, when
+    # it was last marked done (NULL while not done), and one row per model.
+    """
+    ALTER TABLE instances ADD COLUMN edits INTEGER NOT NULL DEFAULT 0 CHECK (edits >= 0);
+    ALTER TABLE images ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0 CHECK (active_seconds >= 0);
+    ALTER TABLE images ADD COLUMN done_at REAL;
+    CREATE INDEX images_by_done_at ON images (done_at);
+    CREATE TABLE models (
+        version TEXT PRIMARY KEY,
+        weights TEXT NOT NULL,
+        base TEXT,
+        trained_on INTEGER NOT NULL DEFAULT 0 CHECK (trained_on >= 0),
+        held_out_ap REAL,
+        created_at REAL NOT NULL
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -148,11 +165,16 @@ def open_database(path: Path) -> sqlite3.Connection:
     return db
 
 
+def stored_json(value: Any) -> str:
+    """A value as the store keeps JSON text: compact, and never NaN or infinity (not JSON)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
 # -- rows and records ------------------------------------------------------------------------------
 
 INSTANCE_COLUMNS = (
     "id, image_id, category_id, rle_counts, bbox, area, keypoints, score, source, model_version,"
-    " iscrowd, polygons, created_at, updated_at"
+    " iscrowd, polygons, created_at, updated_at, edits"
 )
 # The instance columns and, last, the size of the instance's image (an RLE needs it).
 SELECT_INSTANCES = (
@@ -162,8 +184,16 @@ SELECT_INSTANCES = (
 )
 
 
+IMAGE_COLUMNS = "id, file_name, width, height, sha256, state, active_seconds, done_at"
+MODEL_COLUMNS = "version, weights, base, trained_on, held_out_ap, created_at"
+
+
 def image_from_row(row: Sequence[Any]) -> ImageRecord:
-    return ImageRecord(row[0], row[1], row[2], row[3], row[4], ReviewState(row[5]))
+    return ImageRecord(row[0], row[1], row[2], row[3], row[4], ReviewState(row[5]), row[6], row[7])
+
+
+def model_from_row(row: Sequence[Any]) -> ModelRecord:
+    return ModelRecord(*row)
 
 
 def category_from_row(row: Sequence[Any]) -> Category:
@@ -173,7 +203,7 @@ def category_from_row(row: Sequence[Any]) -> Category:
 
 
 def instance_from_row(row: Sequence[Any]) -> Instance:
-    height, width = row[14], row[15]
+    height, width = row[15], row[16]
     return Instance(
         id=row[0],
         image_id=row[1],
@@ -189,6 +219,7 @@ def instance_from_row(row: Sequence[Any]) -> Instance:
         polygons_json=row[11],
         created_at=row[12],
         updated_at=row[13],
+        edits=row[14],
     )
 
 

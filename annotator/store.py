@@ -16,33 +16,35 @@ to the project's image root; masks are COCO compressed RLE with ``str`` counts (
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from annotator import masks
+from annotator.category_table import PALETTE, CategoryTable, default_color
 from annotator.geometry import check_id, instance_geometry
-from annotator.records import Category, ImageRecord, Instance, ReviewState, Source, check_file_name
+from annotator.records import Category, ImageRecord, Instance, ModelRecord, ReviewState, Source, check_file_name
 from annotator.schema import (
+    IMAGE_COLUMNS,
     INSTANCE_COLUMNS,
     MAX_ID,
     MIGRATIONS,
+    MODEL_COLUMNS,
     SCHEMA_VERSION,
     SELECT_INSTANCES,
-    category_from_row,
     create_database,
     image_from_row,
     instance_filter,
     instance_from_row,
+    model_from_row,
     open_database,
+    stored_json,
 )
 from model.errors import InputError
 
@@ -55,6 +57,7 @@ __all__ = [
     "Category",
     "ImageRecord",
     "Instance",
+    "ModelRecord",
     "Project",
     "ReviewState",
     "Source",
@@ -65,20 +68,9 @@ __all__ = [
 PROJECT_SUFFIX = ".annot"
 
 
-# Distinct, readable colours for new categories (Tableau 10), cycled by category id.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-
-
-def default_color(category_id: int) -> str:
-    return PALETTE[(category_id - 1) % len(PALETTE)]
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-class Project:
-    """An open project file. Use as a context manager, or call :meth:`close`."""
+class Project(CategoryTable):
+    """An open project file. Use as a context manager, or call :meth:`close`. Its categories' part
+    is :class:`annotator.category_table.CategoryTable`."""
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
@@ -206,16 +198,14 @@ class Project:
         return self.image(new_id)
 
     def image(self, image_id: int) -> ImageRecord:
-        row = self._db.execute(
-            "SELECT id, file_name, width, height, sha256, state FROM images WHERE id = ?", (image_id,)
-        ).fetchone()
+        row = self._db.execute(f"SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?", (image_id,)).fetchone()
         if row is None:
             raise KeyError(f"no image with id {image_id}")
         return image_from_row(row)
 
     def image_by_file_name(self, file_name: str) -> ImageRecord | None:
         row = self._db.execute(
-            "SELECT id, file_name, width, height, sha256, state FROM images WHERE file_name = ?",
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE file_name = ?",
             (check_file_name(file_name),),
         ).fetchone()
         return None if row is None else image_from_row(row)
@@ -227,7 +217,7 @@ class Project:
     def iter_images(
         self, state: ReviewState | None = None, states: Iterable[ReviewState] | None = None
     ) -> Iterator[ImageRecord]:
-        query = "SELECT id, file_name, width, height, sha256, state FROM images"
+        query = f"SELECT {IMAGE_COLUMNS} FROM images"
         wanted = [int(s) for s in (states or ([] if state is None else [state]))]
         if wanted:
             query += f" WHERE state IN ({','.join('?' * len(wanted))})"
@@ -238,140 +228,29 @@ class Project:
         return self._db.execute("SELECT count(*) FROM images").fetchone()[0]
 
     def set_review_state(self, image_id: int, state: ReviewState) -> None:
+        """Sets an image's review state; marking it done records when (``done_at``, the order the
+        effort statistics follow), any other state clears that."""
+        now = time.time()
         with self.transaction():
             cursor = self._db.execute(
-                "UPDATE images SET state = ?, updated_at = ? WHERE id = ?",
-                (int(state), time.time(), image_id),
+                "UPDATE images SET state = ?, updated_at = ?, done_at = ? WHERE id = ?",
+                (int(state), now, now if state == ReviewState.DONE else None, image_id),
             )
             if cursor.rowcount != 1:
                 raise KeyError(f"no image with id {image_id}")
+
+    def add_active_seconds(self, image_id: int, seconds: float) -> None:
+        """Adds time a person spent working on an image (``annotator.effort.ActiveTime``)."""
+        if seconds > 0:
+            with self.transaction():
+                self._db.execute(
+                    "UPDATE images SET active_seconds = active_seconds + ? WHERE id = ?", (float(seconds), image_id)
+                )
 
     def review_state_counts(self) -> dict[ReviewState, int]:
         counts = {state: 0 for state in ReviewState}
         for state, count in self._db.execute("SELECT state, count(*) FROM images GROUP BY state"):
             counts[ReviewState(state)] = count
-        return counts
-
-    # -- categories -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_schema(keypoints: Sequence[str], skeleton: Sequence[Sequence[int]]) -> None:
-        if len(set(keypoints)) != len(keypoints):
-            raise ValueError("keypoint names must be unique")
-        for pair in skeleton:
-            if len(pair) != 2 or not all(isinstance(i, int) and 1 <= i <= len(keypoints) for i in pair):
-                raise ValueError(f"skeleton edge {list(pair)} must be two keypoint numbers in 1..{len(keypoints)}")
-
-    def _check_name(self, name: str, category_id: int) -> None:
-        """A category's name: not empty, and no other category's."""
-        if not name.strip():
-            raise ValueError("category name is empty")
-        other = self._db.execute("SELECT id FROM categories WHERE name = ? AND id != ?", (name, category_id)).fetchone()
-        if other:
-            raise ValueError(f"there is already a category named '{name}' (id {other[0]})")
-
-    def add_category(
-        self,
-        name: str,
-        supercategory: str = "",
-        color: str | None = None,
-        keypoints: Sequence[str] = (),
-        skeleton: Sequence[Sequence[int]] = (),
-        id: int | None = None,
-    ) -> Category:
-        check_id(id, "category")
-        self._check_schema(keypoints, skeleton)
-        with self.transaction():
-            if id is None:
-                id = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM categories").fetchone()[0]
-            category = Category(
-                id,
-                name,
-                supercategory,
-                color or default_color(id),
-                tuple(keypoints),
-                tuple(tuple(int(i) for i in pair) for pair in skeleton),
-            )
-            self._check_name(name, id)
-            self._db.execute(
-                "INSERT INTO categories (id, name, supercategory, color, keypoints, skeleton)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    category.id,
-                    category.name,
-                    category.supercategory,
-                    category.color,
-                    _json(list(category.keypoints)),
-                    _json([list(p) for p in category.skeleton]),
-                ),
-            )
-        return category
-
-    def update_category(self, category_id: int, **changes: Any) -> Category:
-        """Renames, recolours or edits the keypoint schema of a category.
-
-        The keypoint names can change freely while their number stays the same; changing the
-        number is refused while instances of the category hold keypoints.
-        """
-        with self.transaction():
-            category = replace(self.category(category_id), **changes)
-            category = replace(
-                category, keypoints=tuple(category.keypoints), skeleton=tuple(tuple(p) for p in category.skeleton)
-            )
-            self._check_name(category.name, category_id)
-            self._check_schema(category.keypoints, category.skeleton)
-            if len(category.keypoints) != self.category(category_id).num_keypoints:
-                used = self._db.execute(
-                    "SELECT count(*) FROM instances WHERE category_id = ? AND keypoints IS NOT NULL",
-                    (category_id,),
-                ).fetchone()[0]
-                if used:
-                    raise ValueError(
-                        f"{used} instances of '{category.name}' hold keypoints; their number cannot change"
-                    )
-            self._db.execute(
-                "UPDATE categories SET name = ?, supercategory = ?, color = ?, keypoints = ?, skeleton = ?"
-                " WHERE id = ?",
-                (
-                    category.name,
-                    category.supercategory,
-                    category.color,
-                    _json(list(category.keypoints)),
-                    _json([list(p) for p in category.skeleton]),
-                    category_id,
-                ),
-            )
-        return category
-
-    def category(self, category_id: int) -> Category:
-        row = self._db.execute(
-            "SELECT id, name, supercategory, color, keypoints, skeleton FROM categories WHERE id = ?",
-            (category_id,),
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no category with id {category_id}")
-        return category_from_row(row)
-
-    def categories(self) -> list[Category]:
-        return [
-            category_from_row(row)
-            for row in self._db.execute(
-                "SELECT id, name, supercategory, color, keypoints, skeleton FROM categories ORDER BY id"
-            )
-        ]
-
-    def category_by_name(self, name: str) -> Category | None:
-        return next((c for c in self.categories() if c.name == name), None)
-
-    def instance_counts_by_category(self, source: Source | None = None) -> dict[int, int]:
-        """Instances per category id (every category, 0 where it has none); only those of one
-        ``source`` when given (``Source.HUMAN``: the labels people drew, accepted or imported)."""
-        counts = {category.id: 0 for category in self.categories()}
-        where, parameters = ("", ()) if source is None else (" WHERE source = ?", (str(source),))
-        for category_id, count in self._db.execute(
-            f"SELECT category_id, count(*) FROM instances{where} GROUP BY category_id", parameters
-        ):
-            counts[category_id] = count
         return counts
 
     # -- instances ------------------------------------------------------------------------------
@@ -414,7 +293,7 @@ class Project:
         """The geometry columns, serialised, of an instance of ``category`` on the image."""
         geometry = instance_geometry(self.image(image_id), category, **given)
         for key in ("bbox", "keypoints", "polygons"):
-            geometry[key] = None if geometry[key] is None else _json(geometry[key])
+            geometry[key] = None if geometry[key] is None else stored_json(geometry[key])
         return geometry
 
     def _insert_instance(
@@ -432,8 +311,7 @@ class Project:
         check_id(id, "instance")
         now = time.time()
         with self.transaction():
-            cursor = self._db.execute(
-                f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+            cursor = self._insert_row(
                 (
                     id,
                     image_id,
@@ -449,9 +327,15 @@ class Project:
                     geometry["polygons"],
                     now,
                     now,
-                ),
+                    0,
+                )
             )
         return self.instance(cursor.lastrowid)
+
+    def _insert_row(self, values: tuple[Any, ...]) -> sqlite3.Cursor:
+        """Inserts one instance row, ``values`` in ``INSTANCE_COLUMNS`` order."""
+        marks = ", ".join("?" * len(values))
+        return self._db.execute(f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ({marks})", values)
 
     def add_instance(
         self,
@@ -519,8 +403,11 @@ class Project:
     ) -> Instance:
         """Changes an instance's category, mask or keypoints. An edit by a person makes the
         instance ``source=human`` (pass ``source=None`` to keep the recorded source). A new mask
-        brings its own box and area; the outline, box and area kept from before go."""
+        brings its own box and area; the outline, box and area kept from before go. Each call that
+        changes one of them counts as one edit (``Instance.edits``); a change of source alone
+        (accepting a proposal) does not."""
         old = self.instance(instance_id)
+        edited = any(value is not None for value in (category_id, mask, rle, polygons, keypoints))
         category = self.category(category_id if category_id is not None else old.category_id)
         if keypoints is None and old.keypoints is not None and category.num_keypoints == len(old.keypoints) // 3:
             keypoints = old.keypoints
@@ -543,7 +430,7 @@ class Project:
         with self.transaction():
             self._db.execute(
                 "UPDATE instances SET category_id = ?, rle_counts = ?, bbox = ?, area = ?, keypoints = ?,"
-                " polygons = ?, source = ?, updated_at = ? WHERE id = ?",
+                " polygons = ?, source = ?, updated_at = ?, edits = edits + ? WHERE id = ?",
                 (
                     category.id,
                     columns["rle_counts"],
@@ -553,6 +440,7 @@ class Project:
                     columns["polygons"],
                     str(source or old.source),
                     time.time(),
+                    int(edited),
                     instance_id,
                 ),
             )
@@ -569,16 +457,15 @@ class Project:
         """Puts a deleted (or an earlier version of an) instance back exactly, under its own id."""
         with self.transaction():
             self._db.execute("DELETE FROM instances WHERE id = ?", (instance.id,))
-            self._db.execute(
-                f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+            self._insert_row(
                 (
                     instance.id,
                     instance.image_id,
                     instance.category_id,
                     None if instance.rle is None else instance.rle["counts"],
-                    _json(list(instance.bbox)),
+                    stored_json(list(instance.bbox)),
                     instance.area,
-                    None if instance.keypoints is None else _json(list(instance.keypoints)),
+                    None if instance.keypoints is None else stored_json(list(instance.keypoints)),
                     instance.score,
                     str(instance.source),
                     instance.model_version,
@@ -586,6 +473,30 @@ class Project:
                     instance.polygons_json,
                     instance.created_at,
                     instance.updated_at,
-                ),
+                    instance.edits,
+                )
             )
         return self.instance(instance.id)
+
+    # -- model history ----------------------------------------------------------------------------
+
+    def record_model(self, record: ModelRecord) -> None:
+        """Adds a model to the project's history (or updates the one of that version)."""
+        with self.transaction():
+            self._db.execute(
+                f"INSERT OR REPLACE INTO models ({MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.version, record.weights, record.base, record.trained_on, record.held_out_ap, record.created_at),
+            )
+
+    def model_history(self) -> list[ModelRecord]:
+        """The project's models, oldest first."""
+        return [model_from_row(r) for r in self._db.execute(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY created_at")]
+
+    @property
+    def model_in_use(self) -> str | None:
+        """The version of the model the project proposes with (one of :meth:`model_history`), or None."""
+        return self._meta("model_in_use")
+
+    def use_model(self, version: str) -> None:
+        with self.transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('model_in_use', ?)", (version,))
