@@ -104,6 +104,13 @@ def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
                     "done_next", "Mark &done and go to the next unlabeled image", w.mark_done_and_next, ("Space",)
                 ),
                 ActionSpec("mark_in_review", "Mark in review", lambda: w.set_review_state(ReviewState.IN_REVIEW)),
+                None,
+                ActionSpec(
+                    "statistics",
+                    "&Statistics…",
+                    w.show_statistics,
+                    tip="What labelling has cost: labels accepted as-is, edits, seconds per image, per model",
+                ),
             ],
         ),
         (

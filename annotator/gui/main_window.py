@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.gui.actions import build_actions
+from annotator.gui.activity import ActivityMeter
 from annotator.gui.background import run_in_background
 from annotator.gui.canvas import Canvas
 from annotator.gui.category_panel import CategoryPanel
@@ -34,6 +35,7 @@ from annotator.gui.model_control import ModelControl
 from annotator.gui.proposals import ModelChoice, PredictorLike
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
 from annotator.gui.session import Session
+from annotator.gui.statistics import StatisticsDialog
 from annotator.gui.status_bar import StatusBar
 from annotator.gui.tools.base import Tool
 from annotator.gui.tools.box import BoxTool
@@ -95,6 +97,7 @@ class MainWindow(QMainWindow):
         }
         for tool in self.tools.values():
             tool.message.connect(lambda text: self.status.showMessage(text, 5000))
+        self.activity = ActivityMeter(self, session_source)  # active seconds per image (annotator.effort)
         self.canvas.cursor_moved.connect(self._on_cursor)
         self.canvas.zoom_changed.connect(self.status.set_zoom)
         self.images.image_activated.connect(self.show_image)
@@ -242,6 +245,7 @@ class MainWindow(QMainWindow):
 
     def set_project(self, project: Project) -> None:
         self.model_control.project_changing()
+        self.activity.release()
         if self.session is not None:
             self.session.project.close()
             self.session.deleteLater()
@@ -512,6 +516,11 @@ class MainWindow(QMainWindow):
 
     # -- misc -----------------------------------------------------------------------------------
 
+    def show_statistics(self) -> None:
+        if self.session is not None:
+            self.activity.flush()  # the seconds of the image being worked on count too
+            StatisticsDialog(self.session.project, self).exec()
+
     def show_help(self) -> None:
         HelpDialog(list(self.actions_by_name.values()), self).exec()
 
@@ -536,6 +545,7 @@ class MainWindow(QMainWindow):
             "next_image",
             "fine_tune",
             "mark_in_review",
+            "statistics",
         )
         for name in names:
             self.actions_by_name[name].setEnabled(has_project)
@@ -559,6 +569,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self._save_settings()
         self.proposals.shutdown()
+        self.activity.stop()
         if self.session is not None:
             session, self.session = self.session, None
             for panel in (self.images, self.instances, self.categories):
