@@ -9,7 +9,7 @@ from the image's cached features; torchvision has no such path. Runs alternate b
 models and the median is reported, so background load hits both alike.
 
 Published weights cannot be downloaded on the build machines, so both models get the same
-calibrated random weights of torchvision's layout (tests/reference.py: scores and masks spread as
+calibrated random weights of torchvision's layout (tests/model/reference.py: scores and masks spread as
 a trained model's are, so a realistic number of detections).
 """
 
@@ -32,7 +32,7 @@ import torchvision  # noqa: E402
 from model import Predictor, build_model  # noqa: E402
 from model.builders import ARCHITECTURES  # noqa: E402
 from model.synthetic import make_sample  # noqa: E402
-from tests.reference import torchvision_reference  # noqa: E402
+from tests.model.reference import torchvision_reference  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], runs: int, sync: Callable[[], None]) -> list[float]:
