@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.gui.instance_list import color_icon
+from annotator.gui.rebuild_guard import RebuildGuard
 from annotator.gui.session import Session
 from annotator.store import Category, Source, default_color
 
@@ -120,6 +121,7 @@ class CategoryPanel(QWidget):
         layout.addWidget(self.list)
         layout.addLayout(row)
         self._updating = False
+        self._guard = RebuildGuard(self, self.reload)  # a click on a category makes it current: a rebuild
         # Counting instances per category scans the whole project (tens of ms at a million
         # instances): after edits, recount once the user pauses rather than on every stroke.
         self._recount = QTimer(self)
@@ -136,6 +138,8 @@ class CategoryPanel(QWidget):
         self.reload()
 
     def reload(self) -> None:
+        if self._guard.must_wait():
+            return
         self._updating = True
         self.list.clear()
         if self.session is not None:
@@ -157,7 +161,8 @@ class CategoryPanel(QWidget):
     def _current_changed(self, item: QListWidgetItem | None, _previous) -> None:
         if self._updating or item is None or self.session is None:
             return
-        self.session.set_current_category(item.data(Qt.ItemDataRole.UserRole))
+        with self._guard.held():  # Qt is still changing the current item: the list is rebuilt after
+            self.session.set_current_category(item.data(Qt.ItemDataRole.UserRole))
 
     def _run_dialog(self, category: Category | None, save: Callable[[dict], Category]) -> Category | None:
         """Shows the dialog until ``save`` takes its values (the saved category is returned) or the

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from annotator.gui.rebuild_guard import RebuildGuard
 from annotator.gui.session import Session
 from annotator.store import Source
 
@@ -88,6 +89,7 @@ class InstanceListPanel(QWidget):
         layout.addWidget(self.accept_all_button)
         layout.addWidget(self.tree)
         self._updating = False
+        self._guard = RebuildGuard(self, self.reload)  # the Show / Lock check boxes rebuild the list
 
     def set_session(self, session: Session | None) -> None:
         self.session = session
@@ -105,6 +107,8 @@ class InstanceListPanel(QWidget):
             self.reload()
 
     def reload(self) -> None:
+        if self._guard.must_wait():
+            return
         self._updating = True
         self.tree.clear()
         if self.session is not None:
@@ -144,10 +148,11 @@ class InstanceListPanel(QWidget):
         if self._updating or self.session is None:
             return
         instance_id = item.data(0, Qt.ItemDataRole.UserRole)
-        if column == 4:
-            self.session.set_hidden(instance_id, item.checkState(4) != Qt.CheckState.Checked)
-        elif column == 5:
-            self.session.set_locked(instance_id, item.checkState(5) == Qt.CheckState.Checked)
+        with self._guard.held():  # Qt still holds ``item``: the list is rebuilt after this returns
+            if column == 4:
+                self.session.set_hidden(instance_id, item.checkState(4) != Qt.CheckState.Checked)
+            elif column == 5:
+                self.session.set_locked(instance_id, item.checkState(5) == Qt.CheckState.Checked)
 
     def _selection_from_tree(self) -> None:
         if self._updating or self.session is None:
