@@ -222,6 +222,14 @@ def bbox(rle: RLE) -> tuple[float, float, float, float]:
     return float(x), float(y), float(w), float(h)
 
 
+def iou(a: Sequence[RLE], b: Sequence[RLE]) -> np.ndarray:
+    """Mask IoU of every mask of ``a`` with every mask of ``b`` (all of one image): ``len(a) x len(b)``."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    crowd = [0] * len(b)
+    return np.asarray(mask_utils.iou([_as_pycocotools(r) for r in a], [_as_pycocotools(r) for r in b], crowd))
+
+
 def merge(rles: Sequence[RLE]) -> RLE:
     """The union of several masks of one image."""
     return _as_json(mask_utils.merge([_as_pycocotools(r) for r in rles]))

@@ -14,10 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from annotator import masks
 from annotator.commands import UndoStack
 from annotator.store import Instance, Project, ReviewState, Source
 
 DEFAULT_SCORE_THRESHOLD = 0.5
+# Marking an image done keeps a proposal only if its mask overlaps no label and no better proposal
+# by more than this IoU. The model's per-class NMS already merges same-class boxes at 0.5; what
+# is left at this overlap is one object seen as two classes, or a proposal over a drawn label,
+# and two distinct objects rarely share half their union (COCO's crowded scenes included).
+DUPLICATE_IOU = 0.5
 # what "mark done and next" moves on to: images nobody has reviewed yet
 TO_REVIEW = (ReviewState.UNLABELED, ReviewState.PROPOSED)
 
@@ -50,10 +56,44 @@ class ViewState:
 
 @dataclass(frozen=True)
 class Done:
-    """What marking an image done did: the proposals it accepted and those it discarded (ids)."""
+    """What marking an image done did: the proposals it accepted, those it discarded under the
+    threshold, and those it discarded as duplicates of a label or of a better proposal (ids)."""
 
     accepted: list[int]
     discarded: list[int]
+    duplicates: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A line for the status bar."""
+        parts = [f"accepted {len(self.accepted)} proposal{'' if len(self.accepted) == 1 else 's'}"]
+        if self.duplicates:
+            parts.append(f"discarded {len(self.duplicates)} duplicate{'' if len(self.duplicates) == 1 else 's'}")
+        if self.discarded:
+            parts.append(f"{len(self.discarded)} under the threshold")
+        return "Done: " + ", ".join(parts)
+
+
+def region(instance: Instance, height: int, width: int) -> masks.RLE:
+    """An instance's mask, or for a box-only one its box as a mask (what duplicates are judged on)."""
+    if instance.rle is not None:
+        return instance.rle
+    x, y, w, h = instance.bbox
+    return masks.from_polygons([[x, y, x + w, y, x + w, y + h, x, y + h]], height, width)
+
+
+def duplicates_of_labels(proposals: list[Instance], labels: list[Instance], height: int, width: int) -> list[int]:
+    """The proposals that repeat an object already there: mask IoU over ``DUPLICATE_IOU`` with a
+    label, or with a higher-scoring proposal that is kept. Proposals are judged best score first,
+    whatever their class (a shape proposed both as a triangle and a star is one object)."""
+    kept = [region(i, height, width) for i in labels]
+    duplicates = []
+    for proposal in sorted(proposals, key=lambda i: -(i.score or 0.0)):
+        mask = region(proposal, height, width)
+        if kept and masks.iou([mask], kept).max() > DUPLICATE_IOU:
+            duplicates.append(proposal.id)
+        else:
+            kept.append(mask)
+    return duplicates
 
 
 class Review:
@@ -127,22 +167,30 @@ class Review:
         return changed
 
     def mark_done(self, image_id: int) -> Done:
-        """Done means the image holds what the person sees: its proposals at or above the score
-        threshold are accepted and those under it (not shown) are discarded, so that an export of
-        done images never carries unreviewed low-score guesses. Locked instances are left as they
-        are; a proposal whose Show box is unchecked is judged by its score like the others. Up to
-        three undo steps: the discard, the accept, the review state."""
-        pending = [
-            i for i in self.project.instances(image_id) if i.source == Source.MODEL and i.id not in self.view.locked
-        ]
+        """Done means the image holds what the person sees, once: its proposals at or above the
+        score threshold are accepted, except those that duplicate a label or a better proposal
+        (:func:`duplicates_of_labels`), and the others are discarded, so that an export of done
+        images (and the fine-tuning on it) never carries unreviewed low-score guesses or the
+        model's own duplicates. Locked instances are left as they are; a proposal whose Show box
+        is unchecked is judged by its score like the others. Up to three undo steps: the discard,
+        the accept, the review state."""
+        instances = self.project.instances(image_id)
+        pending = [i for i in instances if i.source == Source.MODEL and i.id not in self.view.locked]
+        passing = [i for i in pending if self.view.passes_threshold(i)]
+        labels = [i for i in instances if i.source != Source.MODEL]
+        image = self.project.image(image_id)
+        duplicates = duplicates_of_labels(passing, labels, image.height, image.width)
+        accepted = [i.id for i in passing if i.id not in duplicates]
         discarded = [i.id for i in pending if not self.view.passes_threshold(i)]
-        accepted = [i.id for i in pending if self.view.passes_threshold(i)]
-        if discarded:
-            self.history.delete(discarded, f"Discard {len(discarded)} proposals under the threshold")
+        if discarded or duplicates:
+            self.history.delete(
+                discarded + duplicates,
+                f"Discard {len(discarded)} proposals under the threshold and {len(duplicates)} duplicates",
+            )
         if accepted:
             self.history.accept(accepted, f"Accept {len(accepted)} proposals")
         self.history.set_review_state(image_id, ReviewState.DONE)
-        return Done(accepted, discarded)
+        return Done(accepted, discarded, duplicates)
 
     def next_to_review(self, image_id: int) -> int:
         """The image "done, next" goes to: the first one after ``image_id`` (by id) that nobody has

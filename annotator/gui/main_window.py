@@ -332,12 +332,11 @@ class MainWindow(QMainWindow):
         session = self.session
         if session is None or not session.image_id:
             return
-        session.review.mark_done(session.image_id)
+        done = session.review.mark_done(session.image_id)
         later = session.review.next_to_review(session.image_id)
         if later:
             self.show_image(later)
-        else:
-            self.status.showMessage("Every image is reviewed", 5000)
+        self.status.showMessage(done.summary() + ("" if later else "; every image is reviewed"), 8000)
 
     def set_review_state(self, state: ReviewState) -> None:
         if self.session is not None and self.session.image_id:

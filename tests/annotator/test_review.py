@@ -180,3 +180,31 @@ def test_a_category_change_is_one_undo_step_that_skips_instances_already_of_that
     review.history.redo()
     assert project.instance(b.id).category_id == 2
     assert review.history.set_category([a.id], 2) == [] and len(review.history) == 1  # no change, no step
+
+
+def test_marking_done_discards_proposals_that_repeat_a_label_or_a_better_proposal(
+    project: Project, review: Review
+) -> None:
+    best = proposal(project, 0.9, x=0)  # a 4x4 square at (0, 0)
+    same_object_other_class = project.add_instance(
+        1, 2, mask=square(0, 0), score=0.7, source=Source.MODEL, model_version="m"
+    )
+    over_a_label = proposal(project, 0.8, x=20)
+    drawn = project.add_instance(1, 1, mask=square(20, 0, side=5))  # IoU 16/25 with the proposal
+    over_a_box = proposal(project, 0.6, x=30)
+    box_only = project.add_instance(1, 1, bbox=(30, 0, 4, 4))
+    alone = proposal(project, 0.55, x=10)
+    done = review.mark_done(1)
+    assert done.accepted == [best.id, alone.id]
+    assert sorted(done.duplicates) == sorted([same_object_other_class.id, over_a_label.id, over_a_box.id])
+    assert done.summary() == "Done: accepted 2 proposals, discarded 3 duplicates"
+    assert sorted(i.id for i in project.instances(1)) == sorted([best.id, drawn.id, box_only.id, alone.id])
+    for _ in range(3):  # the review state, the accept, the discard: all of it comes back
+        review.history.undo()
+    assert len(project.instances(1)) == 7
+    assert all(project.instance(i).source == Source.MODEL for i in (best.id, over_a_label.id, over_a_box.id))
+
+
+def test_proposals_that_touch_without_overlapping_by_half_are_both_kept(project: Project, review: Review) -> None:
+    left, right = proposal(project, 0.9, x=0), proposal(project, 0.8, x=2)  # IoU 8/24
+    assert review.mark_done(1).accepted == [left.id, right.id]

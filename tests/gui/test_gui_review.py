@@ -1,0 +1,30 @@
+"""Reviewing in the window through real events: "Done, next" keeps one label per object."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+
+from annotator.store import Source
+from tests.gui.driving import BLOBS, drag, key, load_model, open_and_wait, wait_for_image, zoom_4x
+
+
+def test_done_next_discards_a_proposal_on_an_object_already_drawn_and_says_so(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    load_model(qtbot, window)
+    first = window.session.image_id
+    window.model_control.propose_current()  # a proposal on each of the two blobs
+    qtbot.waitUntil(lambda: len(window.session.instances()) == 2 and not window.proposals.busy, timeout=10000)
+    zoom_4x(window)
+    key(window, Qt.Key.Key_R)  # the box tool: box to mask on the second blob, as a person would
+    x, y, w, h = BLOBS[1]
+    drag(window, [(x - 3, y - 3), (x + w + 3, y + h + 3)])
+    qtbot.waitUntil(lambda: len(window.session.instances()) == 3 and not window.proposals.busy, timeout=10000)
+    key(window, Qt.Key.Key_Space)
+    wait_for_image(qtbot, window, first + 1)
+    kept = window.session.project.instances(first)
+    assert len(kept) == 2 and all(i.source == Source.HUMAN for i in kept)  # one label per blob
+    assert window.status.currentMessage() == "Done: accepted 1 proposal, discarded 1 duplicate"
+    key(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # undo: back on the image, done undone
+    for _ in range(2):  # the accept, the discard
+        key(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert len(window.session.project.instances(first)) == 3
