@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from annotator.records import ImageRecord, Instance, ReviewState, Source
 from annotator.store import Project
+from annotator.wording import counted
 
 # A gap between two inputs longer than this is a pause (coffee, a phone call), not work: it is not
 # counted (issue 12: "idle gaps over a minute not counted").
@@ -180,7 +181,7 @@ def effort_report(project: Project, block: int = 10) -> list[str]:
     if not done:
         return ["effort: no image has been marked done in the app yet"]
     return [
-        f"effort on {len(done)} image{'s' if len(done) != 1 else ''} marked done in the app"
+        f"effort on {counted(len(done), 'image')} marked done in the app"
         f" (active time; pauses over {IDLE_LIMIT_S:.0f} s not counted)",
         "per model:",
         *("  " + line for line in effort_table(list(effort_by_model(project).values()))),

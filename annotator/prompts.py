@@ -6,8 +6,9 @@ rules headless).
 There are three kinds of request (:class:`PromptKind`):
 
 - the whole image (Model → Propose, auto-propose): every detection becomes a proposal
-  (``source=model``, with its score), replacing the image's proposals nobody touched; an image a
-  person has started on (in review) or finished (done) meanwhile is left as it is;
+  (``source=model``, with its score), replacing the image's proposals nobody touched; on an image
+  a person has started on (in review) or finished (done) the proposals are added beside what is
+  there instead, except those that repeat an instance there, and the status bar says so;
 - a box a person drew (box to mask): the best detection in the box becomes a label of the current
   category. The person drew the box for that category, so it is ``source=human`` and has no score
   (the class score of a drawn box is no detection score); the model version stays as its
@@ -26,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from annotator.proposals import Proposal, ProposalCategories, to_proposals
-from annotator.review import Review
+from annotator.review import Review, duplicates, region
 from annotator.store import Category, Instance, ReviewState, Source
+from annotator.wording import counted
 
 
 class PromptKind(enum.StrEnum):
@@ -111,7 +113,7 @@ def store_result(
     in_view = result.image_id == image_in_view
     if result.prompt == PromptKind.IMAGE:
         if project.image(result.image_id).state in (ReviewState.IN_REVIEW, ReviewState.DONE):
-            return PromptOutcome([])  # a person reviewed it meanwhile: proposals would replace nothing they kept
+            return _beside_what_is_there(review, result, categories, in_view)
         added = review.history.add_proposals(
             result.image_id, result.proposals, result.model_version, category_for=categories
         )
@@ -139,3 +141,28 @@ def store_result(
     return PromptOutcome(
         added, f"{result.prompt.title}: added {project.category(added[0].category_id).name}", [added[0].id]
     )
+
+
+def _beside_what_is_there(
+    review: Review, result: ProposalResult, categories: ProposalCategories, in_view: bool
+) -> PromptOutcome:
+    """Proposals for an image a person has started on or finished: they are added beside what is
+    there (its labels and proposals stay as they are), except those that repeat an instance there
+    (``annotator.review.duplicates``); they stay proposals until accepted. The status line says
+    what was added and what was left out, so a run is never discarded in silence."""
+    project = review.project
+    image = project.image(result.image_id)
+    shape = image.height, image.width
+    present = [region(i.rle, i.bbox, *shape) for i in project.instances(image.id)]
+    candidates = [(region(p.rle, p.box, *shape), p.score) for p in result.proposals]
+    repeated = set(duplicates(candidates, present))
+    new = [p for k, p in enumerate(result.proposals) if k not in repeated]
+    added = review.history.add_proposals(
+        image.id, new, result.model_version, replace=False, text="Propose beside the labels", category_for=categories
+    )
+    if not in_view:
+        return PromptOutcome(added)
+    left_out = f"; {len(repeated)} left out: they repeat what is there" if repeated else ""
+    if not result.proposals:
+        return PromptOutcome(added, "Propose: the model found nothing on this image")
+    return PromptOutcome(added, f"Propose: {counted(len(added), 'new proposal')} beside your labels{left_out}")

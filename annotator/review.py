@@ -11,12 +11,13 @@ started on an image has started on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from annotator import masks
 from annotator.commands import UndoStack
 from annotator.store import Instance, Project, ReviewState, Source
+from annotator.wording import counted
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 # Marking an image done keeps a proposal only if its mask overlaps no label and no better proposal
@@ -65,35 +66,37 @@ class Done:
 
     def summary(self) -> str:
         """A line for the status bar."""
-        parts = [f"accepted {len(self.accepted)} proposal{'' if len(self.accepted) == 1 else 's'}"]
+        parts = [f"accepted {counted(len(self.accepted), 'proposal')}"]
         if self.duplicates:
-            parts.append(f"discarded {len(self.duplicates)} duplicate{'' if len(self.duplicates) == 1 else 's'}")
+            parts.append(f"discarded {counted(len(self.duplicates), 'duplicate')}")
         if self.discarded:
             parts.append(f"{len(self.discarded)} under the threshold")
         return "Done: " + ", ".join(parts)
 
 
-def region(instance: Instance, height: int, width: int) -> masks.RLE:
-    """An instance's mask, or for a box-only one its box as a mask (what duplicates are judged on)."""
-    if instance.rle is not None:
-        return instance.rle
-    x, y, w, h = instance.bbox
+def region(rle: masks.RLE | None, box: Sequence[float], height: int, width: int) -> masks.RLE:
+    """A mask, or for a box-only instance or proposal its box ``(x, y, w, h)`` as a mask: what
+    duplicates are judged on."""
+    if rle is not None:
+        return rle
+    x, y, w, h = box
     return masks.from_polygons([[x, y, x + w, y, x + w, y + h, x, y + h]], height, width)
 
 
-def duplicates_of_labels(proposals: list[Instance], labels: list[Instance], height: int, width: int) -> list[int]:
-    """The proposals that repeat an object already there: mask IoU over ``DUPLICATE_IOU`` with a
-    label, or with a higher-scoring proposal that is kept. Proposals are judged best score first,
-    whatever their class (a shape proposed both as a triangle and a star is one object)."""
-    kept = [region(i, height, width) for i in labels]
-    duplicates = []
-    for proposal in sorted(proposals, key=lambda i: -(i.score or 0.0)):
-        mask = region(proposal, height, width)
+def duplicates(candidates: Sequence[tuple[masks.RLE, float | None]], present: Sequence[masks.RLE]) -> list[int]:
+    """The indices of the ``candidates`` (mask, score) that repeat an object already there: mask
+    IoU over ``DUPLICATE_IOU`` with a mask ``present``, or with a higher-scoring candidate that is
+    kept. Candidates are judged best score first, whatever their class (a shape proposed both as a
+    triangle and a star is one object)."""
+    kept = list(present)
+    repeated = []
+    for index in sorted(range(len(candidates)), key=lambda i: -(candidates[i][1] or 0.0)):
+        mask = candidates[index][0]
         if kept and masks.iou([mask], kept).max() > DUPLICATE_IOU:
-            duplicates.append(proposal.id)
+            repeated.append(index)
         else:
             kept.append(mask)
-    return duplicates
+    return repeated
 
 
 class Review:
@@ -169,7 +172,7 @@ class Review:
     def mark_done(self, image_id: int) -> Done:
         """Done means the image holds what the person sees, once: its proposals at or above the
         score threshold are accepted, except those that duplicate a label or a better proposal
-        (:func:`duplicates_of_labels`), and the others are discarded, so that an export of done
+        (:func:`duplicates`), and the others are discarded, so that an export of done
         images (and the fine-tuning on it) never carries unreviewed low-score guesses or the
         model's own duplicates. Locked instances are left as they are; a proposal whose Show box
         is unchecked is judged by its score like the others. Up to three undo steps: the discard,
@@ -179,18 +182,20 @@ class Review:
         passing = [i for i in pending if self.view.passes_threshold(i)]
         labels = [i for i in instances if i.source != Source.MODEL]
         image = self.project.image(image_id)
-        duplicates = duplicates_of_labels(passing, labels, image.height, image.width)
-        accepted = [i.id for i in passing if i.id not in duplicates]
+        shape = image.height, image.width
+        candidates = [(region(i.rle, i.bbox, *shape), i.score) for i in passing]
+        repeated = [passing[k].id for k in duplicates(candidates, [region(i.rle, i.bbox, *shape) for i in labels])]
+        accepted = [i.id for i in passing if i.id not in repeated]
         discarded = [i.id for i in pending if not self.view.passes_threshold(i)]
-        if discarded or duplicates:
+        if discarded or repeated:
             self.history.delete(
-                discarded + duplicates,
-                f"Discard {len(discarded)} proposals under the threshold and {len(duplicates)} duplicates",
+                discarded + repeated,
+                f"Discard {len(discarded)} proposals under the threshold and {len(repeated)} duplicates",
             )
         if accepted:
             self.history.accept(accepted, f"Accept {len(accepted)} proposals")
         self.history.set_review_state(image_id, ReviewState.DONE)
-        return Done(accepted, discarded, duplicates)
+        return Done(accepted, discarded, repeated)
 
     def next_to_review(self, image_id: int) -> int:
         """The image "done, next" goes to: the first one after ``image_id`` (by id) that nobody has

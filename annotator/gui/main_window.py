@@ -47,6 +47,7 @@ from annotator.gui.tools.select import SelectTool
 from annotator.image_folder import FolderScan, create_project, project_path_for_folder, scan_images
 from annotator.importing import import_source
 from annotator.store import Project, ReviewState
+from annotator.wording import counted
 from model.errors import InputError
 
 MAX_RECENT = 10
@@ -509,7 +510,9 @@ class MainWindow(QMainWindow):
             else ""
         )
         self.status.showMessage(
-            f"Wrote {counts['images']} images and {counts['annotations']} annotations to {path}{unreviewed}", 10000
+            f"Wrote {counted(counts['images'], 'image')} and {counted(counts['annotations'], 'annotation')}"
+            f" to {path}{unreviewed}",
+            10000,
         )
         return counts
 

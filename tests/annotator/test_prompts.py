@@ -60,7 +60,7 @@ def no_category() -> Category:
     raise AssertionError("only a box takes the current category; proposals take the model's classes")
 
 
-def test_an_image_result_replaces_untouched_proposals_and_leaves_reviewed_images_alone(
+def test_an_image_result_replaces_untouched_proposals_and_repeats_nothing_on_reviewed_images(
     project: Project, review: Review
 ) -> None:
     found = detections(("blob", 0.9, (0, 0, 5, 5)), ("blob", 0.3, (10, 10, 4, 4)))
@@ -74,12 +74,29 @@ def test_an_image_result_replaces_untouched_proposals_and_leaves_reviewed_images
     assert project.image(1).state == ReviewState.PROPOSED and review.history.undo_text == "Propose"
     review.accept(1, [outcome.added[0].id])
     again = store_result(review, result(PromptKind.IMAGE, found), no_category, image_in_view=2)
-    assert again.added == [] and project.image(1).state == ReviewState.IN_REVIEW  # reviewed meanwhile: left alone
+    # reviewed meanwhile: both repeat what is there (the label, the proposal left), nothing is added
+    assert again.added == [] and project.image(1).state == ReviewState.IN_REVIEW
     project.set_review_state(1, ReviewState.PROPOSED)
     again = store_result(review, result(PromptKind.IMAGE, found), no_category, image_in_view=2)
     assert again.message == ""  # not the image in view: nothing to say
     kept = [i for i in project.instances(1) if i.source == Source.HUMAN]
     assert [i.id for i in kept] == [outcome.added[0].id] and len(project.instances(1)) == 3
+
+
+def test_proposing_on_a_reviewed_image_adds_what_is_new_beside_the_labels_and_says_what_it_left_out(
+    project: Project, review: Review
+) -> None:
+    label = project.add_instance(1, 1, bbox=(0, 0, 5, 5))  # a box-only label, drawn by hand
+    project.set_review_state(1, ReviewState.DONE)
+    found = detections(("blob", 0.9, (0, 0, 5, 5)), ("blob", 0.6, (10, 10, 4, 4)), ("dot", 0.5, (10, 10, 4, 4)))
+    outcome = store_result(review, result(PromptKind.IMAGE, found), no_category, image_in_view=1)
+    assert [(i.bbox, i.source) for i in outcome.added] == [((10.0, 10.0, 4.0, 4.0), Source.MODEL)]
+    assert outcome.message == "Propose: 1 new proposal beside your labels; 2 left out: they repeat what is there"
+    assert project.image(1).state == ReviewState.DONE and label in project.instances(1)
+    review.history.undo()
+    assert project.instances(1) == [label]
+    nothing = store_result(review, result(PromptKind.IMAGE, detections()), no_category, image_in_view=1)
+    assert nothing.message == "Propose: the model found nothing on this image"
 
 
 def test_a_box_becomes_a_label_of_the_current_category_without_a_score_and_puts_the_image_in_review(

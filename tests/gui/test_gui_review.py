@@ -28,3 +28,21 @@ def test_done_next_discards_a_proposal_on_an_object_already_drawn_and_says_so(qt
     for _ in range(2):  # the accept, the discard
         key(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert len(window.session.project.instances(first)) == 3
+
+
+def test_propose_on_a_done_image_shows_what_is_new_and_says_what_it_left_out(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    load_model(qtbot, window)
+    first = window.session.image_id
+    window.model_control.propose_current()
+    qtbot.waitUntil(lambda: len(window.session.instances()) == 2 and not window.proposals.busy, timeout=10000)
+    key(window, Qt.Key.Key_Space)  # both accepted, the image done
+    wait_for_image(qtbot, window, first + 1)
+    key(window, Qt.Key.Key_A)
+    wait_for_image(qtbot, window, first)
+    key(window, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier)  # Model > Propose for this image
+    qtbot.waitUntil(lambda: window.status.currentMessage().startswith("Propose:"), timeout=10000)
+    assert window.status.currentMessage() == (
+        "Propose: 0 new proposals beside your labels; 2 left out: they repeat what is there"
+    )
+    assert len(window.session.project.instances(first)) == 2
