@@ -16,12 +16,19 @@ from typing import Any
 from model.errors import InputError
 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU; under torchrun each process its GPU), cpu, cuda, cuda:1, mps"
+# model.precision.PRECISIONS as a person picks them (no torch import here; fp16 is auto's on CUDA)
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+PRECISION_HELP = (
+    "auto (default): bfloat16 on a CPU with AMX or AVX512-BF16, float16 on CUDA, else float32; "
+    "fp32; bf16 (runs anywhere, slower than fp32 on CPUs without native bfloat16)"
+)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, weights_help: str) -> None:
-    """``--weights`` and ``--device``, as every command that runs a model takes them."""
+    """``--weights``, ``--device`` and ``--precision``, as every command that runs a model takes them."""
     parser.add_argument("--weights", metavar="NAME|PATH", help=f"{weights_help} (default: the bundled demo model)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help=PRECISION_HELP)
 
 
 def load_predictor(weights: str | None, device: Any, **options: Any) -> Any:
@@ -192,10 +199,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_coco(args.coco, args.images)  # InputError names the COCO file, or an image
     for warning in data.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    predictor = load_predictor(args.weights, args.device, feature_cache_size=0)
+    predictor = load_predictor(args.weights, args.device, precision=args.precision, feature_cache_size=0)
     with tqdm(total=len(data.images), unit="img", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
         summary = evaluate(predictor, data, on_image=lambda count: bar.update())
-    print(f"{predictor.model_version} on {len(data.images)} images of {args.coco}")
+    print(f"{predictor.model_version} ({predictor.execution}) on {len(data.images)} images of {args.coco}")
     print(format_summary(summary))
     if args.json:
         print(json.dumps({"weights": predictor.model_version, "images": len(data.images), **summary}))

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from model.detector import MaskRCNN
 from model.devices import choose_device
+from model.precision import choose_policy, fold_batch_norms
 from model.structures import Detections, Instances
 from model.transform import ImageBatch, paste_masks_in_image, rescale_boxes, rescale_keypoints, rescale_ratios
 from model.weights.resolve import load_model
@@ -54,8 +55,14 @@ class Predictor:
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
         score_threshold: detections below it are dropped (default: the model's
             ``box_score_thresh``).
-        mixed_precision: float16 autocast (default: on for CUDA only).
+        precision: ``"auto"`` (float16 on CUDA, bfloat16 on a CPU with native bfloat16, else
+            float32), ``"fp32"``, ``"bf16"`` or ``"fp16"``: the autocast of ``model.precision``.
+        mixed_precision: the same choice as a flag, for callers that have one (the training
+            loop's evaluation): True the device's half precision, False float32; None: ``precision``.
         channels_last: NHWC convolutions (default: on for CUDA and CPU, where oneDNN is faster).
+        fold_batch_norm: fold frozen batch norm into the convolutions (``model.precision``).
+            Default: when the Predictor loaded the weights itself; a module passed in is the
+            caller's (the training loop keeps training the one it evaluates), so only on request.
         feature_cache_size: images whose FPN features are kept for ``predict_in_box``.
         overrides: ``build_model`` keyword arguments when loading weights.
 
@@ -70,28 +77,40 @@ class Predictor:
         device: str | torch.device = "auto",
         *,
         score_threshold: float | None = None,
+        precision: str = "auto",
         mixed_precision: bool | None = None,
         channels_last: bool | None = None,
+        fold_batch_norm: bool | None = None,
         feature_cache_size: int = 2,
         progress: bool = True,
         **overrides: Any,
     ) -> None:
-        if isinstance(weights, MaskRCNN):
-            model = weights
-        else:
-            model = load_model(weights, progress=progress, **overrides)
+        loaded_here = not isinstance(weights, MaskRCNN)
+        model = load_model(weights, progress=progress, **overrides) if loaded_here else weights
         self.device = choose_device(device)
-        self.mixed_precision = self.device.type == "cuda" if mixed_precision is None else mixed_precision
-        self.channels_last = self.device.type in ("cuda", "cpu") if channels_last is None else channels_last
+        if mixed_precision is not None:
+            precision = ("fp16" if self.device.type == "cuda" else "bf16") if mixed_precision else "fp32"
+        self.policy = choose_policy(self.device, precision, channels_last=channels_last)
+        self.mixed_precision = self.policy.autocast_dtype is not None
+        self.channels_last = self.policy.channels_last
+        model.eval()
+        if fold_batch_norm is None:
+            fold_batch_norm = loaded_here
+        # folded in float32 on the weights as loaded, before any cast or move
+        self.folded_norms = fold_batch_norms(model) if fold_batch_norm else 0
         # the Predictor owns the module from here: device and memory format are its choice
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = model.eval().to(self.device).to(memory_format=memory_format)
+        self.model = model.to(self.device).to(memory_format=self.policy.memory_format)
         self.score_threshold = model.config.box_score_thresh if score_threshold is None else score_threshold
         self.model_version: str = getattr(model, "weights_version", "") or "unversioned"
         self._cache: OrderedDict[str, _CachedImage] = OrderedDict()
         self._cache_size = feature_cache_size
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
+
+    @property
+    def execution(self) -> str:
+        """What runs, for the status bar: ``"cpu · bf16"``, ``"cuda · fp16"``, ``"cpu · fp32"``."""
+        return self.policy.description
 
     # -- what the model knows ---------------------------------------------------------------
 
@@ -185,14 +204,11 @@ class Predictor:
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
-        """One prediction at a time, in inference mode, autocast when mixed precision is on."""
-        with self._lock, torch.inference_mode():
+        """One prediction at a time, in inference mode, under the policy's autocast (the model
+        takes boxes, scores, NMS, paste-back and keypoints out of it, in float32)."""
+        with self._lock, torch.inference_mode(), self.policy.autocast():
             self._cancelled.clear()
-            if self.mixed_precision:
-                with torch.autocast(self.device.type, dtype=torch.float16):
-                    yield
-            else:
-                yield
+            yield
 
     def _check_cancelled(self) -> None:
         if self._cancelled.is_set():

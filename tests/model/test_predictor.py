@@ -66,7 +66,8 @@ def test_predict_gives_instances_at_image_resolution(mask_model, image) -> None:
 
 
 def test_predict_equals_the_model_forward_thresholded(mask_model, image) -> None:
-    predictor = Predictor(mask_model, device="cpu", channels_last=False)
+    # float32 asked for: "auto" is bfloat16 on a CPU that has it (tests/model/test_precision.py)
+    predictor = Predictor(mask_model, device="cpu", precision="fp32", channels_last=False)
     found = predictor.predict(image)
     with torch.inference_mode():
         expected = mask_model([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
@@ -76,8 +77,10 @@ def test_predict_equals_the_model_forward_thresholded(mask_model, image) -> None
 
 
 def test_channels_last_gives_the_same_detections(mask_model, image) -> None:
-    plain = Predictor(mask_model, device="cpu", channels_last=False).predict(image)
-    nhwc = Predictor(build_model("maskrcnn_resnet50_fpn", **SMALL).eval(), device="cpu", channels_last=True)
+    plain = Predictor(mask_model, device="cpu", precision="fp32", channels_last=False).predict(image)
+    nhwc = Predictor(
+        build_model("maskrcnn_resnet50_fpn", **SMALL).eval(), device="cpu", precision="fp32", channels_last=True
+    )
     nhwc.model.load_state_dict(mask_model.state_dict())
     found = nhwc.predict(image)
     assert torch.equal(found.labels, plain.labels)
