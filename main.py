@@ -2,6 +2,7 @@
 
     python main.py [FOLDER | PROJECT] [--demo]      open the app
     python main.py new PROJECT --images DIR         create a project over a folder of images
+    python main.py add PROJECT FILES_OR_FOLDERS     add images put in the image folder since
     python main.py import PROJECT SOURCE            add a COCO file or a labelme folder
     python main.py export PROJECT OUT.json          write COCO JSON
     python main.py info PROJECT [--effort]          review states, instances per category, effort
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-COMMANDS = ("new", "import", "export", "info", "propose", "train", "evaluate")
+COMMANDS = ("new", "add", "import", "export", "info", "propose", "train", "evaluate")
 EXIT_BAD_INPUT = 2
 
 
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="an instance the image holds already (same category and mask): skip it (default), or keep both",
     )
     max_pixels(imp)
+
+    add = command("add", project_cli.cmd_add, "add image files, or the images under folders, to a project")
+    add.add_argument("project", metavar="PROJECT")
+    add.add_argument("paths", metavar="FILE_OR_FOLDER", nargs="+", help="under the project's image folder")
+    max_pixels(add)
 
     exp = command("export", project_cli.cmd_export, "export the project as COCO JSON")
     exp.add_argument("project", metavar="PROJECT")

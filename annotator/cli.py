@@ -1,4 +1,4 @@
-"""The command lines of the project's jobs (``main.py new``, ``import``, ``export``, ``info``,
+"""The command lines of the project's jobs (``main.py new``, ``add``, ``import``, ``export``, ``info``,
 ``propose``): each calls the use case's home in ``annotator`` (the one the app calls too) and
 prints for a person. ``main.py`` declares their arguments. Bad input raises ``InputError``.
 
@@ -44,6 +44,20 @@ def cmd_new(args: argparse.Namespace) -> int:
         pass
     print(f"created {path} with {len(scan.images)} images from {scan.folder}")
     return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from annotator.image_folder import add_images
+    from annotator.store import Project
+    from annotator.wording import counted
+
+    with Project.open(project_path(args.project)) as project:
+        report = add_images(project, [Path(p) for p in args.paths], args.max_pixels)
+    for problem in report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    known = f" ({report.known} the project had already)" if report.known else ""
+    print(f"added {counted(report.added, 'image')} to {project.path}{known}")
+    return 0 if report.added or report.known or not report.problems else 1
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -107,7 +121,7 @@ def cmd_propose(args: argparse.Namespace) -> int:
     device = choose_device(args.device, local_rank=distributed.local_rank if distributed.enabled else None)
     with Project.open(project_path(args.project)) as project:
         images = images_to_propose(project, args.unlabeled_only, distributed.rank, distributed.world_size)
-        predictor = load_predictor(args.weights, device, score_threshold=args.score_thresh)
+        predictor = load_predictor(args.weights, device, precision=args.precision, score_threshold=args.score_thresh)
         with _progress(len(images), "img") as bar:
             report = propose(
                 project,

@@ -115,7 +115,7 @@ def test_the_cli_skips_duplicates_unless_asked_to_keep_them(tmp_path: Path, caps
         assert opened.instance_count() == 4
 
 
-@pytest.mark.parametrize("command", ["new", "import", "export", "info"])
+@pytest.mark.parametrize("command", ["new", "add", "import", "export", "info"])
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exited:
         main.main([command, "--help"])

@@ -48,23 +48,8 @@ def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
         )
         for name, tool in w.tools.items()
     ]
-    model = w.model_control
     return [
-        (
-            "&File",
-            [
-                ActionSpec("open_folder", "Open &folder…", w.choose_folder, ("Ctrl+O",)),
-                ActionSpec("open_project", "Open &project…", w.choose_project, ("Ctrl+Shift+O",)),
-                w.recent_menu,
-                None,
-                ActionSpec("import_coco", "Import COCO JSON…", w.import_coco),
-                ActionSpec("import_labelme", "Import labelme folder…", w.import_labelme),
-                ActionSpec("export_coco", "Export COCO JSON…", lambda: w.export_coco(False), ("Ctrl+E",)),
-                ActionSpec("export_done", "Export done images as COCO JSON…", lambda: w.export_coco(True)),
-                None,
-                ActionSpec("quit", "&Quit", w.close, ("Ctrl+Q",)),
-            ],
-        ),
+        ("&File", file_menu(w)),
         (
             "&Edit",
             [
@@ -113,25 +98,43 @@ def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
                 ),
             ],
         ),
-        (
-            "&Model",
-            [
-                ActionSpec("choose_model", "Choose &model…", model.choose, ("Ctrl+M",)),
-                ActionSpec("propose", "&Propose for this image", model.propose_current, ("Ctrl+P",)),
-                ActionSpec("propose_all", "Propose for &all unlabeled images", model.propose_all, ("Ctrl+Shift+P",)),
-                ActionSpec(
-                    "auto_propose",
-                    "A&uto-propose on opening an unlabeled image",
-                    model.on_auto_triggered,
-                    tip="Runs the model on each image you open that is unlabeled and has no instances yet",
-                    checkable=True,
-                ),
-                ActionSpec("cancel", "&Cancel (drawing, or the model's job)", w.cancel, ("Escape",)),
-                None,
-                ActionSpec("fine_tune", "&Fine-tune on done images…", model.fine_tune),
-            ],
-        ),
+        ("&Model", model_menu(w)),
         ("&Help", [ActionSpec("help", "&Keyboard shortcuts", w.show_help, ("F1", "?"))]),
+    ]
+
+
+def file_menu(w: QMainWindow) -> list[MenuItem]:
+    return [
+        ActionSpec("open_folder", "Open &folder…", w.choose_folder, ("Ctrl+O",)),
+        ActionSpec("open_project", "Open &project…", w.choose_project, ("Ctrl+Shift+O",)),
+        w.recent_menu,
+        None,
+        ActionSpec("add_images", "&Add images…", w.folder.add_images),
+        ActionSpec("import_coco", "Import COCO JSON…", w.import_coco),
+        ActionSpec("import_labelme", "Import labelme folder…", w.import_labelme),
+        ActionSpec("export_coco", "Export COCO JSON…", lambda: w.export_coco(False), ("Ctrl+E",)),
+        ActionSpec("export_done", "Export done images as COCO JSON…", lambda: w.export_coco(True)),
+        None,
+        ActionSpec("quit", "&Quit", w.close, ("Ctrl+Q",)),
+    ]
+
+
+def model_menu(w: QMainWindow) -> list[MenuItem]:
+    model = w.model_control
+    return [
+        ActionSpec("choose_model", "Choose &model…", model.choose, ("Ctrl+M",)),
+        ActionSpec("propose", "&Propose for this image", model.propose_current, ("Ctrl+P",)),
+        ActionSpec("propose_all", "Propose for &all unlabeled images", model.propose_all, ("Ctrl+Shift+P",)),
+        ActionSpec(
+            "auto_propose",
+            "A&uto-propose on opening an unlabeled image",
+            model.on_auto_triggered,
+            tip="Runs the model on each image you open that is unlabeled and has no instances yet",
+            checkable=True,
+        ),
+        ActionSpec("cancel", "&Cancel (drawing, or the model's job)", w.cancel, ("Escape",)),
+        None,
+        ActionSpec("fine_tune", "&Fine-tune on done images…", model.fine_tune),
     ]
 
 

@@ -27,6 +27,7 @@ from annotator.gui.activity import ActivityMeter
 from annotator.gui.background import run_in_background
 from annotator.gui.canvas import Canvas
 from annotator.gui.category_panel import CategoryPanel
+from annotator.gui.folder_control import FolderControl
 from annotator.gui.garbage import collect_on_the_ui_thread
 from annotator.gui.help_dialog import HelpDialog
 from annotator.gui.image_list import ImageListPanel
@@ -98,6 +99,8 @@ class MainWindow(QMainWindow):
         }
         for tool in self.tools.values():
             tool.message.connect(lambda text: self.status.showMessage(text, 5000))
+        self.folder = FolderControl(self, self.status, self.images, session_source)
+        self.folder.error.connect(self._error)
         self.activity = ActivityMeter(self, session_source)  # active seconds per image (annotator.effort)
         self.canvas.cursor_moved.connect(self._on_cursor)
         self.canvas.zoom_changed.connect(self.status.set_zoom)
@@ -193,34 +196,10 @@ class MainWindow(QMainWindow):
                     self._scan_and_create(path)
             else:
                 project = Project.open(path)
-                self._locate_moved_images(project)
+                self.folder.locate_moved_images(project)
                 self.set_project(project)
         except InputError as error:
             self._error("Open", str(error))
-
-    def _locate_moved_images(self, project: Project) -> None:
-        """A project whose image folder is not where it was: offer to point it at the new place
-        (a folder that holds the project's first image), as the project is opened."""
-        first = next(project.iter_images(), None)
-        if first is None or project.image_root.is_dir():
-            return
-        answer = QMessageBox.question(
-            self,
-            "Images not found",
-            f"The images of {project.path.name} are not in {project.image_root} any more.\n\nLocate their folder?",
-        )
-        if answer != QMessageBox.StandardButton.Yes:
-            return
-        folder = QFileDialog.getExistingDirectory(
-            self, f"The folder that now holds {first.file_name}", str(project.path.parent)
-        )
-        if not folder:
-            return
-        if not (Path(folder) / first.file_name).is_file():
-            self._error("Images not found", f"{folder} does not hold {first.file_name}; the project is unchanged")
-            return
-        project.set_image_root(folder)
-        self.status.showMessage(f"Images now read from {project.image_root}", 6000)
 
     def _scan_and_create(self, folder: Path) -> None:
         dialog = QProgressDialog(f"Reading the images in {folder}…", "", 0, 0, self)
@@ -268,6 +247,7 @@ class MainWindow(QMainWindow):
         if first is not None:
             self.show_image(first.id)
         self._update_enabled()
+        self.folder.notice_changes(project)
 
     def show_image(self, image_id: int) -> None:
         if self.session is not None:
@@ -538,6 +518,7 @@ class MainWindow(QMainWindow):
     def _update_enabled(self) -> None:
         has_project = self.session is not None
         names = (
+            "add_images",
             "import_coco",
             "import_labelme",
             "export_coco",

@@ -1,4 +1,5 @@
-"""The status bar: messages, image size, zoom, cursor position (image pixels), model and device."""
+"""The status bar: messages, what changed in the image folder, image size, zoom, cursor position
+(image pixels), model and device."""
 
 from __future__ import annotations
 
@@ -19,9 +20,26 @@ class StatusBar(QStatusBar):
         self.zoom = QLabel()
         self.cursor = QLabel()
         self.model = QLabel("no model (Model → Choose model)")
-        for widget in (self.progress, self.cancel_button, self.image_size, self.zoom, self.cursor, self.model):
+        # what changed in the image folder since the project last saw it: stays until it is dealt
+        # with (a passing message would be gone under the next image's name)
+        self.folder = QLabel()
+        self.folder.setVisible(False)
+        for widget in (
+            self.folder,
+            self.progress,
+            self.cancel_button,
+            self.image_size,
+            self.zoom,
+            self.cursor,
+            self.model,
+        ):
             self.addPermanentWidget(widget)
         self.cursor.setMinimumWidth(110)
+
+    def set_folder_notice(self, text: str) -> None:
+        self.folder.setText(text)
+        self.folder.setToolTip(text)
+        self.folder.setVisible(bool(text))
 
     def set_image_size(self, width: int, height: int) -> None:
         self.image_size.setText(f"{width} × {height}" if width else "")
