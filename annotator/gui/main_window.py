@@ -5,6 +5,7 @@ annotator.prompts, annotator.auto_propose); this file only connects them."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,9 +146,16 @@ class MainWindow(QMainWindow):
     def _save_settings(self) -> None:
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
-        if self.session is not None:
-            self.settings.setValue("view/threshold", self.session.view.score_threshold)
+        self._save_threshold()
         self.settings.sync()
+
+    def _threshold_key(self, project: Project) -> str:
+        """The score threshold is kept per project (a 1.00 saved in one hid every proposal of the next)."""
+        return "view/threshold/" + hashlib.sha1(str(project.path.resolve()).encode()).hexdigest()[:16]
+
+    def _save_threshold(self) -> None:
+        if self.session is not None:
+            self.settings.setValue(self._threshold_key(self.session.project), self.session.view.score_threshold)
 
     def recent_projects(self) -> list[str]:
         value = self.settings.value("recent/projects", [])
@@ -226,16 +234,20 @@ class MainWindow(QMainWindow):
     def set_project(self, project: Project) -> None:
         self.model_control.project_changing()
         self.activity.release()
+        self._save_threshold()
         if self.session is not None:
             self.session.project.close()
             self.session.deleteLater()
         self.session = Session(project, self)
-        threshold = self.settings.value("view/threshold")
+        threshold = self.settings.value(self._threshold_key(project))
         if threshold is not None:
             self.session.view.score_threshold = float(threshold)
         self.session.instances_changed.connect(lambda _: self._update_enabled())
         self.session.selection_changed.connect(lambda _: self._on_selection())
         self.session.history_changed.connect(self._update_enabled)
+        self.session.current_category_changed.connect(lambda _: self._show_new_shape_category())
+        self.session.categories_changed.connect(self._show_new_shape_category)
+        self._show_new_shape_category()
         self.session.image_changed.connect(self._load_image)
         self.session.image_changed.connect(self.model_control.on_image_opened)
         for panel in (self.images, self.instances, self.categories):
@@ -248,6 +260,10 @@ class MainWindow(QMainWindow):
             self.show_image(first.id)
         self._update_enabled()
         self.folder.notice_changes(project)
+
+    def _show_new_shape_category(self) -> None:
+        category = self.session.current_category if self.session is not None else None
+        self.status.set_new_shape_category(category.name if category else "", category.color if category else "")
 
     def show_image(self, image_id: int) -> None:
         if self.session is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from html import escape
 
 from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QStatusBar, QWidget
 
@@ -24,7 +25,11 @@ class StatusBar(QStatusBar):
         # with (a passing message would be gone under the next image's name)
         self.folder = QLabel()
         self.folder.setVisible(False)
+        # the category a new shape gets, visible before drawing (labelme asks after each shape)
+        self.new_shapes = QLabel()
+        self.new_shapes.setToolTip("The category new shapes get: pick another in the Categories panel")
         for widget in (
+            self.new_shapes,
             self.folder,
             self.progress,
             self.cancel_button,
@@ -40,6 +45,11 @@ class StatusBar(QStatusBar):
         self.folder.setText(text)
         self.folder.setToolTip(text)
         self.folder.setVisible(bool(text))
+
+    def set_new_shape_category(self, name: str, color: str) -> None:
+        """Shows the category new shapes get, in its colour ("" for none: the first shape makes one)."""
+        text = f'New shapes: <b style="color:{color}">■</b> {escape(name)}' if name else "New shapes: object (new)"
+        self.new_shapes.setText(text)
 
     def set_image_size(self, width: int, height: int) -> None:
         self.image_size.setText(f"{width} × {height}" if width else "")
