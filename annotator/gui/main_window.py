@@ -137,8 +137,9 @@ class MainWindow(QMainWindow):
         geometry = self.settings.value("window/geometry")
         if isinstance(geometry, QByteArray):
             self.restoreGeometry(geometry)
-        else:
-            self.resize(1400, 880)
+        else:  # 1400 x 880 where the screen has room; a laptop's 1280 x 800 gets all of it, frame aside
+            room = self.screen().availableGeometry()
+            self.resize(min(1400, room.width() - 20), min(880, room.height() - 60))
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
