@@ -58,8 +58,12 @@ def effort_chart(rows: Sequence[EffortRow]) -> QChart:
         seconds.append(done, row.seconds_per_image)
         accepted.append(done, 100 * row.accepted_as_is)
     x_axis = QValueAxis(titleText="images marked done", labelFormat="%d", min=0, max=max(done, 1))
-    left = QValueAxis(titleText="seconds per image", min=0, max=max([r.seconds_per_image for r in rows] + [1]) * 1.1)
-    right = QValueAxis(titleText="accepted as-is (%)", min=0, max=100)
+    left = QValueAxis(
+        titleText="s / image", labelFormat="%d", min=0, max=max([r.seconds_per_image for r in rows] + [1])
+    )
+    right = QValueAxis(titleText="as-is %", labelFormat="%d", min=0, max=100)
+    for axis in (x_axis, left):
+        axis.applyNiceNumbers()  # round ticks (0, 10, 20 ...) instead of fifths of the largest value
     chart.addAxis(x_axis, Qt.AlignmentFlag.AlignBottom)
     chart.addAxis(left, Qt.AlignmentFlag.AlignLeft)
     chart.addAxis(right, Qt.AlignmentFlag.AlignRight)
