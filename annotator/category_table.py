@@ -118,6 +118,20 @@ class CategoryTable:
             )
         return category
 
+    def delete_category(self, category_id: int) -> Category:
+        """Deletes a category that no instance uses and returns it as it was (undo adds it back
+        with :meth:`add_category` under its id). A category in use is refused: its instances
+        move to another category first (``UndoStack.delete_category``)."""
+        with self.transaction():
+            category = self.category(category_id)
+            used = self._db.execute("SELECT count(*) FROM instances WHERE category_id = ?", (category_id,)).fetchone()[
+                0
+            ]
+            if used:
+                raise ValueError(f"{used} instances are '{category.name}': move them to another category first")
+            self._db.execute("DELETE FROM categories WHERE id = ?", (category_id,))
+        return category
+
     def category(self, category_id: int) -> Category:
         row = self._db.execute(
             "SELECT id, name, supercategory, color, keypoints, skeleton FROM categories WHERE id = ?",

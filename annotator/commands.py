@@ -37,16 +37,26 @@ class Change:
 
 @dataclass
 class Command:
-    """A named edit of one image: instance changes and, optionally, a review-state change."""
+    """A named edit: instance changes and, optionally, a review-state change of one image, or
+    categories added or deleted (``categories``: each as it was before and after, ``None`` where it
+    did not exist; ``image_id`` 0 for an edit of no one image)."""
 
     text: str
     image_id: int
     changes: list[Change] = field(default_factory=list)
     state_before: ReviewState | None = None
     state_after: ReviewState | None = None
+    categories: list[tuple[Category | None, Category | None]] = field(default_factory=list)
 
     def _apply(self, project: Project, forward: bool) -> None:
         with project.transaction():
+            # a category comes into being before its instances, and goes after they have left it
+            targets = [(after, before) if forward else (before, after) for before, after in self.categories]
+            for target, other in targets:
+                if target is not None and other is None:
+                    project.add_category(
+                        target.name, target.supercategory, target.color, target.keypoints, target.skeleton, target.id
+                    )
             changes = self.changes if forward else list(reversed(self.changes))
             for change in changes:
                 target = change.after if forward else change.before
@@ -55,6 +65,9 @@ class Command:
                     project.restore_instance(target)
                 elif other is not None and project.id_in_use("instances", other.id):
                     project.delete_instance(other.id)
+            for target, other in targets:
+                if target is None and other is not None:
+                    project.delete_category(other.id)
             state = self.state_after if forward else self.state_before
             if state is not None:
                 project.set_review_state(self.image_id, state)
@@ -189,6 +202,34 @@ class UndoStack:
         if changes:
             self.push(Command(text, changes[0].image_id, changes))
         return [c.after for c in changes if c.after is not None]
+
+    def delete_category(self, category_id: int, move_to: int | None = None) -> Command:
+        """Deletes a category as one step. Its instances (labels and proposals, on every image)
+        first move to the category ``move_to``, which merges the two; without ``move_to`` the
+        category must be unused (``ValueError`` otherwise). Keypoints move along where the two
+        keypoint schemas have the same number of keypoints, else they are dropped."""
+        category = self.project.category(category_id)
+        with self.project.transaction():
+            changes = []
+            if move_to is not None:
+                if move_to == category_id:
+                    raise ValueError("a category cannot be merged into itself")
+                self.project.category(move_to)  # KeyError for none
+                moving = [i for i in self.project.iter_instances() if i.category_id == category_id]
+                for before in moving:
+                    changes.append(
+                        Change(
+                            before,
+                            self.project.update_instance(
+                                before.id, category_id=move_to, source=None, counts_as_edit=False
+                            ),
+                        )
+                    )
+            self.project.delete_category(category_id)
+        text = f"Delete category '{category.name}'"
+        if move_to is not None:
+            text = f"Merge '{category.name}' into '{self.project.category(move_to).name}'"
+        return self.push(Command(text, changes[0].image_id if changes else 0, changes, categories=[(category, None)]))
 
     def merge(self, instance_ids: list[int]) -> Instance:
         """Unites the masks of several instances into the first; the others are deleted."""

@@ -400,14 +400,16 @@ class Project(CategoryTable):
         polygons: Sequence[Sequence[float]] | None = None,
         keypoints: Sequence[float] | np.ndarray | None = None,
         source: Source | None = Source.HUMAN,
+        counts_as_edit: bool = True,
     ) -> Instance:
         """Changes an instance's category, mask or keypoints. An edit by a person makes the
         instance ``source=human`` (pass ``source=None`` to keep the recorded source). A new mask
         brings its own box and area; the outline, box and area kept from before go. Each call that
-        changes one of them counts as one edit (``Instance.edits``); a change of source alone
-        (accepting a proposal) does not."""
+        changes one of them counts as one edit (``Instance.edits``), unless ``counts_as_edit`` is
+        False (a change made to many instances at once, such as merging two categories); a change
+        of source alone (accepting a proposal) does not."""
         old = self.instance(instance_id)
-        edited = any(value is not None for value in (category_id, mask, rle, polygons, keypoints))
+        edited = counts_as_edit and any(value is not None for value in (category_id, mask, rle, polygons, keypoints))
         category = self.category(category_id if category_id is not None else old.category_id)
         if keypoints is None and old.keypoints is not None and category.num_keypoints == len(old.keypoints) // 3:
             keypoints = old.keypoints

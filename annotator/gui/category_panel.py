@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QColorDialog,
@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFormLayout,
     QHBoxLayout,
+    QInputDialog,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -103,6 +104,8 @@ class CategoryDialog(QDialog):
 
 
 class CategoryPanel(QWidget):
+    status_message = Signal(str)  # a line for the status bar
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session: Session | None = None
@@ -113,9 +116,13 @@ class CategoryPanel(QWidget):
         add.clicked.connect(self.add_category)
         edit = QPushButton("Edit")
         edit.clicked.connect(self.edit_category)
+        self.delete_button = QPushButton("Delete…")
+        self.delete_button.setToolTip("Delete the category, or merge it into another: its labels move there")
+        self.delete_button.clicked.connect(self.delete_category)
         row = QHBoxLayout()
         row.addWidget(add)
         row.addWidget(edit)
+        row.addWidget(self.delete_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.list)
@@ -195,3 +202,38 @@ class CategoryPanel(QWidget):
             self.session.current_category, lambda values: self.session.project.update_category(category_id, **values)
         ):
             self.session.notify_categories()
+
+    def delete_category(self) -> None:
+        """Deletes the current category: an unused one after a confirmation; one in use by merging
+        it into another category the person picks (its labels and proposals move there). One undo
+        step either way."""
+        session = self.session
+        category = session.current_category if session is not None else None
+        if category is None:
+            return
+        used = session.project.instance_counts_by_category().get(category.id, 0)
+        move_to = None
+        if not used:
+            answer = QMessageBox.question(self, "Delete category", f"Delete the category '{category.name}'?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        else:
+            others = [c for c in session.project.categories() if c.id != category.id]
+            if not others:
+                QMessageBox.warning(
+                    self, "Delete category", f"{used} instances are '{category.name}', the only category"
+                )
+                return
+            name, chosen = QInputDialog.getItem(
+                self,
+                "Merge category",
+                f"{used} instances are '{category.name}'. Move them to:",
+                [c.name for c in others],
+                0,
+                False,
+            )
+            if not chosen:
+                return
+            move_to = next(c.id for c in others if c.name == name)
+        command = session.history.delete_category(category.id, move_to)
+        self.status_message.emit(f"{command.text} (undo with Ctrl+Z)")

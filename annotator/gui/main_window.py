@@ -109,6 +109,7 @@ class MainWindow(QMainWindow):
         self.instances.accept_requested.connect(self.accept_selected)
         self.instances.reject_requested.connect(self.delete_selected)
         self.instances.accept_all_requested.connect(self.accept_all_above_threshold)
+        self.categories.status_message.connect(lambda text: self.status.showMessage(text, 8000))
 
         self.recent_menu = QMenu("Open &recent", self)
         toolbar = QToolBar("Tools")

@@ -130,18 +130,24 @@ class Session(QObject):
             self.select(existing)
         if command.state_before is not None or command.state_after is not None:
             self.review_state_changed.emit(command.image_id)
+        if command.categories:  # may touch the instances of every image, the one in view too
+            if not self.project.id_in_use("categories", self.current_category_id):
+                self.current_category_id = 0
+            self.categories_changed.emit()
+            if self.image_id and self.image_id != command.image_id:
+                self.instances_changed.emit(self.image_id)
         if command.changes:
             self.instances_changed.emit(command.image_id)
         self.history_changed.emit()
 
     def undo(self) -> Command | None:
         command = self.history.undo()
-        if command is not None and command.image_id != self.image_id:
+        if command is not None and command.image_id and command.image_id != self.image_id:
             self.set_image(command.image_id)
         return command
 
     def redo(self) -> Command | None:
         command = self.history.redo()
-        if command is not None and command.image_id != self.image_id:
+        if command is not None and command.image_id and command.image_id != self.image_id:
             self.set_image(command.image_id)
         return command

@@ -95,3 +95,40 @@ def test_renaming_the_current_category_keeps_its_instances_and_updates_the_count
     assert session.project.category(1).name == "cell"
     assert [i.category_id for i in session.project.instances(session.image_id)] == [1, 1]
     assert row_texts(window)[0] == "cell  (1 instance)"  # the label kept, not the proposal
+
+
+def test_deleting_an_unused_category_and_merging_a_used_one_each_undo_in_one_step(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    project = window.session.project
+    blob, animal = project.categories()
+    square = np.zeros((90, 120), dtype=bool)
+    square[10:20, 10:20] = True
+    window.session.history.add(window.session.image_id, animal.id, mask=square)
+    window.session.history.add(window.session.image_id + 1, animal.id, mask=square)
+    window.session.set_current_category(blob.id)
+    answer_dialogs(qtbot, [lambda box: box.button(box.StandardButton.Yes).click()])
+    window.categories.delete_button.click()  # blob: unused, asks first
+    assert [c.name for c in project.categories()] == ["animal"]
+    key_undo(window)
+    assert [c.name for c in project.categories()] == ["blob", "animal"]
+
+    window.session.set_current_category(animal.id)
+
+    def move_to_blob(dialog) -> None:
+        dialog.setTextValue("blob")
+        dialog.accept()
+
+    answer_dialogs(qtbot, [move_to_blob])
+    window.categories.delete_button.click()  # animal: two labels, merged into blob
+    assert [c.name for c in project.categories()] == ["blob"]
+    assert {i.category_id for i in project.iter_instances()} == {blob.id}
+    assert window.status.currentMessage() == "Merge 'animal' into 'blob' (undo with Ctrl+Z)"
+    assert row_texts(window) == ["blob  (2 instances)"]
+    key_undo(window)
+    assert project.categories() == [blob, animal]
+    assert {i.category_id for i in project.iter_instances()} == {animal.id}
+    assert all(i.edits == 0 for i in project.iter_instances())  # a merge is no edit of each label
+
+
+def key_undo(window) -> None:
+    window.actions_by_name["undo"].trigger()
