@@ -44,6 +44,7 @@ from annotator.gui.tools.box import BoxTool
 from annotator.gui.tools.brush import BrushTool, EraserTool
 from annotator.gui.tools.click import ClickTool
 from annotator.gui.tools.keypoints import KeypointTool
+from annotator.gui.tools.outline import OutlineTool
 from annotator.gui.tools.polygon import PolygonTool
 from annotator.gui.tools.select import SelectTool
 from annotator.image_folder import FolderScan, create_project, project_path_for_folder, scan_images
@@ -97,6 +98,7 @@ class MainWindow(QMainWindow):
             "polygon": PolygonTool(self.canvas, session_source),
             "box": BoxTool(self.canvas, session_source, self.proposals),
             "keypoints": KeypointTool(self.canvas, session_source),
+            "outline": OutlineTool(self.canvas, session_source),
         }
         for tool in self.tools.values():
             tool.message.connect(lambda text: self.status.showMessage(text, 5000))
