@@ -231,6 +231,40 @@ class UndoStack:
             text = f"Merge '{category.name}' into '{self.project.category(move_to).name}'"
         return self.push(Command(text, changes[0].image_id if changes else 0, changes, categories=[(category, None)]))
 
+    def copy_labels(self, from_image: int, to_image: int) -> list[Instance]:
+        """Copies the labels people kept on ``from_image`` (not its proposals) to ``to_image``, an
+        image of the same size, as one step: same categories, masks, outlines and keypoints, as
+        new labels drawn by a person. Returns the copies."""
+        source, target = self.project.image(from_image), self.project.image(to_image)
+        if (source.width, source.height) != (target.width, target.height):
+            raise ValueError(
+                f"{source.file_name} is {source.width}x{source.height}, this image {target.width}x{target.height}:"
+                " labels copy only between images of one size"
+            )
+        labels = [i for i in self.project.instances(from_image) if i.source == Source.HUMAN]
+        with self.project.transaction():
+            copies = [
+                self.project.add_instance(
+                    to_image,
+                    label.category_id,
+                    # the outline when it was drawn as one (its mask is the outline's), else the mask
+                    rle=label.rle if label.polygons is None else None,
+                    polygons=label.polygons,
+                    bbox=label.bbox if label.rle is None else None,
+                    area=label.area if label.rle is None else None,
+                    keypoints=label.keypoints,
+                    iscrowd=label.iscrowd,
+                )
+                for label in labels
+            ]
+        if copies:
+            self.push(
+                Command(
+                    f"Copy {len(copies)} labels from {source.file_name}", to_image, [Change(None, c) for c in copies]
+                )
+            )
+        return copies
+
     def merge(self, instance_ids: list[int]) -> Instance:
         """Unites the masks of several instances into the first; the others are deleted."""
         if len(instance_ids) < 2:

@@ -197,6 +197,23 @@ class Review:
         self.history.set_review_state(image_id, ReviewState.DONE)
         return Done(accepted, discarded, repeated)
 
+    def copy_previous_labels(self, image_id: int) -> str:
+        """Edit > Copy labels from the previous image (as CVAT and X-AnyLabeling offer): the labels
+        of the nearest image before this one (by id, the list's order) that has labels people kept
+        become new labels here, as one step, and the image goes in review. Returns a line saying
+        what was done, or why nothing was."""
+        earlier = [r.id for r in self.project.iter_images() if r.id < image_id]
+        kept = (i for i in reversed(earlier) if any(x.source == Source.HUMAN for x in self.project.instances(i)))
+        source = next(kept, 0)
+        if not source:
+            return "No earlier image has labels to copy"
+        try:
+            copies = self.history.copy_labels(source, image_id)
+        except ValueError as error:
+            return f"Nothing copied: {error}"
+        self.mark_in_review(image_id)
+        return f"Copied {counted(len(copies), 'label')} from {self.project.image(source).file_name}"
+
     def next_to_review(self, image_id: int) -> int:
         """The image "done, next" goes to: the first one after ``image_id`` (by id) that nobody has
         reviewed, else the first such before it; 0 when every image is reviewed."""

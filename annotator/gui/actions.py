@@ -59,6 +59,13 @@ def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
                 ActionSpec("change_category", "Change &category…", w.change_category, ("C",)),
                 ActionSpec("merge", "&Merge selected", w.merge_selected, ("Ctrl+G",)),
                 ActionSpec("split", "&Split into parts", w.split_selected, ("Ctrl+Shift+G",)),
+                ActionSpec(
+                    "copy_previous",
+                    "Copy labels from the previous image",
+                    w.copy_previous_labels,
+                    ("Ctrl+Shift+V",),
+                    tip="The labels of the nearest earlier image that has some, as new labels here",
+                ),
                 ActionSpec("delete", "&Delete / reject selected", w.delete_selected, ("Delete", "Backspace")),
                 ActionSpec("brush_bigger", "Brush bigger", lambda: w.grow_brush(1), ("+", "=")),
                 ActionSpec("brush_smaller", "Brush smaller", lambda: w.grow_brush(-1), ("-",)),
@@ -71,6 +78,16 @@ def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
                 ActionSpec("zoom_1to1", "Zoom &1:1", w.canvas.zoom_1to1, ("1",)),
                 ActionSpec("zoom_in", "Zoom in", lambda: w.canvas.zoom_by(1.25), ("Ctrl++",)),
                 ActionSpec("zoom_out", "Zoom out", lambda: w.canvas.zoom_by(0.8), ("Ctrl+-",)),
+                None,
+                ActionSpec(
+                    "hide_overlays",
+                    "&Hide labels and proposals",
+                    lambda: w.canvas.set_overlays_visible(not w.actions_by_name["hide_overlays"].isChecked()),
+                    ("H",),
+                    tip="See the image alone; H again shows them",
+                    checkable=True,
+                ),
+                opacity_menu(w),
                 None,
                 *(dock.toggleViewAction() for dock in w.findChildren(QDockWidget)),
             ],
@@ -101,6 +118,19 @@ def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
         ("&Model", model_menu(w)),
         ("&Help", [ActionSpec("help", "&Keyboard shortcuts", w.show_help, ("F1", "?"))]),
     ]
+
+
+def opacity_menu(w: QMainWindow) -> QMenu:
+    """View > Overlay opacity: how much of the image shows through the masks and outlines."""
+    menu = QMenu("Overlay &opacity", w)
+    group = QActionGroup(menu)
+    for percent in (100, 75, 50, 25):
+        action = menu.addAction(f"{percent}%")
+        action.setCheckable(True)
+        action.setChecked(percent == 100)
+        group.addAction(action)
+        action.triggered.connect(lambda checked=False, p=percent: w.canvas.set_overlay_opacity(p / 100))
+    return menu
 
 
 def file_menu(w: QMainWindow) -> list[MenuItem]:

@@ -70,6 +70,9 @@ class Canvas(QWidget):
         self._pan_from: QPointF | None = None
         self._fit_pending = True
         self.last_level = 0  # pyramid level of the last frame (tests, status)
+        # View > Hide labels and proposals, View > Overlay opacity: to judge the image beneath
+        self.overlays_visible = True
+        self.overlay_opacity = 1.0
         if session is not None:
             self.set_session(session)
 
@@ -203,21 +206,38 @@ class Canvas(QWidget):
                 self.widget_to_image(QPointF(0, 0)), self.widget_to_image(QPointF(self.width(), self.height()))
             )
             self._paint_image(painter, level, visible)
-            painter.save()
-            painter.translate(self.offset)
-            painter.scale(self.scale, self.scale)
-            # outlines reach past the view by their width, so a margin of a few screen pixels
-            margin = OUTLINE_MARGIN / self.scale
-            visible.adjust(-margin, -margin, margin, margin)
-            self._paint_masks(painter, level, visible)
-            self._paint_highlight(painter, level, visible)
-            painter.restore()
-            self._overlays.end_frame()
-            self._paint_keypoints(painter)
-            self._paint_labels(painter)
+            if self.overlays_visible:
+                self._paint_overlays(painter, level, visible)
             if self.tool is not None:
                 self.tool.paint(painter)
         painter.end()
+
+    def _paint_overlays(self, painter: QPainter, level: int, visible: QRectF) -> None:
+        """Masks, outlines, keypoints and names, at the overlay opacity."""
+        painter.save()
+        painter.setOpacity(self.overlay_opacity)
+        painter.translate(self.offset)
+        painter.scale(self.scale, self.scale)
+        # outlines reach past the view by their width, so a margin of a few screen pixels
+        margin = OUTLINE_MARGIN / self.scale
+        visible.adjust(-margin, -margin, margin, margin)
+        self._paint_masks(painter, level, visible)
+        self._paint_highlight(painter, level, visible)
+        painter.restore()
+        self._overlays.end_frame()
+        painter.save()
+        painter.setOpacity(self.overlay_opacity)
+        self._paint_keypoints(painter)
+        self._paint_labels(painter)
+        painter.restore()
+
+    def set_overlays_visible(self, visible: bool) -> None:
+        self.overlays_visible = visible
+        self.update()
+
+    def set_overlay_opacity(self, opacity: float) -> None:
+        self.overlay_opacity = min(max(opacity, 0.0), 1.0)
+        self.update()
 
     def _paint_background(self, painter: QPainter) -> None:
         painter.fillRect(self.rect(), QColor(48, 48, 48))
@@ -250,10 +270,10 @@ class Canvas(QWidget):
             tiles = self._overlays.fill_tiles(self.overlay(instance), level, visible)
             if tiles:
                 emphasised = instance.id in selected or instance.id == self.hover_id
-                painter.setOpacity(HIGHLIGHT_OPACITY if emphasised else MASK_OPACITY)
+                painter.setOpacity(self.overlay_opacity * (HIGHLIGHT_OPACITY if emphasised else MASK_OPACITY))
             for rect, tile in tiles:
                 painter.drawImage(rect, tile)
-        painter.setOpacity(1.0)
+        painter.setOpacity(self.overlay_opacity)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         for instance in self._instances:
             pen = QPen(self.category_color(instance.category_id), OUTLINE_WIDTH)

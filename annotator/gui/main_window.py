@@ -339,6 +339,10 @@ class MainWindow(QMainWindow):
             self.show_image(later)
         self.status.showMessage(done.summary() + ("" if later else "; every image is reviewed"), 8000)
 
+    def copy_previous_labels(self) -> None:
+        if self.session is not None and self.session.image_id:
+            self.status.showMessage(self.session.review.copy_previous_labels(self.session.image_id), 8000)
+
     def set_review_state(self, state: ReviewState) -> None:
         if self.session is not None and self.session.image_id:
             self.session.set_review_state(self.session.image_id, state)

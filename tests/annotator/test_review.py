@@ -208,3 +208,36 @@ def test_marking_done_discards_proposals_that_repeat_a_label_or_a_better_proposa
 def test_proposals_that_touch_without_overlapping_by_half_are_both_kept(project: Project, review: Review) -> None:
     left, right = proposal(project, 0.9, x=0), proposal(project, 0.8, x=2)  # IoU 8/24
     assert review.mark_done(1).accepted == [left.id, right.id]
+
+
+def test_copying_the_previous_labels_takes_the_nearest_earlier_image_with_labels_as_one_step(
+    project: Project, review: Review
+) -> None:
+    drawn = label(project, x=20, image_id=1)
+    keypoint_free = project.add_instance(1, 2, polygons=[[1, 1, 9, 1, 9, 9]])
+    proposal(project, 0.9, image_id=1)  # a proposal is not copied
+    proposal(project, 0.9, image_id=2)  # image 2 has only a proposal: skipped
+    assert review.copy_previous_labels(3) == "Copied 2 labels from a.png"
+    copies = project.instances(3)
+    assert [(c.category_id, c.rle, c.polygons, c.source) for c in copies] == [
+        (drawn.category_id, drawn.rle, None, Source.HUMAN),
+        (2, keypoint_free.rle, keypoint_free.polygons, Source.HUMAN),
+    ]
+    assert project.image(3).state == ReviewState.IN_REVIEW
+    review.history.undo()
+    assert project.instances(3) == []
+    assert review.copy_previous_labels(1) == "No earlier image has labels to copy"
+
+
+def test_labels_are_not_copied_between_images_of_different_sizes(tmp_path: Path) -> None:
+    with Project.create(tmp_path / "sizes.annot", tmp_path) as project:
+        project.add_image("small.png", 10, 10, "h1")
+        project.add_image("large.png", 20, 10, "h2")
+        project.add_category("cell")
+        project.add_instance(1, 1, bbox=(1, 1, 3, 3))
+        message = Review(UndoStack(project), ViewState()).copy_previous_labels(2)
+        assert (
+            message
+            == "Nothing copied: small.png is 10x10, this image 20x10: labels copy only between images of one size"
+        )
+        assert project.instances(2) == []

@@ -46,3 +46,19 @@ def test_propose_on_a_done_image_shows_what_is_new_and_says_what_it_left_out(qtb
         "Propose: 0 new proposals beside your labels; 2 left out: they repeat what is there"
     )
     assert len(window.session.project.instances(first)) == 2
+
+
+def test_ctrl_shift_v_copies_the_previous_images_labels(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    first = window.session.image_id
+    zoom_4x(window)
+    key(window, Qt.Key.Key_R)
+    x, y, w, h = BLOBS[0]
+    drag(window, [(x, y), (x + w, y + h)])  # no model: a box label
+    key(window, Qt.Key.Key_D)
+    wait_for_image(qtbot, window, first + 1)
+    key(window, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    (copy,) = window.session.project.instances(first + 1)
+    assert copy.bbox == (x, y, w, h) and copy.source == Source.HUMAN
+    assert window.status.currentMessage() == "Copied 1 label from 00.png"
+    assert window.instances.tree.topLevelItemCount() == 1

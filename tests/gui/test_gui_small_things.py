@@ -6,9 +6,10 @@ from __future__ import annotations
 import shutil
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QColor
 from PySide6.QtTest import QTest
 
-from tests.gui.driving import make_window, open_and_wait
+from tests.gui.driving import at, drag, key, make_window, open_and_wait, zoom_4x
 
 
 def test_the_score_threshold_is_kept_per_project(qtbot, settings, blob_project, tmp_path):
@@ -35,3 +36,27 @@ def test_the_category_new_shapes_get_is_shown_and_follows_a_click_in_the_panel(q
     QTest.mouseClick(categories.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
     qtbot.waitUntil(lambda: "animal" in shown.text(), timeout=2000)
     assert shown.isVisible()
+
+
+def test_overlays_hide_with_h_and_let_the_image_through_at_a_lower_opacity(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    zoom_4x(window)
+    key(window, Qt.Key.Key_R)
+    drag(window, [(60, 40), (85, 70)])  # a box label over the second blob (no model: the box)
+    window.session.select([])
+    inside = at(window, 72, 55)
+
+    def pixel() -> QColor:
+        return window.canvas.grab().toImage().pixelColor(inside)
+
+    drawn = pixel()
+    key(window, Qt.Key.Key_H)
+    bare = pixel()
+    assert bare != drawn and window.actions_by_name["hide_overlays"].isChecked()
+    key(window, Qt.Key.Key_H)
+    assert pixel() == drawn
+    quarter = next(a for a in window.findChildren(QAction) if a.text() == "25%")  # View > Overlay opacity
+    quarter.trigger()
+    assert window.canvas.overlay_opacity == 0.25
+    faint = pixel()
+    assert abs(faint.red() - bare.red()) < abs(drawn.red() - bare.red())  # nearer the image beneath
