@@ -105,7 +105,8 @@ class ModelControl(QObject):
             ):
                 self.settings.setValue(f"model/{key}", value)
             self._loading = None
-        self.status.set_model(version, device)
+        # what runs, as the Predictor says it ("cpu · bf16"); the device alone is what a reload asks for
+        self.status.set_model(version, getattr(self.service.worker.predictor, "execution", device))
         self.status.showMessage(f"Model ready: {version} on {device}", 5000)
         self.state_changed.emit()
 

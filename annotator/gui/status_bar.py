@@ -64,6 +64,7 @@ class StatusBar(QStatusBar):
         self.cursor.setText(f"x {col}, y {row}" if inside else "")
 
     def set_model(self, version: str, device: str) -> None:
+        """The model in use and what it runs on: a device, or a device and precision ("cpu · bf16")."""
         self.model.setText(f"{version} on {device}" if version else "no model (Model → Choose model)")
 
     def set_progress(self, done: int, total: int) -> None:
