@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -28,8 +29,9 @@ from PySide6.QtWidgets import (
 
 from annotator.gui.model_picker import runs_dir
 from annotator.gui.training import TrainingProcess
-from annotator.learning import TrainingRequest, train_command
+from annotator.learning import TrainingRequest, mask_ap, train_command
 from annotator.store import Project, ReviewState
+from annotator.wording import counted
 
 
 class LossPlot(QWidget):
@@ -98,13 +100,9 @@ def _ap_text(event: dict) -> str:
     return ", ".join(parts) or "—"
 
 
-def _mask_ap(event: dict | None) -> float:
-    """The mask (segm) AP of an eval event, else its box AP; -1 when it has neither."""
-    for key in ("segm", "bbox"):
-        value = (event or {}).get(key)
-        if isinstance(value, dict) and isinstance(value.get("AP"), (int, float)):
-            return float(value["AP"])
-    return -1.0
+# Fewer held-out images than this and an AP says next to nothing about the model: one image's AP
+# jumps by tens of points with one detection. The dialog says so and asks before using the model.
+MIN_HELD_OUT_IMAGES = 2
 
 
 class FineTuneDialog(QDialog):
@@ -127,6 +125,7 @@ class FineTuneDialog(QDialog):
         self.process.finished.connect(self._on_finished)
         self.weights_path = ""
         self._before: dict | None = None  # the eval event of the base model
+        self.held_out_images = 0  # the held-out images the new model was measured on
 
         self.base = QComboBox()
         self.base.setEditable(True)
@@ -214,7 +213,7 @@ class FineTuneDialog(QDialog):
         self._on_log(f"Exported {counts['images']} images, {counts['annotations']} annotations to {coco_file}")
         command = self.command_factory(request, coco_file, self.project.image_root)
         self.plot.clear()
-        self.weights_path, self._before = "", None
+        self.weights_path, self._before, self.held_out_images = "", None, 0
         self.ap_before.setText("AP before: —")
         self.ap_after.setText("AP after: —")
         self.use_button.setEnabled(False)
@@ -236,19 +235,7 @@ class FineTuneDialog(QDialog):
             if "epoch" in event:
                 self.progress.setFormat(f"epoch {event['epoch']} — %p%")
         elif kind == "eval":
-            stage = event.get("stage")
-            label = self.ap_before if stage == "before" else self.ap_after
-            label.setText(f"AP {stage or ''}: {_ap_text(event)}")
-            if stage == "before":
-                self._before = event
-            elif stage == "after":
-                after, before = _mask_ap(event), _mask_ap(self._before)
-                if after < before:
-                    self._on_log(
-                        f"The new model's mask AP on the held-out images is lower than the base's "
-                        f"({100 * after:.1f} against {100 * before:.1f}): "
-                        "you may want to keep the current model."
-                    )
+            self._on_eval(event)
         elif kind == "checkpoint":
             self._on_log(f"checkpoint {event.get('path', '')}")
         elif kind == "done":
@@ -256,6 +243,31 @@ class FineTuneDialog(QDialog):
             self.use_button.setEnabled(bool(self.weights_path))
         elif kind == "error":
             self._on_log(f"error: {event.get('message', event)}")
+
+    def _on_eval(self, event: dict) -> None:
+        """AP before and after on the held-out images; with too few of them, said to mean little."""
+        stage = event.get("stage")
+        images = int(event.get("images", 0) or 0)
+        label = self.ap_before if stage == "before" else self.ap_after
+        few = f" ({counted(images, 'held-out image')}: not a measure)" if images < MIN_HELD_OUT_IMAGES else ""
+        label.setText(f"AP {stage or ''}: {_ap_text(event)}{few}")
+        if stage == "before":
+            self._before = event
+            return
+        if stage != "after":
+            return
+        self.held_out_images = images
+        after, before = mask_ap(event), mask_ap(self._before)
+        if few:
+            self._on_log(
+                f"The APs come from {counted(images, 'held-out image')}: they say little about the model. "
+                "Mark more images done, or raise the held-out fraction, to compare models."
+            )
+        elif after is not None and before is not None and after < before:
+            self._on_log(
+                f"The new model's mask AP on the held-out images is lower than the base's "
+                f"({100 * after:.1f} against {100 * before:.1f}): you may want to keep the current model."
+            )
 
     def _on_log(self, line: str) -> None:
         self.log.appendPlainText(line)
@@ -273,9 +285,21 @@ class FineTuneDialog(QDialog):
             self._on_log("Training finished." + (f" New weights: {self.weights_path}" if self.weights_path else ""))
 
     def _use_model(self) -> None:
-        if self.weights_path:
-            self.model_ready.emit(self.weights_path)
-            self.close()
+        """Offers the new weights; a model nobody could measure (too few held-out images) only after
+        the person confirms."""
+        if not self.weights_path:
+            return
+        if self.held_out_images < MIN_HELD_OUT_IMAGES:
+            answer = QMessageBox.question(
+                self,
+                "Use the new model?",
+                f"The new model was tested on {counted(self.held_out_images, 'held-out image')}: its AP says"
+                " little about whether it is better. Use it anyway?",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self.model_ready.emit(self.weights_path)
+        self.close()
 
     def closeEvent(self, event) -> None:
         self.process.cancel(grace_ms=0) if self.process.running else None

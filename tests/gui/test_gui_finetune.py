@@ -11,27 +11,31 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PySide6.QtWidgets import QMessageBox
 
 from annotator.gui.finetune_dialog import FineTuneDialog
 from annotator.learning import parse_event
 from annotator.store import ReviewState
+from tests.gui.driving import answer_dialogs
 
 FAKE_TRAIN = textwrap.dedent("""
     import json, subprocess, sys, time
     from pathlib import Path
     coco, out, slow, worse = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "slow", sys.argv[3] == "worse"
+    held_out = 1 if sys.argv[3] == "few" else 3
     def event(**fields):
         print(json.dumps(fields), flush=True)
     data = json.load(open(coco))
     print("loading", len(data["images"]), "images", flush=True)
-    event(event="eval", stage="before", iteration=0, segm={"AP": 0.105}, bbox={"AP": 0.12})
+    event(event="eval", stage="before", iteration=0, images=held_out, segm={"AP": 0.105}, bbox={"AP": 0.12})
     if slow:  # a grandchild, as data-loader workers are; cancel must end it too
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         (out / "grandchild.pid").write_text(str(child.pid))
     for i in range(1, 6):
         event(event="progress", epoch=1, iteration=i, total=5, loss=2.0 / i)
         time.sleep(2 if slow else 0.02)
-    event(event="eval", stage="after", iteration=5, segm={"AP": 0.05 if worse else 0.3125}, bbox={"AP": 0.33})
+    after = {"AP": 0.05 if worse else 0.3125}
+    event(event="eval", stage="after", iteration=5, images=held_out, segm=after, bbox={"AP": 0.33})
     (out / "model_final.safetensors").write_bytes(b"weights")
     event(event="done", path=str(out / "model_final.safetensors"))
 """)
@@ -111,6 +115,26 @@ def test_a_new_model_that_scores_lower_than_its_base_is_pointed_out(qtbot, blob_
         in dialog.log.toPlainText()
     )
     assert dialog.use_button.isEnabled()  # pointed out, not refused: the user decides
+
+
+def test_an_ap_on_one_held_out_image_is_said_to_mean_little_and_the_model_is_used_only_if_confirmed(
+    qtbot, blob_project, tmp_path
+):
+    with _done_project(blob_project) as project:
+        dialog = _dialog(qtbot, project, tmp_path, "few")
+        offered = []
+        dialog.model_ready.connect(offered.append)
+        with qtbot.waitSignal(dialog.process.finished, timeout=20000):
+            assert dialog.start()
+        qtbot.waitUntil(lambda: dialog.use_button.isEnabled(), timeout=5000)
+        assert dialog.ap_after.text().endswith("(1 held-out image: not a measure)")
+        assert "they say little about the model" in dialog.log.toPlainText()
+        asked = answer_dialogs(qtbot, [lambda box: box.button(QMessageBox.StandardButton.No).click()])
+        dialog.use_button.click()
+        assert asked and "tested on 1 held-out image" in asked[0] and offered == []
+        answer_dialogs(qtbot, [lambda box: box.button(QMessageBox.StandardButton.Yes).click()])
+        dialog.use_button.click()
+        assert len(offered) == 1
 
 
 def test_the_dialog_runs_main_py_train_for_real_and_its_weights_propose(qtbot, tmp_path):
