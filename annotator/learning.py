@@ -37,6 +37,10 @@ HELD_OUT_FRACTION = 0.2
 DEFAULT_ROUND_SIZE = 10
 # how much nicer than the app the training runs: the UI thread wins every contest for a core
 CHILD_NICENESS = 10
+# Fewer held-out images than this and an AP says next to nothing about a model: one image's AP
+# jumps by tens of points with one detection. A round then uses the new model untested (as with
+# none), and the fine-tune dialog says so and asks first.
+MIN_HELD_OUT_IMAGES = 2
 
 
 def held_out(image: ImageRecord, fraction: float = HELD_OUT_FRACTION) -> bool:
@@ -281,7 +285,8 @@ def learning_round(
 ) -> RoundResult:
     """One round: fine-tune ``current_weights`` on the done images not held out (``held_out``),
     then keep the new model if its mask AP on the held-out done images is at least the current
-    one's. With no held-out image yet the new model is kept untested (said in ``reason``). A
+    one's. With fewer than ``MIN_HELD_OUT_IMAGES`` held-out images the new model is kept untested
+    (said in ``reason``). A
     training or evaluation that fails, or nothing to train on, keeps the current model and says
     why; the project is only read. ``on_event`` receives the training's events as they come."""
     from annotator.coco import export_coco
@@ -312,10 +317,9 @@ def learning_round(
         kept.failed, kept.reason = True, f"training failed: {problem}"
         return kept
     new_weights = str(finished[-1].get("path"))
-    if not kept.held_out:
-        return dataclasses.replace(
-            kept, weights=new_weights, replaced=True, reason="no held-out image yet: the new model is used untested"
-        )
+    if kept.held_out < MIN_HELD_OUT_IMAGES:
+        untested = f"{kept.held_out} held-out images are too few to compare: the new model is used untested"
+        return dataclasses.replace(kept, weights=new_weights, replaced=True, reason=untested)
     try:
         kept.current_ap = held_out_ap(current_weights, held_out_file, project.image_root, run_dir, settings)
         kept.new_ap = held_out_ap(new_weights, held_out_file, project.image_root, run_dir, settings)

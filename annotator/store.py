@@ -229,12 +229,15 @@ class Project(CategoryTable):
 
     def set_review_state(self, image_id: int, state: ReviewState) -> None:
         """Sets an image's review state; marking it done records when (``done_at``, the order the
-        effort statistics follow), any other state clears that."""
+        effort statistics follow; marking a done image done again keeps it), any other state clears
+        that."""
         now = time.time()
         with self.transaction():
+            # an image marked done again keeps the time it first became done
             cursor = self._db.execute(
-                "UPDATE images SET state = ?, updated_at = ?, done_at = ? WHERE id = ?",
-                (int(state), now, now if state == ReviewState.DONE else None, image_id),
+                "UPDATE images SET state = ?, updated_at = ?,"
+                " done_at = CASE WHEN ? THEN coalesce(done_at, ?) END WHERE id = ?",
+                (int(state), now, state == ReviewState.DONE, now, image_id),
             )
             if cursor.rowcount != 1:
                 raise KeyError(f"no image with id {image_id}")

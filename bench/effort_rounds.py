@@ -41,6 +41,12 @@ def add_round_arguments(parser: argparse.ArgumentParser) -> None:
         help="the next images: the file's order, or those whose proposals are least sure "
         "(annotator.learning.image_uncertainty); default list",
     )
+    parser.add_argument(
+        "--epochs",
+        type=float,
+        default=RoundSettings.epochs,
+        help=f"each round's training length (default {RoundSettings.epochs:g}, as the app)",
+    )
     parser.set_defaults(run_rounds=run_rounds)  # what effort.main runs when --rounds is given
 
 
@@ -49,7 +55,10 @@ def run_rounds(args: argparse.Namespace, data: CocoData) -> int:
     if not args.weights or args.rounds < 1 or args.round_size < 1:
         print("error: --rounds needs --weights, and --rounds and --round-size at least 1", file=sys.stderr)
         return 2
-    result = measure_rounds(data, args.weights, args.device, args.iou, args.rounds, args.round_size, args.order)
+    settings = RoundSettings(device=args.device, epochs=args.epochs)
+    result = measure_rounds(
+        data, args.weights, args.device, args.iou, args.rounds, args.round_size, args.order, settings
+    )
     print(report_rounds(result, Path(args.weights).name))
     if args.json:
         print(json.dumps(result))

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 
 from annotator.gui.model_picker import runs_dir
 from annotator.gui.training import TrainingProcess
-from annotator.learning import TrainingRequest, mask_ap, train_command
+from annotator.learning import MIN_HELD_OUT_IMAGES, TrainingRequest, mask_ap, train_command
 from annotator.store import Project, ReviewState
 from annotator.wording import counted
 
@@ -98,11 +98,6 @@ def _ap_text(event: dict) -> str:
         if isinstance(event.get(key), dict) and isinstance(event[key].get("AP"), (int, float))
     ]
     return ", ".join(parts) or "—"
-
-
-# Fewer held-out images than this and an AP says next to nothing about the model: one image's AP
-# jumps by tens of points with one detection. The dialog says so and asks before using the model.
-MIN_HELD_OUT_IMAGES = 2
 
 
 class FineTuneDialog(QDialog):

@@ -188,3 +188,12 @@ def test_info_effort_prints_the_table_per_model_and_over_time(project: Project) 
     assert "effort on 1 image marked done in the app" in shown.stdout
     row = next(line for line in lines if line.strip().startswith("m1"))
     assert row.split()[1:] == ["1", "1", "100%", "0%", "0%", "0%", "0.00", "8.0"]
+
+
+def test_an_image_marked_done_again_keeps_when_it_was_first_marked_done(project: Project) -> None:
+    project.set_review_state(1, ReviewState.DONE)
+    first = project.image(1).done_at
+    project.set_review_state(1, ReviewState.DONE)
+    assert project.image(1).done_at == first
+    project.set_review_state(1, ReviewState.IN_REVIEW)
+    assert project.image(1).done_at is None
