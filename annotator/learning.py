@@ -318,7 +318,7 @@ def learning_round(
         return kept
     new_weights = str(finished[-1].get("path"))
     if kept.held_out < MIN_HELD_OUT_IMAGES:
-        untested = f"{kept.held_out} held-out images are too few to compare: the new model is used untested"
+        untested = f"too few held-out images to compare ({kept.held_out}): the new model is used untested"
         return dataclasses.replace(kept, weights=new_weights, replaced=True, reason=untested)
     try:
         kept.current_ap = held_out_ap(current_weights, held_out_file, project.image_root, run_dir, settings)

@@ -243,7 +243,7 @@ def test_rounds_label_each_image_once_with_the_model_the_previous_round_left(sha
     )
     assert rounds[0]["train_seconds"] == 0 and rounds[0]["weights"] == "model.safetensors"
     assert rounds[1]["train_seconds"] > 0 and rounds[1]["model"]  # the round says what it decided
-    kept_new = rounds[1]["model"].startswith(("switched", "no held-out"))
+    kept_new = rounds[1]["model"].startswith(("switched", "too few held-out"))
     assert rounds[1]["weights"] == ("model_final.safetensors" if kept_new else "model.safetensors")
     for entry in rounds:
         assert 1 <= entry["actions_per_instance"] < entry["manual_actions_per_instance"]
