@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QWidget
 
 from annotator.auto_propose import AutoPropose
 from annotator.gui.garbage import collect_on_the_ui_thread
-from annotator.gui.model_picker import DownloadProgressDialog
+from annotator.gui.model_picker import DownloadProgressDialog, model_knowledge
 from annotator.gui.proposals import ModelChoice, ModelKind, PredictorLike, ProposalService
 from annotator.gui.session import Session
 from annotator.gui.status_bar import StatusBar
@@ -95,8 +95,10 @@ class ModelControl(QObject):
 
     def _on_loaded(self, version: str, device: str) -> None:
         collect_on_the_ui_thread().freeze()  # the model and torch's modules stay: keep full collections cheap
+        knowledge = ""
         if self._loading is not None:
             choice, requested = self._loading
+            knowledge = model_knowledge(choice)
             for key, value in (
                 ("kind", choice.kind.value),
                 ("name", choice.name),
@@ -106,8 +108,8 @@ class ModelControl(QObject):
                 self.settings.setValue(f"model/{key}", value)
             self._loading = None
         # what runs, as the Predictor says it ("cpu · bf16"); the device alone is what a reload asks for
-        self.status.set_model(version, getattr(self.service.worker.predictor, "execution", device))
-        self.status.showMessage(f"Model ready: {version} on {device}", 5000)
+        self.status.set_model(version, getattr(self.service.worker.predictor, "execution", device), knowledge)
+        self.status.showMessage(f"Model ready: {version} on {device}" + (f" — {knowledge}" if knowledge else ""), 8000)
         self.state_changed.emit()
 
     def _on_failed(self, message: str) -> None:

@@ -57,6 +57,14 @@ def run_choices(project_path: Path | None) -> list[ModelChoice]:
     return found
 
 
+def model_knowledge(choice: ModelChoice) -> str:
+    """What the chosen model knows, for the picker and the status bar (``model.weights.summary``;
+    imports torch, as loading a model does anyway)."""
+    from model.weights.summary import what_it_knows
+
+    return what_it_knows(choice.name)
+
+
 class ModelPickerDialog(QDialog):
     def __init__(self, project_path: Path | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -78,6 +86,10 @@ class ModelPickerDialog(QDialog):
         self.device.addItems(device_choices())
         form = QFormLayout()
         form.addRow("Device", self.device)
+        # what the highlighted model knows: its classes (the demo: synthetic shapes only)
+        self.knowledge = QLabel()
+        self.knowledge.setWordWrap(True)
+        self.list.currentItemChanged.connect(self._show_knowledge)
         note = QLabel("Registry weights are downloaded once into torch's cache; offline, pick a local file.")
         note.setWordWrap(True)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
@@ -85,6 +97,7 @@ class ModelPickerDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(self.list)
+        layout.addWidget(self.knowledge)
         layout.addWidget(browse)
         layout.addLayout(form)
         layout.addWidget(note)
@@ -99,6 +112,10 @@ class ModelPickerDialog(QDialog):
         item.setToolTip(choice.name)
         self.list.addItem(item)
         return item
+
+    def _show_knowledge(self, item: QListWidgetItem | None, _previous=None) -> None:
+        knowledge = model_knowledge(item.data(Qt.ItemDataRole.UserRole)) if item is not None else ""
+        self.knowledge.setText(knowledge.capitalize() if knowledge else "")
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Weights file", "", "Weights (*.safetensors *.pth *.pt)")

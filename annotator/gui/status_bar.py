@@ -63,9 +63,11 @@ class StatusBar(QStatusBar):
         inside = 0 <= col < width and 0 <= row < height
         self.cursor.setText(f"x {col}, y {row}" if inside else "")
 
-    def set_model(self, version: str, device: str) -> None:
-        """The model in use and what it runs on: a device, or a device and precision ("cpu · bf16")."""
+    def set_model(self, version: str, device: str, knowledge: str = "") -> None:
+        """The model in use and what it runs on: a device, or a device and precision ("cpu · bf16");
+        what it knows (its classes) in the tooltip."""
         self.model.setText(f"{version} on {device}" if version else "no model (Model → Choose model)")
+        self.model.setToolTip(knowledge)
 
     def set_progress(self, done: int, total: int) -> None:
         self.progress.setVisible(total > 0 and done < total)

@@ -65,6 +65,7 @@ def test_the_real_demo_model_proposes_in_a_new_project_and_its_categories_take_t
         window.load_model(ModelChoice(ModelKind.FILE, str(bundled_model())), "cpu")
         qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=30000)
         assert window.status.model.text().endswith(("on cpu · fp32", "on cpu · bf16"))  # what runs
+        assert window.status.model.toolTip().startswith("trained on synthetic shapes only; knows 4 classes: ellipse")
         window.model_control.propose_current()
         qtbot.waitUntil(lambda: len(_stored(window)) > 0 and not window.proposals.busy, timeout=30000)
         config = load_weights(bundled_model(), progress=False).config
