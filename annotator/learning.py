@@ -146,6 +146,8 @@ class RoundSettings:
     threads: int | None = None
     niceness: int = CHILD_NICENESS
     held_out_fraction: float = HELD_OUT_FRACTION
+    # told of each child process as it starts (training, evaluations), so that it can be ended
+    on_process: Callable[[subprocess.Popen], None] | None = None
 
     def cpu_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // 2)
@@ -227,8 +229,11 @@ def run_child(
     command: list[str], cwd: Path, settings: RoundSettings, on_event: Callable[[dict], None] | None = None
 ) -> ChildRun:
     """Runs ``command`` to its end at lower priority, in its own process group (a data-loader worker
-    goes with it), handing each JSON event to ``on_event`` as it comes."""
+    goes with it), handing each JSON event to ``on_event`` as it comes; ``settings.on_process``
+    hears of the process as it starts (the app ends it when it quits)."""
     process = start_child(command, cwd, child_environment(settings))
+    if settings.on_process is not None:
+        settings.on_process(process)
     lower_priority(process.pid, settings.niceness)
     events: list[dict] = []
     log: list[str] = []

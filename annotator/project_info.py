@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from annotator.model_history import history_lines
 from annotator.store import Project, Source
 
 
 def describe(project: Project) -> list[str]:
-    """The image folder, images per review state, and instances per category (with how many of
-    them are proposals nobody accepted, which export leaves out)."""
+    """The image folder, images per review state, instances per category (with how many of them
+    are proposals nobody accepted, which export leaves out), and the model history."""
     lines = [
         f"project:     {project.path}",
         f"image root:  {project.image_root}",
@@ -21,4 +22,4 @@ def describe(project: Project) -> list[str]:
     for category in project.categories():
         keypoints = f"  ({category.num_keypoints} keypoints)" if category.keypoints else ""
         lines.append(f"  {category.id:>3} {category.name:<20}{counts[category.id]}{keypoints}")
-    return lines
+    return lines + history_lines(project)

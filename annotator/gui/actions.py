@@ -165,6 +165,15 @@ def model_menu(w: QMainWindow) -> list[MenuItem]:
         ActionSpec("cancel", "&Cancel (drawing, or the model's job)", w.cancel, ("Escape",)),
         None,
         ActionSpec("fine_tune", "&Fine-tune on done images…", model.fine_tune),
+        ActionSpec(
+            "learn",
+            "&Learn as I label",
+            w.learning.remember,  # the window connects its toggle to LearningControl.set_enabled
+            tip="After every few images marked done, fine-tune in the background; use the new model if not worse",
+            checkable=True,
+        ),
+        ActionSpec("learn_size", "Learning round size…", model.choose_round_size),
+        ActionSpec("history", "Model &history…", model.show_history),
     ]
 
 

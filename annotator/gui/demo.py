@@ -67,6 +67,7 @@ def open_demo(window) -> None:
         # the point of the demo is proposals at once: auto-propose is on for this session (checked,
         # not triggered, so the user's own setting is not changed)
         window.actions_by_name["auto_propose"].setChecked(True)
+        window.actions_by_name["learn"].setChecked(True)  # and so is learning as you label
     window.open_path(demo_project_path())
     if model is not None:
         window.load_model(ModelChoice("file", str(model), "demo model"), "auto")

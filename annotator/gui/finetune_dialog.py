@@ -27,9 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from annotator.gui.model_picker import runs_dir
 from annotator.gui.training import TrainingProcess
 from annotator.learning import MIN_HELD_OUT_IMAGES, TrainingRequest, mask_ap, train_command
+from annotator.model_history import runs_dir
 from annotator.store import Project, ReviewState
 from annotator.wording import counted
 

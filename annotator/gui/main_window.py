@@ -33,6 +33,7 @@ from annotator.gui.garbage import collect_on_the_ui_thread
 from annotator.gui.help_dialog import HelpDialog
 from annotator.gui.image_list import ImageListPanel
 from annotator.gui.instance_list import InstanceListPanel
+from annotator.gui.learning import LearningControl
 from annotator.gui.model_control import ModelControl
 from annotator.gui.proposals import ModelChoice, PredictorLike
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
@@ -102,6 +103,7 @@ class MainWindow(QMainWindow):
         }
         for tool in self.tools.values():
             tool.message.connect(lambda text: self.status.showMessage(text, 5000))
+        self.learning = LearningControl(self, self.status, self.settings, session_source, self.model_control)
         self.folder = FolderControl(self, self.status, self.images, session_source)
         self.folder.error.connect(self._error)
         self.activity = ActivityMeter(self, session_source)  # active seconds per image (annotator.effort)
@@ -121,6 +123,8 @@ class MainWindow(QMainWindow):
         auto = self.actions_by_name["auto_propose"]
         auto.setChecked(self.model_control.auto.enabled)
         auto.toggled.connect(self.model_control.auto.set_enabled)  # also when the demo checks it
+        self.actions_by_name["learn"].setChecked(self.learning.enabled)
+        self.actions_by_name["learn"].toggled.connect(self.learning.set_enabled)
         self._rebuild_recent_menu()
         self.set_tool("select")
         self._restore_settings()
@@ -256,6 +260,7 @@ class MainWindow(QMainWindow):
         self.session.image_changed.connect(self.model_control.on_image_opened)
         for panel in (self.images, self.instances, self.categories):
             panel.set_session(self.session)
+        self.learning.project_opened(self.session)
         self.canvas.set_session(self.session)
         self._remember(project.path)
         self.setWindowTitle(f"{project.path.name} — Mask R-CNN annotator")
@@ -575,6 +580,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self._save_settings()
+        self.learning.stop()
         self.proposals.shutdown()
         self.activity.stop()
         if self.session is not None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QInputDialog, QWidget
 
 from annotator.auto_propose import AutoPropose
 from annotator.gui.garbage import collect_on_the_ui_thread
@@ -219,3 +219,33 @@ class ModelControl(QObject):
             lambda path: self.load(ModelChoice(ModelKind.RUN, path), self.service.device or "auto")
         )
         dialog.exec()
+
+    # -- the learning loop's settings and the model history (annotator.gui.learning) -----------------
+
+    def choose_round_size(self) -> None:
+        learning = self.parent().learning
+        size, ok = QInputDialog.getInt(
+            self.parent(),
+            "Learn as I label",
+            "Fine-tune after this many images marked done:",
+            learning.round_size,
+            1,
+            1000,
+        )
+        if ok:
+            learning.set_round_size(size)
+
+    def show_history(self) -> None:
+        session = self.session()
+        if session is None:
+            return
+        from annotator.gui.model_history_dialog import ModelHistoryDialog
+
+        dialog = ModelHistoryDialog(session.project, self.parent())
+        dialog.use_requested.connect(self.use_weights)
+        dialog.exec()
+
+    def use_weights(self, weights: str) -> None:
+        """Switches to a model of the history: a weights file, or registry weights."""
+        kind = ModelKind.FILE if Path(weights).is_file() else ModelKind.REGISTRY
+        self.load(ModelChoice(kind, weights), self.service.device or "auto")

@@ -24,13 +24,9 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.gui.proposals import ModelChoice, ModelKind, ProposalService
+from annotator.model_history import runs_dir
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
-
-
-def runs_dir(project_path: Path) -> Path:
-    """Where fine-tuning runs of a project go: ``<project>.runs/`` beside the project file."""
-    return project_path.with_name(project_path.name + ".runs")
 
 
 def registry_choices() -> list[ModelChoice]:
