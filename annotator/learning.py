@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from annotator.interchange import AtomicWriter, read_json
-from annotator.records import ImageRecord, ReviewState
+from annotator.records import ImageRecord, ReviewState, Source
 from annotator.review import DEFAULT_SCORE_THRESHOLD
 from annotator.store import Project
 
@@ -128,6 +128,28 @@ def image_uncertainty(scores: Sequence[float | None], threshold: float = DEFAULT
         return 1.0
     spread = max(threshold, 1.0 - threshold)
     return sum(max(0.0, 1.0 - abs(s - threshold) / spread) for s in known) / len(known)
+
+
+def image_doubts(project: Project, threshold: float = DEFAULT_SCORE_THRESHOLD) -> dict[int, float]:
+    """:func:`image_uncertainty` of every proposed image nobody has reviewed yet (state PROPOSED),
+    by image id, from the scores of its proposals."""
+    scores: dict[int, list[float | None]] = {image.id: [] for image in project.iter_images(ReviewState.PROPOSED)}
+    for instance in project.iter_instances(states=[ReviewState.PROPOSED]):
+        if instance.source == Source.MODEL:
+            scores[instance.image_id].append(instance.score)
+    return {image_id: image_uncertainty(found, threshold) for image_id, found in scores.items()}
+
+
+def least_sure_next(project: Project, image_id: int, threshold: float = DEFAULT_SCORE_THRESHOLD) -> int:
+    """ "Done, next" in the least-sure order: the proposed image the model is least sure of (ties
+    in list order), else the next image nobody has reviewed in list order (``Review.next_to_review``'s
+    rule); 0 when every image is reviewed."""
+    doubts = {i: d for i, d in image_doubts(project, threshold).items() if i != image_id}
+    if doubts:
+        return max(sorted(doubts), key=lambda i: doubts[i])
+    ids = [r.id for r in project.iter_images(states=[ReviewState.UNLABELED]) if r.id != image_id]
+    later = [i for i in ids if i > image_id] or ids
+    return later[0] if later else 0
 
 
 # --- one round ----------------------------------------------------------------------------------------

@@ -13,8 +13,15 @@ import pytest
 import torch
 
 from annotator.coco import import_coco
-from annotator.learning import RoundSettings, held_out, image_uncertainty, learning_round
-from annotator.store import Project, ReviewState
+from annotator.learning import (
+    RoundSettings,
+    held_out,
+    image_doubts,
+    image_uncertainty,
+    learning_round,
+    least_sure_next,
+)
+from annotator.store import Project, ReviewState, Source
 from model.builders import config_for
 from model.detector import MaskRCNN
 from model.synthetic import generate
@@ -138,3 +145,20 @@ def test_the_image_where_proposals_sit_near_the_threshold_is_the_least_sure():
     assert image_uncertainty([None, 0.99]) == image_uncertainty([0.99])  # a box's mask has no score
     # the threshold the proposals are shown from sets where doubt is greatest
     assert image_uncertainty([0.3], threshold=0.3) == 1.0 > image_uncertainty([0.3], threshold=0.5)
+
+
+def test_the_least_sure_proposed_image_comes_next_then_unlabeled_ones_in_list_order(tmp_path):
+    with Project.create(tmp_path / "order.annot", tmp_path) as project:
+        for name in ("a.png", "b.png", "c.png", "d.png"):
+            project.add_image(name, 8, 8, "0" * 64)
+        project.add_category("cell")
+        for image_id, score in ((2, 0.95), (3, 0.55)):  # c's proposal is near the threshold
+            project.add_instance(image_id, 1, bbox=(1, 1, 3, 3), score=score, source=Source.MODEL)
+            project.set_review_state(image_id, ReviewState.PROPOSED)
+        doubts = image_doubts(project)
+        assert set(doubts) == {2, 3} and doubts[3] > doubts[2]
+        assert least_sure_next(project, 1) == 3
+        assert least_sure_next(project, 3) == 2
+        project.set_review_state(2, ReviewState.DONE)
+        project.set_review_state(3, ReviewState.DONE)
+        assert least_sure_next(project, 1) == 4  # none proposed: the next unlabeled in list order

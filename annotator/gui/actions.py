@@ -106,6 +106,13 @@ def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
                     "done_next", "Mark &done and go to the next unlabeled image", w.mark_done_and_next, ("Space",)
                 ),
                 ActionSpec("mark_in_review", "Mark in review", lambda: w.set_review_state(ReviewState.IN_REVIEW)),
+                ActionSpec(
+                    "least_sure",
+                    "Least sure image &first",
+                    lambda: w.images.set_least_sure_first(w.actions_by_name["least_sure"].isChecked()),
+                    tip="Sort the proposed images by how unsure the model is, and go to the least sure next",
+                    checkable=True,
+                ),
                 None,
                 ActionSpec(
                     "statistics",

@@ -8,7 +8,8 @@ from PySide6.QtWidgets import QComboBox, QListView, QVBoxLayout, QWidget
 
 from annotator.gui.session import Session
 from annotator.gui.thumbnails import THUMBNAIL_SIDE, ThumbnailCache
-from annotator.store import ImageRecord, ReviewState
+from annotator.learning import image_doubts, image_uncertainty, least_sure_next
+from annotator.store import ImageRecord, ReviewState, Source
 
 STATE_COLORS = {
     ReviewState.UNLABELED: QColor("#9e9e9e"),
@@ -32,12 +33,17 @@ class ImageListModel(QAbstractListModel):
         self.records: list[ImageRecord] = []
         self.state_filter: ReviewState | None = None
         self.thumbnails = thumbnails
+        self.least_sure_first = False  # Review > Least sure image first: proposed images by doubt
+        self.doubts: dict[int, float] = {}  # annotator.learning.image_doubts of the proposed images
         self._row_of: dict[int, int] = {}
         thumbnails.ready.connect(self._thumbnail_ready)
 
     def reload(self) -> None:
         self.beginResetModel()
         self.records = self.session.project.images(self.state_filter) if self.session else []
+        self.doubts = image_doubts(self.session.project) if self.session else {}
+        if self.least_sure_first:  # the least sure first, then the rest in list order
+            self.records.sort(key=lambda record: -self.doubts.get(record.id, -1.0))
         self._row_of = {record.id: row for row, record in enumerate(self.records)}
         self.endResetModel()
 
@@ -46,6 +52,12 @@ class ImageListModel(QAbstractListModel):
         if row is None or self.session is None:
             return
         self.records[row] = self.session.project.image(image_id)
+        if self.records[row].state == ReviewState.PROPOSED:
+            self.doubts[image_id] = image_uncertainty(
+                [i.score for i in self.session.project.instances(image_id) if i.source == Source.MODEL]
+            )
+        else:
+            self.doubts.pop(image_id, None)
         index = self.index(row)
         self.dataChanged.emit(index, index)
 
@@ -60,7 +72,9 @@ class ImageListModel(QAbstractListModel):
             return None
         record = self.records[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"{record.file_name}\n{record.state.label}"
+            doubt = self.doubts.get(record.id)
+            unsure = f" · unsure {100 * doubt:.0f}%" if doubt is not None else ""
+            return f"{record.file_name}\n{record.state.label}{unsure}"
         if role == Qt.ItemDataRole.ToolTipRole:
             return f"{record.file_name}\n{record.width} x {record.height}\n{record.state.label}"
         if role == Qt.ItemDataRole.DecorationRole:
@@ -158,6 +172,22 @@ class ImageListPanel(QWidget):
     def _current_changed(self, current: QModelIndex, previous: QModelIndex) -> None:
         if current.isValid() and not self._following_session:
             self.image_activated.emit(current.data(Qt.ItemDataRole.UserRole))
+
+    def set_least_sure_first(self, on: bool) -> None:
+        """Review > Least sure image first: the list sorts the proposed images by how unsure the
+        model is of them, and "Done, next" goes to the least sure (list order otherwise)."""
+        self.model.least_sure_first = on
+        self.model.reload()
+        if self.session is not None:
+            self.show_current(self.session.image_id)
+
+    def next_to_review(self, image_id: int) -> int:
+        """The image "Done, next" goes to, in the order the person chose."""
+        if self.session is None:
+            return 0
+        if self.model.least_sure_first:
+            return least_sure_next(self.session.project, image_id, self.session.view.score_threshold)
+        return self.session.review.next_to_review(image_id)
 
     def visible_ids(self) -> list[int]:
         return [record.id for record in self.model.records]

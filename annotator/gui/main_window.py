@@ -339,7 +339,7 @@ class MainWindow(QMainWindow):
         if session is None or not session.image_id:
             return
         done = session.review.mark_done(session.image_id)
-        later = session.review.next_to_review(session.image_id)
+        later = self.images.next_to_review(session.image_id)
         if later:
             self.show_image(later)
         self.status.showMessage(done.summary() + ("" if later else "; every image is reviewed"), 8000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 
-from annotator.store import Source
+from annotator.store import ReviewState, Source
 from tests.gui.driving import BLOBS, drag, key, load_model, open_and_wait, wait_for_image, zoom_4x
 
 
@@ -62,3 +62,16 @@ def test_ctrl_shift_v_copies_the_previous_images_labels(qtbot, window, blob_proj
     assert copy.bbox == (x, y, w, h) and copy.source == Source.HUMAN
     assert window.status.currentMessage() == "Copied 1 label from 00.png"
     assert window.instances.tree.topLevelItemCount() == 1
+
+
+def test_least_sure_first_sorts_the_list_shows_the_doubt_and_done_next_follows_it(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    project = window.session.project
+    for image_id, score in ((2, 0.97), (3, 0.52)):  # the third image's proposal sits at the threshold
+        project.add_instance(image_id, 1, bbox=(10, 12, 30, 20), score=score, source=Source.MODEL)
+        project.set_review_state(image_id, ReviewState.PROPOSED)
+    window.actions_by_name["least_sure"].trigger()
+    assert window.images.visible_ids() == [3, 2, 1]
+    assert window.images.model.index(0).data().endswith("proposed · unsure 96%")
+    key(window, Qt.Key.Key_Space)  # image 1 done: the least sure comes next, not image 2
+    wait_for_image(qtbot, window, 3)
