@@ -41,6 +41,22 @@ def weights_of(project: Project, record: ModelRecord) -> str:
     return str(path) if not Path(record.weights).is_absolute() and path.is_file() else record.weights
 
 
+def project_model(project: Project) -> str | None:
+    """The weights file of the project's model in use, to propose with again when it is opened;
+    None when it has none, or its model is registry weights (loading those may download: the
+    person chooses that in the model picker) or a file that is gone."""
+    record = next((r for r in project.model_history() if r.version == project.model_in_use), None)
+    weights = weights_of(project, record) if record is not None else None
+    return weights if weights is not None and Path(weights).is_file() else None
+
+
+def same_weights(a: str, b: str) -> bool:
+    """Whether two weights (files or registry names) are the same: files by their resolved path."""
+    if Path(a).is_file() and Path(b).is_file():
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
 def file_version(path: Path) -> str:
     """The model version the Predictor will give a weights file (file stem + 8 hash digits)."""
     from model.weights.download import WeightsFile, sha256_of

@@ -65,10 +65,14 @@ class ModelControl(QObject):
 
     # -- loading --------------------------------------------------------------------------------
 
-    def load(self, choice: ModelChoice, device: str = "auto") -> None:
+    def load(self, choice: ModelChoice, device: str = "auto") -> bool:
+        """Starts loading ``choice``; False when the model thread is busy (the status bar says so)
+        and nothing changes."""
+        if not self.service.load(choice, device):
+            return False
         self._loading = (choice, device)  # remembered in the settings once it has loaded
         self.status.set_model(f"loading {choice.title}…", device)
-        self.service.load(choice, device)
+        return True
 
     def restore(self) -> bool:
         """Loads the model that last loaded (kept in the settings), as labelme and CVAT users

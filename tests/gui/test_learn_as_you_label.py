@@ -122,3 +122,73 @@ def test_a_failed_round_says_why_and_changes_nothing(qtbot, settings, labelled_p
     assert project.model_history() == history and project.model_in_use == in_use
     assert window.proposals.has_model  # the model in use stays loaded
     window.close()
+
+
+def test_a_round_that_ends_while_the_model_is_proposing_switches_once_the_proposals_are_done(
+    qtbot, settings, labelled_project, tmp_path
+):
+    weights = tmp_path / "demo.safetensors"
+    shutil.copy(bundled_model(), weights)
+    window = learning_window(qtbot, settings, labelled_project, weights)
+    project = window.session.project
+
+    def keep_proposing(busy: bool) -> None:  # a person proposing image after image while the round trains
+        if not busy and len(project.model_history()) < 2:
+            window.model_control.propose_current()
+
+    window.proposals.busy_changed.connect(keep_proposing)
+    busy_at_the_end = []
+    window.learning.finished.connect(lambda *_: busy_at_the_end.append(window.proposals.busy))
+    first = window.session.image_id
+    key(window, Qt.Key.Key_Space)
+    wait_for_image(qtbot, window, first + 1)
+    keep_proposing(False)
+    key(window, Qt.Key.Key_Space)  # the round starts
+    qtbot.waitUntil(lambda: len(project.model_history()) == 2, timeout=120000)
+    assert busy_at_the_end == [True]  # the model thread was proposing as the round ended
+    produced = project.model_history()[1]
+    qtbot.waitUntil(lambda: window.proposals.model_version == produced.version, timeout=60000)
+    assert project.model_in_use == produced.version
+    untouched = [i.id for i in project.iter_images(states=[ReviewState.UNLABELED, ReviewState.PROPOSED])]
+    qtbot.waitUntil(
+        lambda: (
+            not window.proposals.busy
+            and all(
+                i.model_version == produced.version
+                for image_id in untouched
+                for i in project.instances(image_id)
+                if i.source.value == "model"
+            )
+        ),
+        timeout=60000,
+    )
+    window.close()
+
+
+def test_reopening_a_project_proposes_with_its_own_model_and_a_new_one_records_the_model_loaded(
+    qtbot, settings, labelled_project, tmp_path
+):
+    from annotator.model_history import file_version, record_start, runs_dir
+
+    learned = runs_dir(labelled_project) / "round-001" / "model_final.safetensors"
+    learned.parent.mkdir(parents=True)
+    shutil.copy(bundled_model(), learned)
+    with Project.open(labelled_project) as project:
+        record_start(project, file_version(learned), str(learned))  # what a round left in use
+    other = tmp_path / "other.safetensors"
+    shutil.copy(bundled_model(), other)
+    window = MainWindow(settings=settings)
+    qtbot.addWidget(window)
+    window.load_model(ModelChoice(ModelKind.FILE, str(other), "other"), "cpu")  # the model of the last session
+    open_and_wait(qtbot, window, labelled_project)  # opened while that one still loads
+    qtbot.waitUntil(lambda: window.proposals.model_version == file_version(learned), timeout=60000)
+    qtbot.waitUntil(lambda: not window.proposals.busy, timeout=60000)
+    project = window.session.project
+    assert [r.version for r in project.model_history()] == [file_version(learned)]  # no record of the other
+    assert project.model_in_use == file_version(learned)
+    fresh = tmp_path / "fresh.annot"
+    Project.create(fresh, tmp_path / "images").close()
+    window.open_path(fresh)  # a project without a history: the model loaded is its starting model
+    (start,) = window.session.project.model_history()
+    assert start.version == file_version(learned) and window.session.project.model_in_use == start.version
+    window.close()
