@@ -14,7 +14,14 @@ There are three kinds of request (:class:`PromptKind`):
   (the class score of a drawn box is no detection score); the model version stays as its
   provenance, and the image goes in review;
 - a click (click to segment): the highest-scoring detection whose mask holds the clicked pixel,
-  at any score, becomes a proposal with its class and score, selected so that Enter accepts it.
+  of any class and at any score, becomes a proposal with its score, selected so that Enter accepts
+  it; where no detection holds the pixel, box to mask on a box grown from the click gives it
+  (:func:`box_grown_from`). It keeps its class when the project has that category, and takes the
+  current category otherwise: a class only the model knows says nothing about a project that
+  labels other things (docs/decisions/0016).
+
+A category the model does not know (a user's "cat") still gets masks: ``predict_in_box`` segments
+the box class-agnostic and gives the caller's category.
 """
 
 from __future__ import annotations
@@ -30,6 +37,14 @@ from annotator.proposals import Proposal, ProposalCategories, to_proposals
 from annotator.review import Review, duplicates, region
 from annotator.store import Category, Instance, ReviewState, Source
 from annotator.wording import counted
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+
+# Click to segment where no detection holds the click: box to mask on squares centred on it, these
+# fractions of the image's shorter side across (objects from small to half the image), then once
+# more on the best mask's own box, this fraction of its longer side wider on every side.
+GROWN_BOX_SIDES: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5)
+GROWN_BOX_MARGIN = 0.1
 
 
 class PromptKind(enum.StrEnum):
@@ -71,6 +86,50 @@ def detection_at(instances: Any, point: tuple[float, float]) -> int | None:
     return int(holding[int(np.argmax(np.asarray(instances.scores)[holding]))])
 
 
+def box_grown_from(
+    point: tuple[float, float], image_size: tuple[int, int], segment_box: Callable[[Box], Any]
+) -> list[Proposal]:
+    """Box to mask on a box grown from a click that no detection holds: ``segment_box`` (the
+    predictor's ``predict_in_box`` with the current category) on squares centred on ``point``,
+    ``GROWN_BOX_SIDES`` of the image's shorter side (``image_size`` height, width) across. The mask
+    that holds the click with the best score wins, and box to mask runs once more on that mask's
+    box with ``GROWN_BOX_MARGIN`` around it, as a person would redraw the box round the object;
+    the redrawn mask is kept when it still holds the click. No mask holding the click: nothing."""
+    height, width = image_size
+    x, y = point
+    best: tuple[float, Any, int] | None = None  # score, instances, the one holding the click
+    for side in GROWN_BOX_SIDES:
+        half = max(1.0, side * min(height, width) / 2)
+        found = segment_box((max(0.0, x - half), max(0.0, y - half), min(width, x + half), min(height, y + half)))
+        at = detection_at(found, point)
+        if at is not None and (best is None or float(np.asarray(found.scores)[at]) > best[0]):
+            best = float(np.asarray(found.scores)[at]), found, at
+    if best is None:
+        return []
+    _, found, at = best
+    ys, xs = np.nonzero(np.asarray(found.masks)[at])
+    margin = GROWN_BOX_MARGIN * max(xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min())
+    redrawn = segment_box(
+        (
+            max(0.0, xs.min() - margin),
+            max(0.0, ys.min() - margin),
+            min(width, xs.max() + 1 + margin),
+            min(height, ys.max() + 1 + margin),
+        )
+    )
+    again = detection_at(redrawn, point)
+    return to_proposals(found, [at]) if again is None else to_proposals(redrawn, [again])
+
+
+def proposals_at_click(
+    instances: Any, point: tuple[float, float], image_size: tuple[int, int], segment_box: Callable[[Box], Any]
+) -> list[Proposal]:
+    """What a click gives: the detection at ``point`` in the image's ``instances`` (any class, any
+    score), else box to mask on a box grown from the click (:func:`box_grown_from`)."""
+    found = proposals_for(PromptKind.POINT, instances, point)
+    return found or box_grown_from(point, image_size, segment_box)
+
+
 def instance_at_click(under_click: list[Instance]) -> Instance | None:
     """What a click on existing instances picks before the model is asked: the best-scoring
     proposal under the click (every proposal counts, also those under the score threshold), else
@@ -106,8 +165,9 @@ def store_result(
     review: Review, result: ProposalResult, current_category: Callable[[], Category], image_in_view: int
 ) -> PromptOutcome:
     """Writes ``result`` to the project as one undo step, as its prompt means (module docstring).
-    ``current_category()`` gives the category a box's label takes; ``image_in_view`` is the image
-    the person has open (only what concerns it is selected and reported)."""
+    ``current_category()`` gives the category a box's label takes, and a click's proposal of a
+    class the project does not have; ``image_in_view`` is the image the person has open (only what
+    concerns it is selected and reported)."""
     project = review.project
     categories = ProposalCategories(project, result.keypoint_names, result.keypoint_skeleton)
     in_view = result.image_id == image_in_view
@@ -125,6 +185,8 @@ def store_result(
     if box:
         category = current_category()
         proposals = [replace(p, label_name=category.name, score=None) for p in proposals]
+    elif project.category_by_name(proposals[0].label_name) is None:
+        proposals = [replace(p, label_name=current_category().name) for p in proposals]
     added = review.history.add_proposals(
         result.image_id,
         proposals,

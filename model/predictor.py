@@ -127,7 +127,10 @@ class Predictor:
         return self.model.config.keypoint_skeleton
 
     def has_keypoints(self, label: int | str) -> bool:
-        """Whether instances of this class get keypoints (every foreground class of a keypoint model)."""
+        """Whether instances of this class get keypoints (every foreground class of a keypoint model;
+        not a category the model does not know)."""
+        if isinstance(label, str) and label not in self.class_names:
+            return False
         return bool(self.keypoint_names) and self._label_index(label) > 0
 
     # -- inference --------------------------------------------------------------------------
@@ -160,6 +163,13 @@ class Predictor:
         Runs only the RoI heads on the image's cached features (the backbone runs only if the
         image is not cached). Without ``label`` the box head classifies the box; the score is the
         class probability. The box is kept as drawn (clipped to the image, not regressed).
+
+        A category name the model does not know (a user's ``"cat"``) is segmented class-agnostic:
+        the mask head needs no recognising, only a box (docs/decisions/0016). The mask is that of
+        the box's most probable class, the score the probability that the box holds an object of
+        any class (one less the background's), ``labels`` the class whose mask it is, and
+        ``label_names`` the caller's category; the model's keypoints belong to its own classes, so
+        there are none. A class index out of range is still an error.
         """
         with self._running():
             cached = self._features(image)
@@ -175,21 +185,23 @@ class Predictor:
 
             class_logits, _ = heads.classify(cached.features, [box_input])
             probabilities = F.softmax(class_logits.float(), dim=-1)[0]
-            if label is None:
+            unknown = isinstance(label, str) and label not in self.class_names
+            if label is None or unknown:
                 label_index = int(probabilities[1:].argmax()) + 1
             else:
                 label_index = self._label_index(label)
             labels = torch.tensor([label_index], device=self.device)
-            detections = Detections(
-                boxes=box_input, scores=probabilities[label_index : label_index + 1], labels=labels, counts=[1]
-            )
+            score = 1 - probabilities[:1] if unknown else probabilities[label_index : label_index + 1]
+            detections = Detections(boxes=box_input, scores=score, labels=labels, counts=[1])
             if heads.has_mask:
                 detections.masks = heads.predict_masks(cached.features, [box_input], labels)
-            if heads.has_keypoint and self.has_keypoints(label_index):
+            if heads.has_keypoint and not unknown and self.has_keypoints(label_index):
                 detections.keypoints, detections.keypoint_scores = heads.predict_keypoints(cached.features, [box_input])
             self._check_cancelled()
             instances = self._instances(detections, batch, 0, score_threshold=0.0)
             instances.boxes = box_image.cpu()  # as drawn, not mapped there and back
+            if unknown:
+                instances.label_names = [str(label)]
             return instances
 
     def cancel(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import enum
+import functools
 import os
 import threading
 import time
@@ -29,7 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, SignalInstance, Slot
 
-from annotator.prompts import PromptKind, ProposalResult, proposals_for
+from annotator.prompts import PromptKind, ProposalResult, proposals_at_click, proposals_for
+from annotator.proposals import Proposal
 from model.images import read_image
 
 # A download reports after 0.1 s or 1 % of the file (1 MB when the size is unknown), whichever
@@ -193,25 +195,30 @@ class ProposalWorker(QObject):
             instances = self.predictor.predict_in_box(image, tuple(box), label or None)
             self.result.emit(self._result(image_id, instances, PromptKind.BOX))
 
-    @Slot(int, str, tuple)
-    def segment_point(self, image_id: int, path: str, point: tuple) -> None:
-        """The highest-scoring predicted mask holding ``point``, at any score (the image's last
-        prediction is reused)."""
+    @Slot(int, str, tuple, str)
+    def segment_point(self, image_id: int, path: str, point: tuple, label: str) -> None:
+        """The highest-scoring predicted mask holding ``point``, of any class and at any score (the
+        image's last prediction is reused), else box to mask with ``label`` (the current category,
+        "" for none) on a box grown from the click (annotator.prompts.proposals_at_click)."""
         with self._job("Finding the object at the click"):
             image = self._image(image_id, path)
             if self._last_prediction is None or self._last_prediction[0] != image_id:
                 self._last_prediction = (image_id, self.predictor.predict(image))
-            self.result.emit(self._result(image_id, self._last_prediction[1], PromptKind.POINT, tuple(point)))
+            instances = self._last_prediction[1]
+            segment_box = functools.partial(self.predictor.predict_in_box, image, label=label or None)
+            found = proposals_at_click(instances, tuple(point), image.shape[:2], segment_box)
+            self.result.emit(self._result(image_id, instances, PromptKind.POINT, found))
 
     def _result(
-        self, image_id: int, instances: Any, prompt: PromptKind, point: tuple[float, float] | None = None
+        self, image_id: int, instances: Any, prompt: PromptKind, proposals: list[Proposal] | None = None
     ) -> ProposalResult:
-        """The proposals ``prompt`` gives (annotator.prompts), masks encoded here, in the model thread."""
+        """The proposals ``prompt`` gives (annotator.prompts; ``proposals`` where already made),
+        masks encoded here, in the model thread."""
         version = str(getattr(instances, "model_version", "") or getattr(self.predictor, "model_version", ""))
         return ProposalResult(
             image_id,
             version,
-            proposals_for(prompt, instances, point),
+            proposals_for(prompt, instances) if proposals is None else proposals,
             prompt,
             tuple(getattr(self.predictor, "keypoint_names", ())),
             tuple(getattr(self.predictor, "keypoint_skeleton", ())),
@@ -251,7 +258,7 @@ class ProposalService(QObject):
     _load = Signal(object, str)
     _propose = Signal(list)
     _segment_box = Signal(int, str, tuple, str)
-    _segment_point = Signal(int, str, tuple)
+    _segment_point = Signal(int, str, tuple, str)
 
     model_loaded = Signal(str, str)  # version, device
     model_failed = Signal(str)
@@ -341,10 +348,10 @@ class ProposalService(QObject):
         self._segment_box.emit(image_id, self.paths(image_id), tuple(box), label)
         return True
 
-    def segment_point(self, image_id: int, point: tuple[float, float]) -> bool:
+    def segment_point(self, image_id: int, point: tuple[float, float], label: str = "") -> bool:
         if not self.has_model or not self._start():
             return False
-        self._segment_point.emit(image_id, self.paths(image_id), tuple(point))
+        self._segment_point.emit(image_id, self.paths(image_id), tuple(point), label)
         return True
 
     def cancel(self) -> None:

@@ -1,16 +1,28 @@
 """What a model result becomes without a window: proposals for a whole image, a label for a box a
-person drew, a proposal for a click; and which detection a box or a click picks."""
+person drew, a proposal for a click; and which detection a box or a click picks, or which box a
+click grows where no detection holds it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from annotator import masks
 from annotator.commands import UndoStack
-from annotator.prompts import PromptKind, ProposalResult, detection_at, instance_at_click, proposals_for, store_result
+from annotator.prompts import (
+    GROWN_BOX_SIDES,
+    PromptKind,
+    ProposalResult,
+    detection_at,
+    instance_at_click,
+    proposals_at_click,
+    proposals_for,
+    store_result,
+)
 from annotator.review import Review, ViewState
 from annotator.store import Category, Project, ReviewState, Source
 
@@ -123,6 +135,7 @@ def test_a_box_becomes_a_label_of_the_current_category_without_a_score_and_puts_
 def test_a_click_becomes_a_selected_proposal_of_the_models_class_with_its_score(
     project: Project, review: Review
 ) -> None:
+    project.add_category("ring")
     found = detections(("blob", 0.4, (0, 0, 10, 10)), ("ring", 0.6, (5, 5, 10, 10)), ("far", 0.9, (30, 20, 5, 5)))
     outcome = store_result(review, result(PromptKind.POINT, found, point=(7.5, 6.2)), no_category, image_in_view=1)
     (added,) = outcome.added
@@ -130,6 +143,63 @@ def test_a_click_becomes_a_selected_proposal_of_the_models_class_with_its_score(
     assert added.source == Source.MODEL and outcome.select == [added.id]
     assert outcome.message == "Click to segment: added ring"
     assert project.image(1).state == ReviewState.PROPOSED and review.history.undo_text == "Click to segment"
+
+
+def test_a_clicks_proposal_of_a_class_the_project_does_not_have_takes_the_current_category(
+    project: Project, review: Review
+) -> None:
+    found = detections(("star", 0.3, (5, 5, 10, 10)))  # a class only the model knows
+    cell = project.category_by_name("cell")
+    outcome = store_result(review, result(PromptKind.POINT, found, point=(7.5, 6.2)), lambda: cell, image_in_view=1)
+    (added,) = outcome.added
+    assert (added.category_id, added.source, added.score) == (cell.id, Source.MODEL, pytest.approx(0.3))
+    assert outcome.message == "Click to segment: added cell" and outcome.select == [added.id]
+    assert project.category_by_name("star") is None
+
+
+OBJECT = (12, 6, 12, 12)  # x, y, w, h of the one object the fake box to mask finds
+
+
+def box_to_mask(calls: list) -> Callable[[tuple[float, float, float, float]], Detections]:
+    """A fake ``predict_in_box`` with a user's category: the pixels of OBJECT whose centres lie in
+    the box, scored by how well the box fits the object (box IoU), as the model's objectness would."""
+    x, y, w, h = OBJECT
+
+    def segment(box: tuple[float, float, float, float]) -> Detections:
+        calls.append(box)
+        x1, y1, x2, y2 = box
+        columns, rows = np.arange(WIDTH) + 0.5, np.arange(HEIGHT) + 0.5
+        inside = ((rows >= y1) & (rows < y2))[:, None] & ((columns >= x1) & (columns < x2))[None, :]
+        mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+        mask[y : y + h, x : x + w] = True
+        overlap = max(0.0, min(x2, x + w) - max(x1, x)) * max(0.0, min(y2, y + h) - max(y1, y))
+        fit = overlap / ((x2 - x1) * (y2 - y1) + w * h - overlap)
+        return Detections(np.array([box], np.float32), np.array([fit], np.float32), ["cat"], (mask & inside)[None])
+
+    return segment
+
+
+def test_a_click_no_detection_holds_is_box_to_mask_on_a_box_grown_from_it() -> None:
+    calls: list = []
+    far = detections(("blob", 0.9, (30, 20, 5, 5)))
+    (proposal,) = proposals_at_click(far, (18.5, 12.5), (HEIGHT, WIDTH), box_to_mask(calls))
+    assert proposal.label_name == "cat" and masks.bbox(proposal.rle) == OBJECT  # the whole object
+    assert masks.area(proposal.rle) == OBJECT[2] * OBJECT[3]
+    squares = calls[: len(GROWN_BOX_SIDES)]  # centred on the click, fractions of the shorter side
+    assert [round(x2 - x1, 2) for x1, _, x2, _ in squares] == [round(s * HEIGHT, 2) for s in GROWN_BOX_SIDES]
+    assert all((x1 + x2) / 2 == 18.5 and (y1 + y2) / 2 == 12.5 for x1, y1, x2, y2 in squares)
+    # the best square (10.5 px) cut the object; box to mask ran again on its mask's box, wider
+    x1, y1, x2, y2 = calls[-1]
+    assert len(calls) == len(GROWN_BOX_SIDES) + 1 and x1 < 13 and y1 < 7 and x2 > 23 and y2 > 17
+
+
+def test_a_click_a_detection_holds_asks_for_no_box_and_one_nothing_holds_gives_nothing() -> None:
+    calls: list = []
+    found = detections(("blob", 0.2, (15, 10, 5, 5)))
+    (proposal,) = proposals_at_click(found, (16.5, 11.5), (HEIGHT, WIDTH), box_to_mask(calls))
+    assert proposal.label_name == "blob" and calls == []
+    assert proposals_at_click(found, (35.5, 25.5), (HEIGHT, WIDTH), box_to_mask(calls)) == []
+    assert len(calls) == len(GROWN_BOX_SIDES)  # no square's mask held the click: no second try
 
 
 def test_a_prompt_that_finds_nothing_says_so_and_adds_nothing(project: Project, review: Review) -> None:

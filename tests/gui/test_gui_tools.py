@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QPoint, Qt
+from PIL import Image
+from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtTest import QTest
 
 from annotator.store import Project, ReviewState, Source
-from tests.gui.driving import BLOBS, at, click, drag, key, load_model, open_and_wait, wait_for_image, zoom_4x
+from tests.gui.driving import (
+    BLOBS,
+    at,
+    click,
+    drag,
+    key,
+    load_model,
+    open_and_wait,
+    wait_for_image,
+    warnings_shown,
+    zoom_4x,
+)
 
 
 def _stored(window):
@@ -220,3 +232,58 @@ def test_click_selects_the_best_proposal_or_asks_the_model(qtbot, window, blob_p
     assert window.session.selection == [found.id] and len(_stored(window)) == 1
     key(window, Qt.Key.Key_Return)
     assert window.session.project.instance(found.id).source == Source.HUMAN
+
+
+def test_box_and_click_give_masks_of_a_category_the_real_model_does_not_know(qtbot, settings, tmp_path):
+    """The demo model knows four shapes; the project labels cats. A box becomes a 'cat' label with
+    the object's mask, and a click on another object a 'cat' proposal (docs/decisions/0016)."""
+    from annotator.gui.main_window import MainWindow
+    from annotator.gui.proposals import ModelChoice, ModelKind
+    from model.synthetic_novel import make_novel_sample
+    from resources import bundled_model
+
+    # a cross and a heart: shapes the demo model never saw
+    pixels, shapes = make_novel_sample(np.random.default_rng(5), 240, 320, known_shapes=(0, 0), novel_shapes=(2, 2))
+    cross, heart = (shape["mask"] for shape in shapes)
+    folder = tmp_path / "cats"
+    folder.mkdir()
+    Image.fromarray(pixels).save(folder / "cat.png")
+    path = tmp_path / "cats.annot"
+    with Project.create(path, folder) as project:
+        project.add_image("cat.png", 320, 240, "hash-cat")
+        project.add_category("cat")
+    window = MainWindow(settings=settings)  # the real Predictor, in the model thread
+    qtbot.addWidget(window)
+    window.resize(1000, 700)
+    window.show()
+    try:
+        with warnings_shown() as warnings:  # an error opens a message box: closed and read here
+            open_and_wait(qtbot, window, path)
+            window.canvas.set_view(1.0, QPointF(0, 0))
+            window.load_model(ModelChoice(ModelKind.FILE, str(bundled_model())), "cpu")
+            qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=30000)
+            assert window.session.current_category.name == "cat"
+
+            key(window, Qt.Key.Key_R)
+            ys, xs = np.nonzero(cross)
+            drag(window, [(xs.min() - 3, ys.min() - 3), (xs.mean(), ys.mean()), (xs.max() + 4, ys.max() + 4)])
+            qtbot.waitUntil(lambda: warnings or len(_stored(window)) == 1 and not window.proposals.busy, timeout=30000)
+            assert warnings == []  # not "unknown category 'cat'"
+            (label,) = _stored(window)
+            assert window.session.project.category(label.category_id).name == "cat" and label.source == Source.HUMAN
+            assert (label.mask & cross).sum() / (label.mask | cross).sum() > 0.85
+            assert window.status.currentMessage() == "Box to mask: added cat"
+
+            key(window, Qt.Key.Key_S)
+            ys, xs = np.nonzero(heart)
+            x, y = xs[len(xs) // 2], ys[len(ys) // 2]  # a pixel of the heart
+            click(window, x + 0.5, y + 0.5)
+            qtbot.waitUntil(lambda: warnings or len(_stored(window)) == 2 and not window.proposals.busy, timeout=30000)
+            assert warnings == []
+            proposal = _stored(window)[1]
+            assert window.session.project.category(proposal.category_id).name == "cat"
+            assert proposal.source == Source.MODEL and proposal.mask[y, x] and window.session.selection == [proposal.id]
+            assert (proposal.mask & heart).sum() / (proposal.mask | heart).sum() > 0.8
+            assert [c.name for c in window.session.project.categories()] == ["cat"]  # no 'ellipse' came in
+    finally:
+        window.close()

@@ -1,5 +1,6 @@
 """Click to segment: a click inside an object selects the best proposal there; where there is
-none, the model is asked for the best mask holding the clicked point (annotator.prompts)."""
+none, the model is asked for the best mask holding the clicked point, else for box to mask with the
+current category on a box grown from the click (annotator.prompts)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class ClickTool(Tool):
         if self.proposals is not None and self.proposals.has_model:
             image = session.image
             if 0 <= x < image.width and 0 <= y < image.height:
-                self.proposals.segment_point(session.image_id, (x, y))
+                category = session.current_category
+                self.proposals.segment_point(session.image_id, (x, y), category.name if category else "")
                 self.message.emit("Asking the model for the object here...")
         else:
             self.message.emit("No proposal here, and no model loaded to ask")
