@@ -370,9 +370,10 @@ class CocoDataset(torch.utils.data.Dataset):
     """(image, target) pairs for ``MaskRCNN.losses``.
 
     An item is looked up by ``index`` or by ``(index, flip)``. The image is (3, H, W) uint8 RGB;
-    the target holds ``boxes`` (G, 4) float32, ``labels`` (G,) int64, ``masks`` (G, H, W) uint8,
-    ``keypoints`` (G, K, 3) float32, ``crowd_boxes`` (C, 4) float32 and ``image_id``, all in
-    the image's pixels after the flip.
+    the target holds ``boxes`` (G, 4) float32, ``labels`` (G,) int64, ``masks`` (G, H, W) uint8
+    with ``has_mask`` (G,) bool (False for a box-only annotation: an empty mask, no mask loss),
+    ``keypoints`` (G, K, 3) float32, ``crowd_boxes`` (C, 4) float32 and ``image_id``, all in the
+    image's pixels after the flip.
 
     An image that cannot be used raises ``ImageReadError`` naming it; with ``errors_as_items`` the
     error is returned as the item instead, for a ``DataLoader`` (see ``collate``).
@@ -404,11 +405,10 @@ class CocoDataset(torch.utils.data.Dataset):
         if (height, width) != (record.height, record.width):
             raise _size_mismatch(path, width, height, record)
         masks = np.zeros((len(record.boxes), height, width), np.uint8)
+        # a box without a mask (docs/decisions/0015) trains the box head only: its mask stays empty
+        has_mask = np.array([segmentation is not None for segmentation in record.segmentations], dtype=bool)
         for i, segmentation in enumerate(record.segmentations):
-            if segmentation is None:  # a box without a mask: the box is the best mask there is
-                x1, y1, x2, y2 = record.boxes[i]
-                masks[i, int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)] = 1
-            else:
+            if segmentation is not None:
                 masks[i] = mask_utils.decode(_rle(segmentation, height, width))
         boxes, keypoints, crowd = record.boxes.copy(), record.keypoints.copy(), record.crowd_boxes.copy()
         if flip:
@@ -423,6 +423,7 @@ class CocoDataset(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(boxes),
             "labels": torch.from_numpy(record.labels.copy()),
             "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+            "has_mask": torch.from_numpy(has_mask),
             "keypoints": torch.from_numpy(np.ascontiguousarray(keypoints)),
             "crowd_boxes": torch.from_numpy(crowd),
             "image_id": torch.tensor(record.image_id),

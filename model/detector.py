@@ -182,6 +182,8 @@ class MaskRCNN(nn.Module):
             }
             if c.mask_on:
                 item["masks"] = target["masks"].to(device)
+                if "has_mask" in target:  # box-only ground truth: no mask loss (docs/decisions/0015)
+                    item["has_mask"] = target["has_mask"].to(device)
             if c.keypoint_on:
                 item["keypoints"] = rescale_keypoints(target["keypoints"].to(device).float(), scale)
             scaled.append(item)

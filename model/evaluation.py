@@ -4,6 +4,10 @@ APs are fractions in [0, 1], as pycocotools computes them (``None`` where undefi
 truth in that class or area range). Keypoint AP needs one OKS sigma per keypoint: COCO's for its
 17 person keypoints, otherwise the mean of COCO's for every keypoint (a keypoint as hard to place
 as the average COCO one).
+
+A box-only ground truth (an annotation without ``segmentation``: a box still to be refined, see
+docs/decisions/0015-box-only-labels.md) counts for box AP and is ignored for mask AP: there it is
+a crowd region of its box, so a predicted mask on it is neither a hit nor a false positive.
 """
 
 from __future__ import annotations
@@ -76,6 +80,32 @@ def instances_to_results(
     return results
 
 
+def has_mask(annotation: dict[str, Any]) -> bool:
+    """Whether a COCO annotation holds a mask (polygons or RLE), not only a box."""
+    return bool(annotation.get("segmentation"))
+
+
+def mask_ground_truth(ground_truth: dict[str, Any]) -> dict[str, Any]:
+    """``ground_truth`` for mask AP: each box-only annotation made a crowd region covering its box
+    (pycocotools ignores a detection that falls on a crowd region; it cannot read an annotation
+    without a segmentation at all)."""
+    annotations = []
+    for entry in ground_truth["annotations"]:
+        if not has_mask(entry):
+            x, y, w, h = (float(v) for v in entry["bbox"])
+            entry = dict(entry, iscrowd=1, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]])
+        annotations.append(entry)
+    return dict(ground_truth, annotations=annotations)
+
+
+def _coco(ground_truth: dict[str, Any]) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools talks on stdout: that is our events' channel
+        gt = COCO()
+        gt.dataset = ground_truth
+        gt.createIndex()
+    return gt
+
+
 def coco_evaluate(
     ground_truth: dict[str, Any],
     results: list[dict[str, Any]],
@@ -88,10 +118,7 @@ def coco_evaluate(
         Per IoU type (``bbox``, ``segm``, ``keypoints``): ``AP``, ``AP50``, ``AP75``, ``APs``
         (not for keypoints), ``APm``, ``APl`` and ``per_class`` (category name -> AP).
     """
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools talks on stdout: that is our events' channel
-        gt = COCO()
-        gt.dataset = ground_truth
-        gt.createIndex()
+    truth = _coco(ground_truth)
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
     summary: dict[str, dict[str, Any]] = {}
     for iou_type in iou_types:
@@ -103,6 +130,9 @@ def coco_evaluate(
             category_ids = [c["id"] for c in ground_truth["categories"] if c.get("keypoints")]
         else:
             category_ids = sorted(names)
+        gt = truth
+        if iou_type == "segm" and not all(has_mask(a) for a in ground_truth["annotations"]):
+            gt = _coco(mask_ground_truth(ground_truth))
         if not gt.getImgIds() or not category_ids:
             continue
         if not usable:

@@ -379,7 +379,8 @@ class RoIHeads(nn.Module):
             targets: per image, in input pixels: ``boxes`` (G, 4), ``labels`` (G,),
                 ``crowd_boxes`` (C, 4), and for the heads that are on ``masks`` (G, H0, W0) in
                 the original image's pixels with ``scale`` (2,) = input / original pixels
-                ``(x, y)``, and ``keypoints`` (G, K, 3).
+                ``(x, y)`` and optionally ``has_mask`` (G,) bool (False: box only, no mask
+                loss), and ``keypoints`` (G, K, 3).
         """
         sampled = [self.sample_rois(p, t) for p, t in zip(proposals, targets)]
         boxes = [s.boxes for s in sampled]
@@ -401,14 +402,21 @@ class RoIHeads(nn.Module):
         fg_gt = [s.gt_index[f] for s, f in zip(sampled, foreground)]
         if self.has_mask:
             assert self.mask_head is not None and self.mask_predictor is not None
-            fg_labels = labels[labels > 0]
-            x = roi_align_fpn(features, fg_boxes, 14)
+            # only RoIs whose ground truth has a mask: a box-only one teaches the box head alone
+            with_mask = [
+                t["has_mask"][g] if "has_mask" in t else torch.ones_like(g, dtype=torch.bool)
+                for g, t in zip(fg_gt, targets)
+            ]
+            mask_boxes = [b[m] for b, m in zip(fg_boxes, with_mask)]
+            mask_gt = [g[m] for g, m in zip(fg_gt, with_mask)]
+            fg_labels = labels[labels > 0][torch.cat(with_mask)]
+            x = roi_align_fpn(features, mask_boxes, 14)
             logits = self.mask_predictor(self.mask_head(x), fg_labels)
             mask_size = logits.shape[-1]
             gt_masks = torch.cat(
                 [
                     mask_targets(t["masks"], g, b / t["scale"].to(b.dtype).repeat(2), mask_size)
-                    for b, g, t in zip(fg_boxes, fg_gt, targets)
+                    for b, g, t in zip(mask_boxes, mask_gt, targets)
                 ]
             )
             losses["loss_mask"] = mask_rcnn_loss(logits, fg_labels, gt_masks)
