@@ -119,8 +119,10 @@ def cmd_propose(args: argparse.Namespace) -> int:
 
     distributed = Distributed.from_environment()  # under torchrun: this process's share of the images
     device = choose_device(args.device, local_rank=distributed.local_rank if distributed.enabled else None)
+    if distributed.enabled:
+        return _propose_on_ranks(args, distributed, device)
     with Project.open(project_path(args.project)) as project:
-        images = images_to_propose(project, args.unlabeled_only, distributed.rank, distributed.world_size)
+        images = images_to_propose(project, args.unlabeled_only)
         predictor = load_predictor(args.weights, device, precision=args.precision, score_threshold=args.score_thresh)
         with _progress(len(images), "img") as bar:
             report = propose(
@@ -130,11 +132,45 @@ def cmd_propose(args: argparse.Namespace) -> int:
                 lambda image: read_image(project.image_path(image)),
                 on_image=lambda image, count: bar.update(),
             )
+    return _print_proposals(report, predictor)
+
+
+def _propose_on_ranks(args: argparse.Namespace, distributed, device) -> int:
+    """``propose`` under torchrun (``annotator.distributed_propose``): only rank 0 opens the
+    project and prints what the run did; the other ranks print only their errors."""
+    from annotator.distributed_propose import propose_on_ranks
+    from model.cli import load_predictor
+    from model.training.comm import RunStopped
+
+    distributed.init(device, backend="gloo")  # the ranks send each other Python objects, no tensors
+    bar = _progress(0, "img") if distributed.is_main else None
+    try:
+        ran = propose_on_ranks(
+            distributed,
+            project_path(args.project),
+            args.unlabeled_only,
+            lambda: load_predictor(args.weights, device, precision=args.precision, score_threshold=args.score_thresh),
+            progress=None if bar is None else lambda done, total: _advance(bar, done, total),
+        )
+    except RunStopped as error:  # a rank other than 0: the rank that ended says why
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+        distributed.close()
+    return 0 if ran is None else _print_proposals(*ran)
+
+
+def _print_proposals(report, predictor) -> int:
+    """What ``propose`` did, for a person; the exit status."""
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if report.stopped_by is not None:
+        print(f"error: {report.stopped_by}", file=sys.stderr)
     stopped = " (stopped early; everything proposed so far is saved)" if report.stopped else ""
     print(
         f"proposed {report.instances} instances on {report.images} images with "
         f"{predictor.model_version} on {predictor.device}{stopped}"
     )
-    return 130 if report.stopped else 0
+    return 1 if report.stopped_by is not None else 130 if report.stopped else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,6 @@ from annotator import masks
 from annotator.store import Category, ImageRecord, Instance, Project, ReviewState, Source
 from model.config import skeleton_to_coco
 from model.errors import InputError
-from model.images import ImageReadError
 
 
 @dataclass
@@ -154,19 +154,31 @@ class ProposalReport:
     instances: int = 0
     stopped: bool = False  # interrupted before the last image; what was proposed is stored
     warnings: list[str] = field(default_factory=list)
+    stopped_by: str | None = None  # under torchrun: another process ended the run, in one line
 
 
-def images_to_propose(project: Project, unlabeled_only: bool, rank: int = 0, world_size: int = 1) -> list[ImageRecord]:
-    """The images not marked done (``unlabeled_only``: not labelled at all) that this process
-    proposes. Under torchrun each of the ``world_size`` processes takes every ``world_size``-th
-    image from its ``rank``, on its own GPU; they share the project file (SQLite serialises their
-    short write transactions)."""
+def images_to_propose(project: Project, unlabeled_only: bool) -> list[ImageRecord]:
+    """The images not marked done (``unlabeled_only``: not labelled at all), in the project's order.
+    Under torchrun rank 0 shares them out (``annotator.distributed_propose``)."""
     states = (
         [ReviewState.UNLABELED]
         if unlabeled_only
         else [ReviewState.UNLABELED, ReviewState.PROPOSED, ReviewState.IN_REVIEW]
     )
-    return list(project.iter_images(states=states))[rank::world_size]
+    return list(project.iter_images(states=states))
+
+
+def usable_pixels(pixels: np.ndarray, path: Path | str, width: int, height: int) -> np.ndarray:
+    """``pixels``, read from ``path``, if they are the ``width x height`` the project has the image
+    as; an image replaced by one of another size would not fit the project's labels.
+
+    Raises:
+        InputError: naming ``path``, with both sizes.
+    """
+    found_height, found_width = pixels.shape[:2]
+    if (found_width, found_height) != (width, height):
+        raise InputError(path, f"the image is now {found_width}x{found_height}, the project has it as {width}x{height}")
+    return pixels
 
 
 def propose(
@@ -189,17 +201,9 @@ def propose(
     try:
         for image in images:
             try:
-                pixels = read_image(image)
-            except ImageReadError as error:
+                pixels = usable_pixels(read_image(image), project.image_path(image), image.width, image.height)
+            except InputError as error:  # unreadable (ImageReadError) or resized
                 report.warnings.append(f"{error}; skipped")
-                continue
-            height, width = pixels.shape[:2]
-            if (width, height) != (image.width, image.height):
-                changed = InputError(
-                    project.image_path(image),
-                    f"the image is now {width}x{height}, the project has it as {image.width}x{image.height}; skipped",
-                )
-                report.warnings.append(str(changed))
                 continue
             instances = predictor.predict(pixels)
             written = store_proposals(project, image.id, to_proposals(instances), predictor.model_version, category_for)

@@ -1,6 +1,7 @@
 """This process's place in a ``torchrun`` run and the few collectives training needs: a barrier,
 the mean of logged values, agreement on whether a step's loss is finite, gathering the random
-generators' states for a checkpoint. Without torchrun (world size 1) each is the identity.
+generators' states for a checkpoint; and those ``propose`` needs: rank 0's work list to every
+rank, every rank's results to rank 0. Without torchrun (world size 1) each is the identity.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ class Distributed:
         picks MPS for training."""
         return choose_device(requested, local_rank=self.local_rank if self.enabled else None, mps=False)
 
-    def init(self, device: torch.device) -> None:
+    def init(self, device: torch.device, backend: str | None = None) -> None:
+        """Joins the run's process group: NCCL on CUDA, gloo on the CPU, unless ``backend`` says
+        (a run that only sends Python objects takes gloo, which needs no GPU memory for them)."""
         if self.enabled and not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
@@ -83,6 +86,23 @@ class Distributed:
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
+
+    def gather_to_main(self, value: Any) -> list[Any] | None:
+        """``value`` of every rank, in rank order, on rank 0 only (the others get None): what only
+        rank 0 keeps need not travel to every rank."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (any picklable object; the other ranks pass None)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 class RunStopped(RuntimeError):

@@ -123,25 +123,6 @@ def test_proposed_masks_are_stored_at_image_resolution(project: Project, weights
     assert masked and all(i.mask.shape == (48, 64) and i.area == i.mask.sum() for i in masked)
 
 
-def test_ranks_under_torchrun_share_the_images_without_overlap(
-    project: Project, weights: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    project.set_review_state(3, ReviewState.UNLABELED)
-    seen = []
-    for rank in (0, 1):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        before = {i.id for i in project.images() if project.instances(i.id)}
-        assert (
-            main.main(
-                ["propose", str(project.path), "--weights", str(weights), "--score-thresh", "0", "--device", "cpu"]
-            )
-            == 0
-        )
-        seen.append({i.id for i in project.images() if project.instances(i.id)} - before)
-    assert seen == [{1, 3}, {2}]
-
-
 def test_damaged_weights_file_is_one_line(project: Project, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"not a safetensors file")
