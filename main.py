@@ -4,8 +4,9 @@
     python main.py new PROJECT --images DIR         create a project over a folder of images
     python main.py add PROJECT FILES_OR_FOLDERS     add images put in the image folder since
     python main.py import PROJECT SOURCE            add a COCO file or a labelme folder
-    python main.py export PROJECT OUT.json          write COCO JSON
+    python main.py export PROJECT OUT [--format F]  write COCO JSON, labelme JSON files or a YOLO dataset
     python main.py info PROJECT [--effort]          review states, instances per category, effort
+    python main.py check PROJECT                    SQLite's integrity check and every stored value read
     python main.py propose PROJECT [--weights W]    the model's proposals into the project
     python main.py train COCO.json --images DIR --out RUN_DIR     fine-tune (or train) the model
     python main.py evaluate COCO.json --images DIR --weights W    COCO box, mask and keypoint AP
@@ -19,11 +20,12 @@ and exit status 2; nothing already stored is changed.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-COMMANDS = ("new", "add", "import", "export", "info", "propose", "train", "evaluate")
+COMMANDS = ("new", "add", "import", "export", "info", "check", "propose", "train", "evaluate")
 EXIT_BAD_INPUT = 2
 
 
@@ -80,12 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("paths", metavar="FILE_OR_FOLDER", nargs="+", help="under the project's image folder")
     max_pixels(add)
 
-    exp = command("export", project_cli.cmd_export, "export the project as COCO JSON")
+    exp = command(
+        "export",
+        project_cli.cmd_export,
+        "export the project as COCO JSON, labelme JSON files or an Ultralytics YOLO segmentation dataset",
+    )
     exp.add_argument("project", metavar="PROJECT")
-    exp.add_argument("out", metavar="OUT.json")
+    exp.add_argument(
+        "out", metavar="OUT", help="coco: the .json file to write; labelme, yolo: the folder to write into"
+    )
+    exp.add_argument(
+        "--format",
+        choices=("coco", "labelme", "yolo"),
+        default="coco",
+        help="coco (default); labelme: a JSON file per image; yolo: label files, train.txt and data.yaml",
+    )
     exp.add_argument("--only-done", action="store_true", help="only images marked done")
     exp.add_argument(
-        "--rle", action="store_true", help="masks as compressed RLE (pixel-exact, keeps holes) instead of polygons"
+        "--rle",
+        action="store_true",
+        help="coco only: masks as compressed RLE (pixel-exact, keeps holes) instead of polygons",
     )
     exp.add_argument(
         "--proposals",
@@ -98,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = command("info", project_cli.cmd_info, "images per review state and instances per category")
     info.add_argument("project", metavar="PROJECT")
     info.add_argument("--effort", action="store_true", help="also what labelling cost: per model version and over time")
+
+    check_help = "check a project file for damage: SQLite's integrity check, then every stored value read"
+    command("check", project_cli.cmd_check, check_help).add_argument("project", metavar="PROJECT")
 
     pro = command(
         "propose",
@@ -143,8 +162,10 @@ def build_gui_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from annotator.project_file import DamagedRow, database_error
     from model.errors import InputError
 
+    args = None
     try:
         if argv and argv[0] in COMMANDS:
             args = build_parser().parse_args(argv)
@@ -158,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_app(Path(args.path) if args.path else None, demo=args.demo)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (sqlite3.Error, DamagedRow) as error:  # a project file locked, read-only or damaged past what opening saw
+        print(f"error: {database_error(getattr(args, 'project', None) or 'the project file', error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -109,6 +109,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """``main.py check``: the problems, one a line naming the file, and a summary; status 1 when
+    the file is damaged."""
+    from annotator.project_check import check_project
+    from annotator.store import Project
+
+    with Project.open(project_path(args.project)) as project:
+        report = check_project(project)
+    for line in report.lines():
+        print(f"{project.path}: {line}", file=sys.stdout if report.sound else sys.stderr)
+    return 0 if report.sound else 1
+
+
 def cmd_propose(args: argparse.Namespace) -> int:
     from annotator.proposals import images_to_propose, propose
     from annotator.store import Project

@@ -32,7 +32,16 @@ from typing import Any
 
 from annotator import masks
 from annotator.coco_check import Checker, FileAnnotation, FileCategory, FileImage, read_coco_file
-from annotator.interchange import AtomicWriter, Duplicates, ImportReport, add_image_file, iter_json_array
+from annotator.damage import check_instance
+from annotator.interchange import (
+    AtomicWriter,
+    Duplicates,
+    ImportReport,
+    add_image_file,
+    iter_json_array,
+    read_json,
+)
+from annotator.project_file import DamagedRow
 from annotator.store import Category, ImageRecord, Instance, Project, ReviewState, Source, check_file_name
 from model.errors import InputError
 from model.images import DEFAULT_MAX_PIXELS
@@ -200,9 +209,10 @@ def import_coco(
     ``duplicates="skip"`` an annotation the image holds already (same category and mask, or box
     without a mask) is left out and counted in the report; ``"keep"`` adds it again.
     """
-    file = read_coco_file(Path(path), project)
+    data = read_json(Path(path))  # the slow part of a large file: before the write lock is taken
     report = ImportReport()
-    with project.transaction():
+    with project.transaction():  # the project the file is checked against is the one it goes into
+        file = read_coco_file(Path(path), project, data)
         by_name = _add_categories(project, file.check, file.categories, report)
         records = _add_images(project, file.check, file.images, max_pixels, report)
         _add_annotations(project, file.check, file.annotations, records, by_name, duplicates, report)
@@ -262,18 +272,27 @@ PARALLEL_EXPORT_FROM = 50_000
 
 def _annotations_text(
     project: Project, image_ids: tuple[int, int], states: list[ReviewState] | None, rle: bool, min_proposal_score: float
-) -> tuple[str, int]:
+) -> tuple[str, int, list[DamagedRow]]:
+    """The annotations of the images ``image_ids``, and the instances left out because what is
+    stored for them is damaged (``annotator.damage``)."""
     categories = {c.id: c for c in project.categories()}
-    pieces = [
-        annotation_json(instance, categories[instance.category_id], rle)
-        for instance in project.iter_instances(states, image_ids, min_proposal_score)
-    ]
-    return ",\n".join(pieces), len(pieces)
+    damaged: list[DamagedRow] = []
+    pieces = []
+    for instance in project.iter_instances(states, image_ids, min_proposal_score, damaged=damaged):
+        try:
+            if instance.rle is not None and instance.polygons_json is None and not (rle or instance.iscrowd):
+                check_instance(instance, full_mask=True)  # its outline is traced: pycocotools decodes it
+            if instance.category_id not in categories:
+                raise DamagedRow("instances", instance.id, "its category is not there", instance.image_id)
+            pieces.append(annotation_json(instance, categories[instance.category_id], rle))
+        except DamagedRow as error:
+            damaged.append(error)
+    return ",\n".join(pieces), len(pieces), damaged
 
 
 def _annotations_text_in_worker(
     path: str, image_ids: tuple[int, int], states: list[ReviewState] | None, rle: bool, min_proposal_score: float
-) -> tuple[str, int]:
+) -> tuple[str, int, list[DamagedRow]]:
     with Project.open(path) as project:
         return _annotations_text(project, image_ids, states, rle, min_proposal_score)
 
@@ -285,8 +304,9 @@ def _image_id_ranges(project: Project, states: list[ReviewState] | None) -> list
 
 def _annotation_pieces(
     project: Project, states: list[ReviewState] | None, rle: bool, min_proposal_score: float, workers: int
-) -> Iterator[tuple[str, int]]:
-    """The annotations as JSON text, piece by piece in image order; tracing polygons from masks
+) -> Iterator[tuple[str, int, list[DamagedRow]]]:
+    """The annotations as JSON text, piece by piece in image order (with the damaged instances
+    left out of each piece); tracing polygons from masks
     is the slow part, so large exports spread the pieces over worker processes."""
     ranges = _image_id_ranges(project, states)
     if workers <= 1 or project.instance_count() < PARALLEL_EXPORT_FROM:
@@ -313,9 +333,13 @@ def export_coco(
     rle: bool = False,
     proposals_from: float | None = None,
     workers: int | None = None,
+    damaged: list[DamagedRow] | None = None,
 ) -> dict[str, int]:
     """Writes the project as one COCO file (atomically); returns the counts written, and in
-    ``proposals_left_out`` how many model proposals were not.
+    ``proposals_left_out`` how many model proposals were not, in ``damaged_left_out`` how many
+    instances were left out because what is stored for them is damaged (named in ``damaged``
+    when given). A damaged image or category row, or a damaged file structure, ends the export
+    (``DamagedRow``, ``sqlite3.DatabaseError``) with no file written.
 
     The labels people kept are written; model proposals nobody accepted are left out unless
     ``proposals_from`` is a score, and then those scoring at least that go out too, each with
@@ -340,7 +364,10 @@ def export_coco(
         out.writelines(iter_json_array(images()))
         out.write(',\n"annotations":[\n')
         separator = ""
-        for text, count in _annotation_pieces(project, states, rle, min_proposal_score, workers or os.cpu_count() or 1):
+        left_out: list[DamagedRow] = []
+        pieces = _annotation_pieces(project, states, rle, min_proposal_score, workers or os.cpu_count() or 1)
+        for text, count, damaged_here in pieces:
+            left_out += damaged_here
             if count:
                 out.write(separator + text)
                 separator = ",\n"
@@ -348,5 +375,9 @@ def export_coco(
         out.write('],\n"categories":')
         out.writelines(iter_json_array(_coco_category(c) for c in categories))
         out.write("}\n")
-    counts["proposals_left_out"] = project.instance_count(states) - counts["annotations"]
+    counts["damaged_left_out"] = len(left_out)
+    # (never below 0: a damaged index can count fewer rows than the table holds)
+    counts["proposals_left_out"] = max(0, project.instance_count(states) - counts["annotations"] - len(left_out))
+    if damaged is not None:
+        damaged += left_out
     return counts

@@ -414,15 +414,16 @@ class CocoFile:
     annotations: list[FileAnnotation]
 
 
-def read_coco_file(path: Path, project: Project) -> CocoFile:
-    """The categories, images and annotations of the COCO file ``path``, checked against each
-    other and against ``project`` (categories are matched by name); nothing is written.
+def read_coco_file(path: Path, project: Project, data: Any = None) -> CocoFile:
+    """The categories, images and annotations of the COCO file ``path`` (its JSON ``data`` when
+    read already), checked against each other and against ``project`` (categories are matched by
+    name); nothing is written.
 
     Raises:
         InputError: in one line, naming the file and the entry, for what cannot be imported.
     """
     check = Checker(path)
-    data = read_json(path)
+    data = read_json(path) if data is None else data
     if not isinstance(data, dict):
         raise check.error("", "a COCO file must hold a JSON object with 'images', 'annotations' and 'categories'")
     categories = _check_categories(check, data)

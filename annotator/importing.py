@@ -2,7 +2,10 @@
 labelme files, picked by the source, in one transaction. No Qt.
 
 A failed import leaves nothing behind: an existing project is as it was (the transaction rolls
-back), and a project file created for the import is removed again, ``-wal`` and ``-shm`` included.
+back), and a project created for the import never appears (it is built under a temporary name,
+``Project.create``). Files are read before the write lock is taken; what the import checks
+against the project and what it writes share one transaction, so another program's edit made
+meanwhile is seen, never overwritten or run into.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from annotator.coco import import_coco
 from annotator.interchange import Duplicates, ImportReport
 from annotator.labelme import import_labelme
+from annotator.project_file import ProjectExists
 from annotator.store import Project
 from model.errors import InputError
 from model.images import DEFAULT_MAX_PIXELS
@@ -26,10 +30,10 @@ def import_source(
     source = Path(source)
     if not source.exists():
         raise InputError(source, "no such file or folder")
-    with project.transaction():
-        if source.is_dir():
-            return import_labelme(project, source, max_pixels, duplicates)
-        return import_coco(project, source, max_pixels, duplicates)
+    project.check_writable()
+    if source.is_dir():
+        return import_labelme(project, source, max_pixels, duplicates)
+    return import_coco(project, source, max_pixels, duplicates)
 
 
 @dataclass
@@ -39,11 +43,6 @@ class ProjectImport:
     path: Path
     report: ImportReport
     created: bool
-
-
-def _remove_project_file(path: Path) -> None:
-    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        leftover.unlink(missing_ok=True)
 
 
 def import_into(
@@ -58,7 +57,7 @@ def import_into(
 
     Raises:
         InputError: the source, the image folder or the project cannot be used, or the import
-            failed; nothing was changed, and a project created for the import is gone again.
+            failed; nothing was changed, and no project was created for the import.
     """
     source = Path(source)
     if not source.exists():
@@ -66,18 +65,19 @@ def import_into(
     images = None if images is None else Path(images)
     if images is not None and not images.is_dir():
         raise InputError(images, "not a folder of images")
-    created = not path.exists()
-    if created:
-        project = Project.create(path, images or (source if source.is_dir() else source.parent))
-    else:
-        project = Project.open(path)
-    try:
-        with project:
-            if images is not None and images.resolve() != project.image_root:
-                raise InputError(path, f"the project's images are in {project.image_root}, not {images.resolve()}")
-            report = import_source(project, source, max_pixels, duplicates)
-    except BaseException:
-        if created:  # nothing of a failed import may remain, not even the new project file
-            _remove_project_file(path)
-        raise
-    return ProjectImport(path, report, created)
+    if not path.exists():
+        reports: list[ImportReport] = []
+        try:
+            Project.create(
+                path,
+                images or (source if source.is_dir() else source.parent),
+                fill=lambda project: reports.append(import_source(project, source, max_pixels, duplicates)),
+            ).close()
+            return ProjectImport(path, reports[0], True)
+        except ProjectExists:
+            pass  # another program made the project meanwhile: import into theirs
+    with Project.open(path) as project:
+        if images is not None and images.resolve() != project.image_root:
+            raise InputError(path, f"the project's images are in {project.image_root}, not {images.resolve()}")
+        report = import_source(project, source, max_pixels, duplicates)
+    return ProjectImport(path, report, False)

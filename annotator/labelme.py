@@ -315,18 +315,16 @@ def import_labelme(
         raise InputError(folder, "no labelme .json files in this folder")
     files = [_read_file(path, project.image_root, max_pixels) for path in paths]
     report = ImportReport()
-
-    # Keypoint names for categories new to the project: the point labels seen with them.
-    existing = {c.name: c for c in project.categories()}
-    new_keypoints: dict[str, list[str]] = {}
-    for file in files:
-        for group in file.groups:
-            if group.label is not None and group.label not in existing:
-                names = new_keypoints.setdefault(group.label, [])
-                names.extend(name for name in group.points if name not in names)
-
     add = project.add_instance_if_new if duplicates == "skip" else project.add_instance
-    with project.transaction():
+    with project.transaction():  # the categories read here are those the import adds to
+        # Keypoint names for categories new to the project: the point labels seen with them.
+        existing = {c.name: c for c in project.categories()}
+        new_keypoints: dict[str, list[str]] = {}
+        for file in files:
+            for group in file.groups:
+                if group.label is not None and group.label not in existing:
+                    names = new_keypoints.setdefault(group.label, [])
+                    names.extend(name for name in group.points if name not in names)
         categories = dict(existing)
         for name, keypoints in new_keypoints.items():
             categories[name] = project.add_category(name, keypoints=keypoints)

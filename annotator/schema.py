@@ -12,6 +12,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from annotator.project_file import (
+    DamagedRow,
+    ProjectDamaged,
+    ProjectReadOnly,
+    begin_write,
+    connect,
+    database_error,
+    one_line,
+    open_connection,
+    while_busy,
+)
 from annotator.records import Category, ImageRecord, Instance, ModelRecord, ReviewState, Source
 from model.errors import InputError
 
@@ -84,19 +95,6 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection in the store's settings: foreign keys on, every commit durable."""
-    # isolation_level=None: the store issues BEGIN/COMMIT itself, one transaction per edit.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-    try:
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA synchronous = FULL")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Brings the file's schema to ``SCHEMA_VERSION``, one migration a transaction.
 
@@ -112,7 +110,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
     if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
         raise InputError(path, "an SQLite file, but not a project file")
     for number in range(version, SCHEMA_VERSION):
-        db.execute("BEGIN IMMEDIATE")
+        begin_write(db, path)
         try:
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():
@@ -125,44 +123,60 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
 
 
 def create_database(path: Path, meta: dict[str, str]) -> sqlite3.Connection:
-    """A new project database at ``path`` (WAL journal, current schema, ``meta`` written); the file
-    is removed again when that fails."""
-    db = connect(path)
+    """A new project database at ``path``, where no file is yet (``project_file.new_project_file``
+    gives one): the current schema, ``meta`` written. It keeps SQLite's rollback journal while it is
+    filled, so that everything is in the file itself when :func:`finish_database` turns on WAL."""
+    db = connect(path, mode="rwc")
     try:
-        db.execute("PRAGMA journal_mode = WAL")
         migrate(db, path)
-        db.execute("BEGIN IMMEDIATE")
+        begin_write(db, path)
         db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
         db.execute("COMMIT")
     except BaseException:
         db.close()
-        path.unlink(missing_ok=True)
         raise
     return db
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """The project database at ``path``, its schema brought up to date.
+def finish_database(db: sqlite3.Connection) -> None:
+    """Turns on the WAL journal of a database :func:`create_database` made (kept in the file: it
+    opens in WAL from now on, so that readers and the one writer do not wait for each other)."""
+    db.execute("PRAGMA journal_mode = WAL")
+
+
+def open_database(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """The project database at ``path``, its schema brought up to date, and whether it is open
+    read-only (the file or its folder cannot be written: ``project_file.open_connection``).
+    Nothing is created or written unless the file is a project of an older schema.
 
     Raises:
-        InputError: no file, not a project file, or one from a newer program.
+        InputError: no file, not a project file, one from a newer program; ProjectDamaged,
+            ProjectReadOnly (an older schema that cannot be upgraded here), ProjectBusy.
     """
-    if not path.is_file():
-        raise InputError(path, "no project file here")
-    db = None
+    db, read_only = open_connection(path)
     try:
-        db = connect(path)
-        db.execute("PRAGMA journal_mode = WAL")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 0:
+            raise ProjectDamaged(path, f"damaged: its header gives schema version {version}")
+        if version == 0:  # opening never builds a schema: only creating a project does
+            raise InputError(path, "an SQLite file, but not a project file")
+        if version < SCHEMA_VERSION and read_only:
+            raise ProjectReadOnly(
+                path,
+                "read-only: it was written by an older version of this program; open it once where it can be "
+                "written so that it is brought up to date",
+            )
         migrate(db, path)
+        if not read_only and db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            while_busy(path, lambda: db.execute("PRAGMA journal_mode = WAL"))
         if db.execute("SELECT 1 FROM meta WHERE key = 'image_root'").fetchone() is None:
-            raise sqlite3.DatabaseError("no image root recorded")
+            raise InputError(path, "not a project file (no image root recorded)")
     except BaseException as error:
-        if db is not None:
-            db.close()
-        if isinstance(error, sqlite3.DatabaseError):
-            raise InputError(path, f"not a project file ({error})") from None
+        db.close()
+        if isinstance(error, (sqlite3.DatabaseError, DamagedRow)):
+            raise database_error(path, error) from None
         raise
-    return db
+    return db, read_only
 
 
 def stored_json(value: Any) -> str:
@@ -188,8 +202,41 @@ IMAGE_COLUMNS = "id, file_name, width, height, sha256, state, active_seconds, do
 MODEL_COLUMNS = "version, weights, base, trained_on, held_out_ap, created_at"
 
 
+# A flipped bit in a stored value (SQLite keeps no checksums of values) can make it another type
+# or break its JSON: the converters below raise DamagedRow naming the row instead.
+_UNREADABLE = (ValueError, TypeError, KeyError, IndexError, OverflowError)
+
+
+def _unreadable(table: str, row: Sequence[Any], error: Exception, image_id: Any = None) -> DamagedRow:
+    return DamagedRow(table, row[0] if row else None, f"its stored values cannot be read ({one_line(error)})", image_id)
+
+
+def _whole(value: Any) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not text")
+    return value
+
+
 def image_from_row(row: Sequence[Any]) -> ImageRecord:
-    return ImageRecord(row[0], row[1], row[2], row[3], row[4], ReviewState(row[5]), row[6], row[7])
+    try:
+        return ImageRecord(
+            _whole(row[0]),
+            _text(row[1]),
+            _whole(row[2]),
+            _whole(row[3]),
+            _text(row[4]),
+            ReviewState(row[5]),
+            row[6],
+            row[7],
+        )
+    except _UNREADABLE as error:
+        raise _unreadable("images", row, error) from None
 
 
 def model_from_row(row: Sequence[Any]) -> ModelRecord:
@@ -197,30 +244,41 @@ def model_from_row(row: Sequence[Any]) -> ModelRecord:
 
 
 def category_from_row(row: Sequence[Any]) -> Category:
-    return Category(
-        row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), tuple(tuple(pair) for pair in json.loads(row[5]))
-    )
+    try:
+        return Category(
+            _whole(row[0]),
+            _text(row[1]),
+            _text(row[2]),
+            _text(row[3]),
+            tuple(_text(name) for name in json.loads(row[4])),
+            tuple((_whole(a), _whole(b)) for a, b in json.loads(row[5])),
+        )
+    except _UNREADABLE as error:
+        raise _unreadable("categories", row, error) from None
 
 
 def instance_from_row(row: Sequence[Any]) -> Instance:
     height, width = row[15], row[16]
-    return Instance(
-        id=row[0],
-        image_id=row[1],
-        category_id=row[2],
-        rle=None if row[3] is None else {"size": [height, width], "counts": row[3]},
-        bbox=tuple(json.loads(row[4])),
-        area=row[5],
-        keypoints=None if row[6] is None else tuple(json.loads(row[6])),
-        score=row[7],
-        source=Source(row[8]),
-        model_version=row[9],
-        iscrowd=bool(row[10]),
-        polygons_json=row[11],
-        created_at=row[12],
-        updated_at=row[13],
-        edits=row[14],
-    )
+    try:
+        return Instance(
+            id=_whole(row[0]),
+            image_id=_whole(row[1]),
+            category_id=_whole(row[2]),
+            rle=None if row[3] is None else {"size": [height, width], "counts": _text(row[3])},
+            bbox=tuple(json.loads(row[4])),
+            area=row[5],
+            keypoints=None if row[6] is None else tuple(json.loads(row[6])),
+            score=row[7],
+            source=Source(row[8]),
+            model_version=row[9],
+            iscrowd=bool(row[10]),
+            polygons_json=row[11],
+            created_at=row[12],
+            updated_at=row[13],
+            edits=row[14],
+        )
+    except _UNREADABLE as error:
+        raise _unreadable("instances", row, error, row[1]) from None
 
 
 def instance_filter(

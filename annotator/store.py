@@ -20,7 +20,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,9 @@ import numpy as np
 
 from annotator import masks
 from annotator.category_table import PALETTE, CategoryTable, default_color
+from annotator.damage import readable_instances
 from annotator.geometry import check_id, instance_geometry
+from annotator.project_file import DamagedRow, ProjectExists, ProjectReadOnly, begin_write, new_project_file
 from annotator.records import Category, ImageRecord, Instance, ModelRecord, ReviewState, Source, check_file_name
 from annotator.schema import (
     IMAGE_COLUMNS,
@@ -39,6 +41,7 @@ from annotator.schema import (
     SCHEMA_VERSION,
     SELECT_INSTANCES,
     create_database,
+    finish_database,
     image_from_row,
     instance_filter,
     instance_from_row,
@@ -46,7 +49,6 @@ from annotator.schema import (
     open_database,
     stored_json,
 )
-from model.errors import InputError
 
 __all__ = [
     "MAX_ID",
@@ -72,28 +74,48 @@ class Project(CategoryTable):
     """An open project file. Use as a context manager, or call :meth:`close`. Its categories' part
     is :class:`annotator.category_table.CategoryTable`."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, read_only: bool = False) -> None:
         self.path = path
         self._db = connection
+        self.read_only = read_only  # the file or its folder cannot be written: every change is refused
         self._depth = 0  # nesting of transaction(); only the outermost commits
         self._image_root = self._resolve_root(self._meta("image_root"))
 
     # -- opening --------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: Path | str, image_root: Path | str) -> Project:
-        """Creates a new, empty project file at ``path`` for images under ``image_root``."""
+    def create(
+        cls, path: Path | str, image_root: Path | str, fill: Callable[[Project], object] | None = None
+    ) -> Project:
+        """Creates a new project file at ``path`` for images under ``image_root``, and opens it.
+
+        It is built under a temporary name beside ``path`` and appears there whole, with what
+        ``fill`` (an import) wrote into it, or not at all: when ``fill`` fails no file appears, and
+        of two programs creating one project at once the second gets ``ProjectExists``.
+        """
         path = Path(path)
         if path.exists():
-            raise InputError(path, "a file already exists here; open it instead of creating a project")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        stored_root = cls._stored_root(path, image_root)
-        return cls(path, create_database(path, {"image_root": stored_root, "created_at": repr(time.time())}))
+            raise ProjectExists(path, "a file already exists here; open it instead of creating a project")
+        meta = {"image_root": cls._stored_root(path, image_root), "created_at": repr(time.time())}
+        with new_project_file(path) as building, cls(path, create_database(building, meta)) as project:
+            if fill is not None:
+                fill(project)
+            finish_database(project._db)
+        return cls.open(path)
 
     @classmethod
     def open(cls, path: Path | str) -> Project:
-        """Opens an existing project file, upgrading an older schema in place."""
-        return cls(Path(path), open_database(Path(path)))
+        """Opens an existing project file, upgrading an older schema in place; read-only when the
+        file or its folder cannot be written (``annotator.project_file``)."""
+        return cls(Path(path), *open_database(Path(path)))
+
+    def check_writable(self) -> None:
+        """Raises ProjectReadOnly, in one line, when the project can only be read."""
+        if self.read_only:
+            raise ProjectReadOnly(
+                self.path,
+                "read-only: the file or its folder cannot be written; copy it somewhere writable to change it",
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -110,7 +132,8 @@ class Project(CategoryTable):
     def transaction(self) -> Iterator[None]:
         """Groups the edits made inside into one transaction: all of them land, or none."""
         if self._depth == 0:
-            self._db.execute("BEGIN IMMEDIATE")
+            self.check_writable()
+            begin_write(self._db, self.path)  # waits for another program's write, saying so
         self._depth += 1
         try:
             yield
@@ -121,7 +144,11 @@ class Project(CategoryTable):
             raise
         self._depth -= 1
         if self._depth == 0:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")  # a commit that failed (a full disk) leaves none open
+                raise
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -135,6 +162,26 @@ class Project(CategoryTable):
     def integrity_check(self) -> str:
         """SQLite's verdict on the file: ``"ok"`` when the file is sound."""
         return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def integrity_problems(self, limit: int = 100) -> list[str]:
+        """What SQLite finds wrong with the file's structure (``PRAGMA integrity_check``, at most
+        ``limit`` lines) and rows that refer to a row that is not there (``foreign_key_check``);
+        empty when sound. Values damaged inside a sound structure are ``annotator.project_check``'s."""
+        found = [
+            line for row in self._db.execute(f"PRAGMA integrity_check({int(limit)})") for line in row[0].splitlines()
+        ]
+        problems = [] if found == ["ok"] else found
+        for table, row_id, parent, _ in self._db.execute("PRAGMA foreign_key_check"):
+            problems.append(f"{table} row {row_id} refers to a row of {parent} that is not there")
+        return problems
+
+    def row_ids(self, table: Literal["images", "categories", "instances"]) -> Iterator[int]:
+        """The ids of a table's rows, in order, without reading their other values (which may be
+        damaged: see ``annotator.project_check``)."""
+        if table not in ("images", "categories", "instances"):
+            raise ValueError(f"no table {table!r}")
+        for (row_id,) in self._db.cursor().execute(f"SELECT id FROM {table} ORDER BY id"):
+            yield row_id
 
     # -- images ---------------------------------------------------------------------------------
 
@@ -274,12 +321,18 @@ class Project(CategoryTable):
         states: Iterable[ReviewState] | None = None,
         image_ids: tuple[int, int] | None = None,
         min_proposal_score: float = -math.inf,
+        damaged: list[DamagedRow] | None = None,
     ) -> Iterator[Instance]:
         """Every instance, ordered by image then id, streamed (bounded memory); optionally only
         those of images in the given review states, or with ids in the inclusive range
         ``image_ids = (first, last)``. Model proposals scoring under ``min_proposal_score`` are
-        left out (``math.inf``: every proposal)."""
+        left out (``math.inf``: every proposal). With a ``damaged`` list, instances whose stored
+        values are damaged are left out and named there (``annotator.damage``) instead of
+        raising ``DamagedRow``."""
         where, parameters = instance_filter(states, image_ids, min_proposal_score)
+        if damaged is not None:
+            yield from readable_instances(self._db, where, parameters, damaged)
+            return
         query = f"{SELECT_INSTANCES}{where} ORDER BY instances.image_id, instances.id"
         # A cursor of its own: the caller may read other tables while iterating.
         for row in self._db.cursor().execute(query, parameters):

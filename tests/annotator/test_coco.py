@@ -186,7 +186,7 @@ def test_only_done_exports_only_images_marked_done(tmp_path: Path, coco_file: Pa
     exported = json.loads((tmp_path / "out.json").read_text())
     assert [i["id"] for i in exported["images"]] == [11]
     assert {a["image_id"] for a in exported["annotations"]} == {11}
-    assert counts == {"images": 1, "annotations": 2, "categories": 2, "proposals_left_out": 0}
+    assert counts == {"images": 1, "annotations": 2, "categories": 2, "proposals_left_out": 0, "damaged_left_out": 0}
 
 
 def _add_proposals(project: Project, image_id: int, scores: list[float]) -> list[int]:
