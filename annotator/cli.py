@@ -72,25 +72,55 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# damaged instances an export names one by one; 'main.py check' lists them all
+DAMAGED_SHOWN = 10
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from annotator.coco import export_coco
+    from annotator.labelme_export import export_labelme
     from annotator.store import Project
+    from annotator.yolo_export import export_yolo
     from model.errors import InputError
 
+    if args.rle and args.format != "coco":
+        raise InputError(args.out, f"--rle is for COCO files; a {args.format} export writes polygons")
+    folder_exports = {"labelme": export_labelme, "yolo": export_yolo}
+    damaged: list = []  # instances whose stored values are damaged: left out, named below
     with Project.open(project_path(args.project)) as project:
         try:
-            counts = export_coco(
-                project, args.out, only_done=args.only_done, rle=args.rle, proposals_from=args.proposals
-            )
+            if args.format == "coco":
+                counts = export_coco(
+                    project,
+                    args.out,
+                    only_done=args.only_done,
+                    rle=args.rle,
+                    proposals_from=args.proposals,
+                    damaged=damaged,
+                )
+            else:
+                report = folder_exports[args.format](project, args.out, args.only_done, args.proposals)
         except OSError as error:
-            raise InputError(args.out, f"cannot write the file ({error.strerror or error})") from None
-    print(
-        f"wrote {counts['images']} images, {counts['annotations']} annotations and "
-        f"{counts['categories']} categories to {args.out}"
-    )
-    if counts["proposals_left_out"]:
+            where = args.out if args.format == "coco" else error.filename or args.out  # a folder export: the file
+            raise InputError(where, f"cannot write ({error.strerror or error})") from None
+    if args.format == "coco":
         print(
-            f"left out {counts['proposals_left_out']} model proposal(s) nobody accepted "
+            f"wrote {counts['images']} images, {counts['annotations']} annotations and "
+            f"{counts['categories']} categories to {args.out}"
+        )
+        left_out = counts["proposals_left_out"]
+    else:
+        print(report.summary())
+        for line in report.lines():
+            print(line, file=sys.stderr)
+        left_out = report.proposals_left_out
+    for row in damaged[:DAMAGED_SHOWN]:
+        print(f"warning: {project.path}: left out damaged {row}", file=sys.stderr)
+    if len(damaged) > DAMAGED_SHOWN:
+        print(f"warning: and {len(damaged) - DAMAGED_SHOWN} more damaged instances left out", file=sys.stderr)
+    if left_out:
+        print(
+            f"left out {left_out} model proposal(s) nobody accepted "
             "(--proposals MIN_SCORE writes those scoring at least MIN_SCORE)",
             file=sys.stderr,
         )

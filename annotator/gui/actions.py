@@ -151,6 +151,18 @@ def file_menu(w: QMainWindow) -> list[MenuItem]:
         ActionSpec("import_labelme", "Import labelme folder…", w.import_labelme),
         ActionSpec("export_coco", "Export COCO JSON…", lambda: w.export_coco(False), ("Ctrl+E",)),
         ActionSpec("export_done", "Export done images as COCO JSON…", lambda: w.export_coco(True)),
+        ActionSpec(
+            "export_labelme",
+            "Export labelme JSON…",
+            lambda: w.exports.choose_folder("labelme"),
+            tip="A labelme 5 file for each image with labels or marked done, in a folder you choose",
+        ),
+        ActionSpec(
+            "export_yolo",
+            "Export YOLO segmentation…",
+            lambda: w.exports.choose_folder("yolo"),
+            tip="An Ultralytics YOLO segmentation dataset (labels, train.txt, data.yaml) in a folder you choose",
+        ),
         None,
         ActionSpec("quit", "&Quit", w.close, ("Ctrl+Q",)),
     ]

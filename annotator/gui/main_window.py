@@ -28,6 +28,7 @@ from annotator.gui.activity import ActivityMeter
 from annotator.gui.background import run_in_background
 from annotator.gui.canvas import Canvas
 from annotator.gui.category_panel import CategoryPanel
+from annotator.gui.exports import FolderExports
 from annotator.gui.folder_control import FolderControl
 from annotator.gui.garbage import collect_on_the_ui_thread
 from annotator.gui.help_dialog import HelpDialog
@@ -106,6 +107,7 @@ class MainWindow(QMainWindow):
         self.learning = LearningControl(self, self.status, self.settings, session_source, self.model_control)
         self.folder = FolderControl(self, self.status, self.images, session_source)
         self.folder.error.connect(self._error)
+        self.exports = FolderExports(self, self.status, session_source)  # File > Export labelme, YOLO
         self.activity = ActivityMeter(self, session_source)  # active seconds per image (annotator.effort)
         self.canvas.cursor_moved.connect(self._on_cursor)
         self.canvas.zoom_changed.connect(self.status.set_zoom)
@@ -552,6 +554,7 @@ class MainWindow(QMainWindow):
             "import_labelme",
             "export_coco",
             "export_done",
+            *FolderExports.ACTIONS,
             "done_next",
             "prev_image",
             "next_image",
