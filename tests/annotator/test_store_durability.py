@@ -1,5 +1,5 @@
 """Durability under SIGKILL, the short version of ``bench/store_durability.py`` (whose full run of
-100 kills is in bench/results/2026-12-03-store-durability.md): a child editing a project, importing
+100 kills is in bench/results/2026-12-04-store-durability.md): a child editing a project, importing
 and writing proposal batches, or writing training checkpoints, is killed at random moments; no
 acknowledged edit is lost, no import or batch is found in part, the file passes SQLite's integrity
 check and ``main.py check`` every time, and the newest checkpoint resumes."""
