@@ -3,12 +3,12 @@ the decisions only (tests/test_auto_propose.py); the window runs the jobs on the
 tells :class:`AutoPropose` what happened.
 
 The rules: an image is proposed when auto-propose is on, the model is loaded and free (one job at
-a time), and the image is unlabeled with no instances; once each time it is opened (a job that
-was cancelled, or whose result was dropped, does not start again while the person stays on the
-image). A job for an image the person has left is cancelled, so that the image in view comes
-next; a cancel only reaches a job once the model thread has started it (its first progress
-report), so a job left before that is cancelled then. The person's own cancel stops
-auto-propose for the image until it is opened again.
+a time), and the image is unlabeled with no instances, in a project that can be written; once each
+time it is opened (a job that was cancelled, or whose result was dropped, does not start again
+while the person stays on the image). A job for an image the person has left is cancelled, so
+that the image in view comes next; a cancel only reaches a job once the model thread has started
+it (its first progress report), so a job left before that is cancelled then. The person's own
+cancel stops auto-propose for the image until it is opened again.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class AutoPropose:
 
     def wants(self, project: Project | None, image_id: int, model_free: bool) -> bool:
         """Whether to propose for ``image_id`` (the image in view, 0 for none) now."""
-        if not self.enabled or project is None or not image_id or self.ran_here or not model_free:
-            return False
+        if not self.enabled or project is None or project.read_only or not image_id or self.ran_here or not model_free:
+            return False  # a project that can only be read gets no proposals
         return project.image(image_id).state == ReviewState.UNLABELED and not project.instances(image_id)
 
     def submitted(self, image_id: int) -> None:

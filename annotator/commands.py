@@ -7,6 +7,11 @@ redo does the same with the "after" versions. That one rule covers adding, paint
 merging, splitting, accepting and changing a category, and it keeps working after the user has
 moved to another image, because the records name their image. The stack has no size limit: a
 record holds RLE strings, a few kilobytes each.
+
+Another program may change the project meanwhile (issue 17). A step is undone or redone only while
+what it touched is as the step left it: an instance another program deleted, edited or added under
+an id the step would write is not overwritten; the step is refused (:class:`EditConflict`, one
+line) and leaves the history.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ import numpy as np
 from annotator import masks
 from annotator.proposals import Proposal, ProposalCategories, store_proposals
 from annotator.store import Category, Instance, Project, ReviewState, Source
+from model.errors import InputError
+
+
+class EditConflict(InputError):
+    """An undo or redo step refused because another program changed what it would write over."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class Command:
 
     def _apply(self, project: Project, forward: bool) -> None:
         with project.transaction():
+            self._check_unchanged(project, forward)
             # a category comes into being before its instances, and goes after they have left it
             targets = [(after, before) if forward else (before, after) for before, after in self.categories]
             for target, other in targets:
@@ -71,6 +82,25 @@ class Command:
             state = self.state_after if forward else self.state_before
             if state is not None:
                 project.set_review_state(self.image_id, state)
+
+    def _check_unchanged(self, project: Project, forward: bool) -> None:
+        """Raises EditConflict unless every instance and category the step writes is as the step
+        left it (redo: as it was before the step): another program changed the project since."""
+        refused = f"cannot {'redo' if forward else 'undo'} '{self.text}': another program"
+        found: dict[int, Instance | None] = {}  # what the step's first write of each instance must find
+        for change in self.changes if forward else reversed(self.changes):
+            found.setdefault((change.before or change.after).id, change.before if forward else change.after)
+        for instance_id, expected in found.items():
+            now = project.instance(instance_id) if project.id_in_use("instances", instance_id) else None
+            if now != expected:
+                happened = "deleted" if now is None else "added" if expected is None else "changed"
+                raise EditConflict(project.path, f"{refused} {happened} instance {instance_id} since")
+        for before, after in self.categories:
+            leaving, coming = (before, after) if forward else (after, before)
+            category = before or after
+            taken = coming is not None and leaving is None and project.category_by_name(coming.name) is not None
+            if project.id_in_use("categories", category.id) != (leaving is not None) or taken:
+                raise EditConflict(project.path, f"{refused} changed the categories since ('{category.name}')")
 
     def undo(self, project: Project) -> None:
         self._apply(project, forward=False)
@@ -125,20 +155,27 @@ class UndoStack:
         return command
 
     def undo(self) -> Command | None:
-        if not self._done:
-            return None
-        command = self._done.pop()
-        command.undo(self.project)
-        self._undone.append(command)
-        self._notify(command)
-        return command
+        return self._step(self._done, self._undone, forward=False)
 
     def redo(self) -> Command | None:
-        if not self._undone:
+        return self._step(self._undone, self._done, forward=True)
+
+    def _step(self, source: list[Command], target: list[Command], forward: bool) -> Command | None:
+        """Undoes (or redoes) the last command of ``source`` and moves it to ``target``. A step
+        refused because another program changed what it would write (EditConflict) leaves the
+        history; one that failed otherwise (busy, read-only) stays where it was."""
+        if not source:
             return None
-        command = self._undone.pop()
-        command.redo(self.project)
-        self._done.append(command)
+        command = source.pop()
+        try:
+            (command.redo if forward else command.undo)(self.project)
+        except EditConflict:
+            self._notify(command)
+            raise
+        except BaseException:
+            source.append(command)
+            raise
+        target.append(command)
         self._notify(command)
         return command
 

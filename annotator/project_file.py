@@ -265,9 +265,15 @@ def new_project_file(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to build a new project in; when the block ends without an
     error it appears at ``path`` at once and whole (a hard link, which never replaces a file), or,
     if a file appeared there meanwhile, :class:`ProjectExists` is raised. Nothing of a failed
-    build remains. The block must leave the temporary file closed, its ``-wal`` empty."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    build remains. The block must leave the temporary file closed, its ``-wal`` empty. A folder
+    where no file can be made (read-only) raises InputError in one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    except OSError as error:
+        raise InputError(
+            path, f"cannot make the project file here ({error.strerror or error}); its folder must be writable"
+        ) from None
     os.close(fd)
     building = Path(name)
     building.unlink()  # SQLite makes it; an empty file would be a valid empty database too

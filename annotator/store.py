@@ -150,6 +150,12 @@ class Project(CategoryTable):
                 self._db.execute("ROLLBACK")  # a commit that failed (a full disk) leaves none open
                 raise
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: it changes when another connection (another program)
+        has committed to the file since it was last asked, never for this one's own commits. The
+        app polls it to show what others write (``annotator.gui.project_watch``); it reads no page."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
@@ -270,6 +276,15 @@ class Project(CategoryTable):
             query += f" WHERE state IN ({','.join('?' * len(wanted))})"
         for row in self._db.execute(query + " ORDER BY id", wanted):
             yield image_from_row(row)
+
+    def image_states(self, state: ReviewState | None = None) -> list[tuple[int, ReviewState]]:
+        """Each image's id and review state, in the order and selection of :meth:`images`, without
+        reading the rest of its row: a window checks its image list with it after another program
+        changed the project (a fifth of the time of :meth:`images`)."""
+        where, parameters = ("", ()) if state is None else (" WHERE state = ?", (int(state),))
+        rows = self._db.execute(f"SELECT id, state FROM images{where} ORDER BY id", parameters)
+        states = tuple(ReviewState)  # indexed by value: ReviewState(value) would cost most of the time
+        return [(image_id, states[value]) for image_id, value in rows]
 
     def image_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM images").fetchone()[0]

@@ -2,7 +2,8 @@
 wheel, while it is the active window) go to an :class:`annotator.effort.ActiveTime` clock, and its
 seconds are added to the image shown when they were spent (``Project.add_active_seconds``). Idle
 gaps over a minute, time with the window in the background and the time until the first input on
-a newly shown image do not count."""
+a newly shown image do not count, nor the time spent on a project that can only be read
+(annotator.gui.read_only: the seconds are dropped rather than refused every 15 s)."""
 
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ class ActivityMeter(QObject):
     def flush(self) -> None:
         """Writes the pending seconds to the project (call before the project closes)."""
         seconds, self.pending = self.pending, 0.0
-        if seconds > 0 and self._session is not None and self._image_id:
-            self._session.project.add_active_seconds(self._image_id, seconds)
+        session = self._session
+        if seconds > 0 and session is not None and self._image_id and not session.project.read_only:
+            session.project.add_active_seconds(self._image_id, seconds)
 
     def release(self) -> None:
         """Flushes and forgets the session: its project is about to close."""

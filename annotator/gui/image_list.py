@@ -47,6 +47,20 @@ class ImageListModel(QAbstractListModel):
         self._row_of = {record.id: row for row, record in enumerate(self.records)}
         self.endResetModel()
 
+    def refresh_all(self) -> bool:
+        """Reads the images' review states again (another program changed the project): while the
+        list holds the same images in the same order, the rows whose state changed are redrawn in
+        place, so the view keeps its scroll and current row; else it is rebuilt. Returns whether it
+        was rebuilt."""
+        states = self.session.project.image_states(self.state_filter) if self.session else []
+        if self.least_sure_first or [image_id for image_id, _ in states] != [r.id for r in self.records]:
+            self.reload()
+            return True
+        for (image_id, state), record in zip(states, self.records, strict=True):
+            if state != record.state:
+                self.refresh_image(image_id)
+        return False
+
     def refresh_image(self, image_id: int) -> None:
         row = self._row_of.get(image_id)
         if row is None or self.session is None:

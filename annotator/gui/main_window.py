@@ -36,8 +36,10 @@ from annotator.gui.image_list import ImageListPanel
 from annotator.gui.instance_list import InstanceListPanel
 from annotator.gui.learning import LearningControl
 from annotator.gui.model_control import ModelControl
+from annotator.gui.project_watch import ProjectWatch
 from annotator.gui.proposals import ModelChoice, PredictorLike
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
+from annotator.gui.read_only import ReadOnlyView
 from annotator.gui.session import Session
 from annotator.gui.statistics import StatisticsDialog
 from annotator.gui.status_bar import StatusBar
@@ -129,6 +131,8 @@ class MainWindow(QMainWindow):
         self.actions_by_name["learn"].toggled.connect(self.learning.set_enabled)
         self._rebuild_recent_menu()
         self.set_tool("select")
+        self.watch = ProjectWatch(self)  # another program's changes to the project (issue 17)
+        self.read_only = ReadOnlyView(self)  # a project that cannot be written
         self._restore_settings()
         self._update_enabled()
 
@@ -266,6 +270,8 @@ class MainWindow(QMainWindow):
         self.canvas.set_session(self.session)
         self._remember(project.path)
         self.setWindowTitle(f"{project.path.name} — Mask R-CNN annotator")
+        self.watch.project_opened(project)
+        self.read_only.project_opened(project)
         first = next(iter(project.iter_images()), None)
         if first is not None:
             self.show_image(first.id)
@@ -416,16 +422,10 @@ class MainWindow(QMainWindow):
         tool.grow(steps)
 
     def undo(self) -> None:
-        if self.session is not None:
-            command = self.session.undo()
-            if command is not None:
-                self.status.showMessage(f"Undid: {command.text}", 3000)
+        self.watch.step_history(forward=False)
 
     def redo(self) -> None:
-        if self.session is not None:
-            command = self.session.redo()
-            if command is not None:
-                self.status.showMessage(f"Redid: {command.text}", 3000)
+        self.watch.step_history(forward=True)
 
     def merge_selected(self) -> None:
         ids = self.session.review.editable_selection(self.session.selection) if self.session else []
@@ -488,10 +488,7 @@ class MainWindow(QMainWindow):
             self._error("Import", f"{error}\n\nNothing was imported; the project is unchanged.")
             return
         self.session.history.clear()
-        self.session.history_changed.emit()
-        self.session.notify_categories()
-        self.images.model.reload()
-        self.images.update_counts()
+        self.watch.show_changes()  # as another program's import would be shown
         message = report.summary()
         if report.warnings:
             message += "\n\n" + "\n".join(report.warnings[:20])
@@ -575,6 +572,7 @@ class MainWindow(QMainWindow):
         redo.setEnabled(can_redo)
         undo.setText(f"&Undo {history.undo_text}" if can_undo else "&Undo")
         redo.setText(f"&Redo {history.redo_text}" if can_redo else "&Redo")
+        self.read_only.restrict()
 
     def _error(self, title: str, text: str) -> None:
         """The first line in the status bar, the whole text in a warning box."""

@@ -179,6 +179,8 @@ class ModelControl(QObject):
         session = self.session()
         if session is None or self._drop_results_until_idle or not session.project.id_in_use("images", result.image_id):
             return
+        if session.project.read_only:  # no job starts for one (annotator.gui.read_only); none is stored
+            return
         outcome = store_result(session.review, result, session.ensure_category, session.image_id)
         if outcome.select:
             session.select(outcome.select)

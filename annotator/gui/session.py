@@ -140,6 +140,21 @@ class Session(QObject):
             self.instances_changed.emit(command.image_id)
         self.history_changed.emit()
 
+    def changed_elsewhere(self) -> None:
+        """Another program changed the project (annotator.gui.project_watch): what it deleted leaves
+        the selection and the current category, and the views read the store again. The rest of the
+        selection, the view state and the history stay (a step that would overwrite the other
+        program's change is refused when undone: annotator.commands.EditConflict)."""
+        if self.image_id and not self.project.id_in_use("images", self.image_id):
+            self.set_image(0)
+        existing = [i for i in self.selection if self.project.id_in_use("instances", i)]
+        if existing != self.selection:
+            self.select(existing)
+        if self.current_category_id and not self.project.id_in_use("categories", self.current_category_id):
+            self.current_category_id = 0
+        self.notify_categories()
+        self.history_changed.emit()
+
     def undo(self) -> Command | None:
         command = self.history.undo()
         if command is not None and command.image_id and command.image_id != self.image_id:

@@ -1,5 +1,5 @@
-"""The status bar: messages, what changed in the image folder, image size, zoom, cursor position
-(image pixels), model and device."""
+"""The status bar: messages, whether the project is read-only, what changed in the image folder,
+image size, zoom, cursor position (image pixels), model and device."""
 
 from __future__ import annotations
 
@@ -25,10 +25,14 @@ class StatusBar(QStatusBar):
         # with (a passing message would be gone under the next image's name)
         self.folder = QLabel()
         self.folder.setVisible(False)
+        # a project that cannot be written, and why: stays while it is open (annotator.gui.read_only)
+        self.read_only = QLabel()
+        self.read_only.setVisible(False)
         # the category a new shape gets, visible before drawing (labelme asks after each shape)
         self.new_shapes = QLabel()
         self.new_shapes.setToolTip("The category new shapes get: pick another in the Categories panel")
         for widget in (
+            self.read_only,
             self.new_shapes,
             self.folder,
             self.progress,
@@ -45,6 +49,13 @@ class StatusBar(QStatusBar):
         self.folder.setText(text)
         self.folder.setToolTip(text)
         self.folder.setVisible(bool(text))
+
+    def set_read_only_notice(self, reason: str, details: str = "") -> None:
+        """Says, until another project opens, that this one can only be read and why: ``reason`` in
+        a few words, ``details`` in the tooltip ("" for a project that can be written)."""
+        self.read_only.setText(f"<b>Read-only</b>: {escape(reason)}" if reason else "")
+        self.read_only.setToolTip(details)
+        self.read_only.setVisible(bool(reason))
 
     def set_new_shape_category(self, name: str, color: str) -> None:
         """Shows the category new shapes get, in its colour ("" for none: the first shape makes one)."""
