@@ -54,7 +54,8 @@ def to_proposals(instances: Any, indices: list[int] | None = None) -> list[Propo
                 continue
             rle = masks.encode(mask)
         points = None
-        if keypoints is not None and keypoints.size:
+        # a model that gives some classes keypoints has v = 0 on the others' rows (model.person_pose)
+        if keypoints is not None and keypoints.size and keypoints[index, :, 2].any():
             points = keypoints[index].copy()
             points[:, 2] = 2.0  # predicted keypoints are proposed as visible; the person corrects v
         proposals.append(Proposal(names[index], float(scores[index]), rle, (x1, y1, x2 - x1, y2 - y1), points))

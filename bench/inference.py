@@ -14,6 +14,11 @@ backbone runs, then the heads); the cached one reuses them. torchvision has neit
 builders for our own architectures (``maskrcnn_resnet18_fpn_small``): there its column is n/a.
 Runs alternate between the models and the median is reported, so background load hits all alike.
 
+``--arch masks_and_keypoints_resnet50_fpn.COCO_V1`` (a combined registry entry, ``model.person_pose``)
+times the combined predictor beside its two networks run separately, ours and torchvision's: the
+torchvision column of the combined row is torchvision's two networks one after the other (it has
+no combined model), and its note says what the joining costs over our two networks alone.
+
 Published weights cannot be downloaded on the build machines, so the models get the same
 calibrated random weights of torchvision's layout (tests/model/reference.py: scores and masks
 spread as a trained model's are, so a realistic number of detections); our own architectures get
@@ -25,6 +30,7 @@ does (tests/model/test_precision.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -41,8 +47,10 @@ import torchvision.models.detection as tv_detection  # noqa: E402
 
 from model import Instances, Predictor, build_model  # noqa: E402
 from model.builders import ARCHITECTURES  # noqa: E402
+from model.person_pose import PersonPosePredictor  # noqa: E402
 from model.precision import cpu_has_native_bf16  # noqa: E402
 from model.synthetic import make_sample  # noqa: E402
+from model.weights.registry import COMBINED, CombinedWeightsInfo  # noqa: E402
 from tests.model.reference import torchvision_reference  # noqa: E402
 
 Row = tuple[str, str, str, str]
@@ -138,6 +146,91 @@ def bench_device(arch: str, device: torch.device, height: int, width: int, runs:
     return rows
 
 
+def bench_combined(
+    info: CombinedWeightsInfo, device: torch.device, height: int, width: int, runs: int, precision: str
+) -> list[Row]:
+    """The combined predictor of ``info`` beside its two networks run separately (ours and
+    torchvision's, the same calibrated random weights), under float32 and the policy."""
+    rng = np.random.default_rng(0)
+    image = make_sample(rng, height, width, min_shapes=4, max_shapes=8)[0]
+    image_t = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    references = {
+        part: torchvision_reference(file.architecture, [image_t], random_batchnorm=False).to(device)
+        for part, file in (("masks", info.masks), ("keypoints", info.keypoints))
+    }
+
+    def ours(part: str, precision: str) -> Predictor:
+        model = build_model(getattr(info, part).architecture)
+        model.load_state_dict(references[part].state_dict(), strict=True)
+        return Predictor(model, device=device, precision=precision, fold_batch_norm=True)
+
+    def run_reference(reference: torch.nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            with torch.inference_mode():
+                x = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255)
+                out = reference([x])[0]
+                return {k: ((v[:, 0] >= 0.5) if k == "masks" else v).cpu() for k, v in out.items()}
+
+        return run
+
+    def uncached(p: Predictor | PersonPosePredictor) -> Callable[[], Instances]:
+        return lambda: (p.clear_cache(), p.predict(image))[1]
+
+    variants = {"fp32": PersonPosePredictor(ours("masks", "fp32"), ours("keypoints", "fp32"), name=info.name)}
+    policy = PersonPosePredictor(ours("masks", precision), ours("keypoints", precision), name=info.name)
+    if policy.policy.precision != "fp32":
+        variants[policy.policy.precision] = policy
+    jobs: dict[str, Callable[[], object]] = {f"tv {part}": run_reference(r) for part, r in references.items()}
+    for name, p in variants.items():
+        jobs |= {f"{name} masks": uncached(p.masks), f"{name} keypoints": uncached(p.keypoints)}
+        jobs[f"{name} combined"] = uncached(p)
+    outputs: dict[str, object] = {}
+    for _ in range(2):  # warm-up
+        outputs = {name: job() for name, job in jobs.items()}
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(runs):
+        for name, job in jobs.items():
+            times[name] += times_ms(job, 1, sync)
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    tv_both = ms["tv masks"] + ms["tv keypoints"]
+    box = (0.2 * width, 0.25 * height, 0.6 * width, 0.85 * height)
+    rows: list[Row] = []
+    for name, p in variants.items():
+        found: Instances = outputs[f"{name} masks"]  # type: ignore[assignment]
+        people: Instances = outputs[f"{name} keypoints"]  # type: ignore[assignment]
+        joined: Instances = outputs[f"{name} combined"]  # type: ignore[assignment]
+        posed = int(joined.keypoints[:, :, 2].any(1).sum()) if joined.keypoints is not None else 0
+        here = f"{device.type} {name}"
+        mine = {part: ms[f"{name} {part}"] for part in ("masks", "keypoints", "combined")}
+        separately = mine["masks"] + mine["keypoints"]
+        joining = f"  {mine['combined'] / separately:.2f}x ours separately"
+        rows += [
+            _timed(f"{here}: mask network alone ({len(found)} detections)", ms["tv masks"], mine["masks"]),
+            _timed(f"{here}: keypoint network alone ({len(people)} persons)", ms["tv keypoints"], mine["keypoints"]),
+            _timed(f"{here}: the two networks run separately", tv_both, separately),
+            _timed(
+                f"{here}: combined ({len(joined)} instances, {posed} with keypoints)",
+                tv_both,
+                mine["combined"],
+                joining,
+            ),
+        ]
+        first = statistics.median(
+            times_ms(lambda p=p: (p.clear_cache(), p.predict_in_box(image, box, "person")), runs, sync)
+        )
+        cached = statistics.median(
+            times_ms(lambda p=p: p.predict_in_box(image, box, "person"), max(10, 4 * runs), sync)
+        )
+        rows.append((f"{here}: combined, first person box after an image opens", _ms(None), _ms(first), ""))
+        rows.append((f"{here}: combined, person box on cached features", _ms(None), _ms(cached), ""))
+    return rows
+
+
+def _timed(label: str, tv_ms: float, ours_ms: float, note: str = "") -> Row:
+    return (label, _ms(tv_ms), _ms(ours_ms), f"{ours_ms / tv_ms:5.2f}x{note}")
+
+
 def _end_to_end_row(device: torch.device, name: str, medians: dict[str, float], outputs: dict[str, object]) -> Row:
     """One variant's end-to-end time beside torchvision's, and how its detections agree: fp32
     with torchvision's (0.05 px), the policy's with our fp32 ones (1 px)."""
@@ -163,7 +256,7 @@ def _ms(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="maskrcnn_resnet50_fpn", choices=list(ARCHITECTURES))
+    parser.add_argument("--arch", default="maskrcnn_resnet50_fpn", choices=[*ARCHITECTURES, *COMBINED])
     parser.add_argument("--size", default="640x480", help="image W x H")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--device", default="cpu,cuda")
@@ -181,7 +274,7 @@ def main() -> None:
     print(
         "weights: the same random-init weights of torchvision's layout in every model "
         "(published weights are not downloadable here)"
-        if hasattr(tv_detection, args.arch)
+        if hasattr(tv_detection, args.arch) or args.arch in COMBINED
         else "weights: the architecture's random initialisation (torchvision has no builder for it: n/a)"
     )
     print(
@@ -190,9 +283,11 @@ def main() -> None:
         f"{'yes' if cpu_has_native_bf16() else 'no'}"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA device")
     )
-    rows = [
-        row for device in devices for row in bench_device(args.arch, device, height, width, args.runs, args.precision)
-    ]
+    if args.arch in COMBINED:
+        bench = functools.partial(bench_combined, COMBINED[args.arch])
+    else:
+        bench = functools.partial(bench_device, args.arch)
+    rows = [row for device in devices for row in bench(device, height, width, args.runs, args.precision)]
     header = ("", "torchvision ms", "ours ms", "ours/tv")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:

@@ -32,15 +32,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights_help: str) -> N
 
 
 def load_predictor(weights: str | None, device: Any, **options: Any) -> Any:
-    """A ``Predictor`` for ``weights`` (None: ``default_weights()``), with weights problems as
-    one-line ``InputError``s naming the file or URL."""
-    from model.predictor import Predictor
+    """A ``Predictor`` for ``weights`` (None: ``default_weights()``; a combined registry entry: a
+    ``PersonPosePredictor``), with weights problems as one-line ``InputError``s naming the file or URL."""
+    from model.person_pose import open_predictor
     from model.weights.download import WeightsHashError, WeightsUnavailableError
     from model.weights.registry import default_weights
 
     weights = weights or default_weights()
     try:
-        return Predictor(weights, device=device, **options)
+        return open_predictor(weights, device=device, **options)
     except (WeightsUnavailableError, WeightsHashError, FileNotFoundError) as error:
         raise InputError(weights, str(error)) from None
     except KeyError as error:

@@ -25,6 +25,7 @@ from model.devices import choose_device
 from model.precision import choose_policy, fold_batch_norms
 from model.structures import Detections, Instances
 from model.transform import ImageBatch, paste_masks_in_image, rescale_boxes, rescale_keypoints, rescale_ratios
+from model.weights.registry import WeightsInfo
 from model.weights.resolve import load_model
 
 # upper bound on the float32 masks pasted at once (elements), to bound memory on large images
@@ -50,8 +51,8 @@ class Predictor:
     """A model ready for inference on one device.
 
     Args:
-        weights: a registry name (``"maskrcnn_resnet50_fpn.COCO_V1"``), a ``.pth`` /
-            ``.safetensors`` path, or a ``MaskRCNN`` module.
+        weights: a registry name (``"maskrcnn_resnet50_fpn.COCO_V1"``) or entry (``WeightsInfo``),
+            a ``.pth`` / ``.safetensors`` path, or a ``MaskRCNN`` module.
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
         score_threshold: detections below it are dropped (default: the model's
             ``box_score_thresh``).
@@ -73,7 +74,7 @@ class Predictor:
 
     def __init__(
         self,
-        weights: str | Path | MaskRCNN,
+        weights: str | Path | WeightsInfo | MaskRCNN,
         device: str | torch.device = "auto",
         *,
         score_threshold: float | None = None,
@@ -202,6 +203,32 @@ class Predictor:
             instances.boxes = box_image.cpu()  # as drawn, not mapped there and back
             if unknown:
                 instances.label_names = [str(label)]
+            return instances
+
+    def predict_in_boxes(self, image: ImageLike, boxes: Tensor, label: int | str) -> Instances:
+        """Instances of the class ``label`` (one the model knows) in ``boxes`` (N, 4) ``(x1, y1,
+        x2, y2)`` in image pixels: the mask and keypoint heads on the image's cached features, with
+        no classifying (scores are 1) and the boxes kept as given (clipped to the image). For
+        boxes another model found (``model.person_pose``); a box a person draws is
+        ``predict_in_box``'s."""
+        with self._running():
+            cached = self._features(image)
+            batch, heads = cached.batch, self.model.roi_heads
+            height, width = batch.original_sizes[0]
+            box_image = boxes.to(self.device, torch.float32).reshape(-1, 4).clone()
+            box_image[:, 0::2] = box_image[:, 0::2].clamp(0, width)
+            box_image[:, 1::2] = box_image[:, 1::2].clamp(0, height)
+            box_input = rescale_boxes(box_image, rescale_ratios((height, width), batch.sizes[0], self.device))
+            count = box_input.shape[0]
+            labels = torch.full((count,), self._label_index(label), dtype=torch.int64, device=self.device)
+            detections = Detections(box_input, box_input.new_ones(count), labels, counts=[count])
+            if heads.has_mask and count:
+                detections.masks = heads.predict_masks(cached.features, [box_input], labels)
+            if heads.has_keypoint and count and self.has_keypoints(label):
+                detections.keypoints, detections.keypoint_scores = heads.predict_keypoints(cached.features, [box_input])
+            self._check_cancelled()
+            instances = self._instances(detections, batch, 0, score_threshold=0.0)
+            instances.boxes = box_image.cpu()
             return instances
 
     def cancel(self) -> None:

@@ -40,6 +40,19 @@ def registry_choices() -> list[ModelChoice]:
     ]
 
 
+def combined_choices() -> list[ModelChoice]:
+    """The registry's combined entries (two published networks run as one, ``model.person_pose``):
+    for proposals; not a base to fine-tune, which takes one network."""
+    try:
+        from model.weights.registry import COMBINED  # imports torch: only when the dialog opens
+    except Exception:
+        return []
+    return [
+        ModelChoice(ModelKind.REGISTRY, name, f"{name}  ({info.file_size_mb:.0f} MB in two files, download once)")
+        for name, info in COMBINED.items()
+    ]
+
+
 def run_choices(project_path: Path | None) -> list[ModelChoice]:
     if project_path is None or not runs_dir(project_path).is_dir():
         return []
@@ -71,7 +84,7 @@ class ModelPickerDialog(QDialog):
         demo = bundled_model()
         choices = run_choices(project_path)
         choices += [ModelChoice(ModelKind.FILE, str(demo), "bundled demo model")] if demo else []
-        choices += registry_choices()
+        choices += registry_choices() + combined_choices()
         for choice in choices:
             self._add(choice)
         browse = QPushButton("Local weights file…")

@@ -79,9 +79,9 @@ class ModelChoice:
 
 
 def default_predictor_factory(choice: ModelChoice, device: str) -> PredictorLike:
-    from model.predictor import Predictor  # the model package: imported in the model thread only
+    from model.person_pose import open_predictor  # the model package: imported in the model thread only
 
-    return Predictor(choice.name, device=device)
+    return open_predictor(choice.name, device=device)
 
 
 class ProposalWorker(QObject):
@@ -136,19 +136,24 @@ class ProposalWorker(QObject):
         with self._job(f"Loading {choice.title}", failed=self.model_failed, cancelled=self.load_cancelled):
             _leave_a_core_for_the_ui()
             if choice.kind == ModelKind.REGISTRY:
-                self._download(choice.name)
+                from model.weights.registry import registry_files  # imports torch: in the model thread only
+
+                # a combined entry is two files, each downloaded as one; an unknown name fails in fetch
+                for weights in registry_files(choice.name) or (choice.name,):
+                    self._download(weights)
             self.predictor = self.factory(choice, device)
             self._last_prediction = None
             version = str(getattr(self.predictor, "model_version", "") or choice.title)
             actual = str(getattr(self.predictor, "device", device))
             self.model_loaded.emit(version, actual)
 
-    def _download(self, name: str) -> None:
-        """Registry weights into the cache, unless there already. ``download_progress`` reports
-        the bytes (the first and last report always, others as DOWNLOAD_REPORT_* say);
-        ``download_finished`` follows a download that started, however it ended."""
+    def _download(self, weights: Any) -> None:
+        """Registry weights (a name or a ``WeightsInfo``) into the cache, unless there already.
+        ``download_progress`` reports the bytes (the first and last report always, others as
+        DOWNLOAD_REPORT_* say); ``download_finished`` follows a download that started, however it ended."""
         from model.weights.download import DownloadCancelled, fetch  # imports torch: in the model thread only
 
+        name = str(getattr(weights, "name", weights))
         started, last_time, last_done = False, 0.0, 0
 
         def report(done: int, total: int | None) -> None:
@@ -167,7 +172,7 @@ class ProposalWorker(QObject):
                 self.download_progress.emit(name, done, total)
 
         try:
-            fetch(name, progress=False, on_progress=report)
+            fetch(weights, progress=False, on_progress=report)
         finally:
             if started:
                 self.download_finished.emit()

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from model.weights.registry import DEFAULT_WEIGHTS, REGISTRY, WeightsInfo, lookup
+from model.weights.registry import COMBINED, DEFAULT_WEIGHTS, REGISTRY, WeightsInfo, lookup
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -78,12 +78,16 @@ def fetch(
     on stderr; ``on_progress`` is called as the bytes arrive (see ``download``); neither is used
     when the file is already there.
     """
+    if isinstance(weights, str) and weights in COMBINED:
+        files = " and ".join(info.name for info in COMBINED[weights].files)
+        raise ValueError(f"{weights} is two networks run as one by the Predictor ({files}), not one weights file")
     if isinstance(weights, str) and (weights in REGISTRY or weights in DEFAULT_WEIGHTS):
         weights = lookup(weights)
     if not isinstance(weights, WeightsInfo):
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"no weights file at {path} (registry names: {', '.join(sorted(REGISTRY))})")
+            known = ", ".join(sorted([*REGISTRY, *COMBINED]))
+            raise FileNotFoundError(f"no weights file at {path} (registry names: {known})")
         return WeightsFile(path=path, sha256=sha256_of(path))
 
     info = weights

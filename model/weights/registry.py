@@ -4,7 +4,8 @@ training can start its backbone from.
 As torchvision's weights enums do, an entry is data only: where the file is (URL, hash prefix),
 what it was trained for (label space, keypoint schema, BatchNorm epsilon) and how well it does
 (COCO val2017 AP, size). Fetching a file is ``model.weights.download``'s job; the model it
-loads into comes from ``WeightsInfo.config``.
+loads into comes from ``WeightsInfo.config``. ``COMBINED`` names pairs of those files that run
+together as one Predictor (``model.person_pose``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,48 @@ REGISTRY: dict[str, WeightsInfo] = {
 # architecture name -> its registry weights (torchvision's ``DEFAULT``)
 DEFAULT_WEIGHTS: dict[str, str] = {info.architecture: info.name for info in REGISTRY.values()}
 
+
+@dataclass(frozen=True)
+class CombinedWeightsInfo:
+    """Two published files run as one Predictor (``model.person_pose``): boxes, classes and masks
+    from the ``masks`` network, and for each ``person`` the keypoints of the ``keypoints`` network.
+    torchvision publishes no network that does both; each file downloads on its own (``files``)."""
+
+    name: str
+    masks: WeightsInfo
+    keypoints: WeightsInfo
+    person: str = "person"  # the class of ``masks`` that ``keypoints`` detects
+
+    @property
+    def files(self) -> tuple[WeightsInfo, WeightsInfo]:
+        return (self.masks, self.keypoints)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self.masks.categories
+
+    @property
+    def keypoint_names(self) -> tuple[str, ...]:
+        return self.keypoints.keypoint_names
+
+    @property
+    def file_size_mb(self) -> float:
+        return self.masks.file_size_mb + self.keypoints.file_size_mb
+
+
+# The v2 Mask R-CNN (41.8 mask AP against v1's 34.6) for the 80 classes' masks; torchvision's only
+# Keypoint R-CNN for the persons' 17 keypoints.
+COMBINED: dict[str, CombinedWeightsInfo] = {
+    info.name: info
+    for info in (
+        CombinedWeightsInfo(
+            name="masks_and_keypoints_resnet50_fpn.COCO_V1",
+            masks=REGISTRY["maskrcnn_resnet50_fpn_v2.COCO_V1"],
+            keypoints=REGISTRY["keypointrcnn_resnet50_fpn.COCO_V1"],
+        ),
+    )
+}
+
 # ImageNet classification weights of torchvision's ResNets: a starting point for training the
 # detector's backbone (``model.weights.transfer.load_backbone``), not a detector; their FPN and
 # heads start fresh.
@@ -136,6 +179,16 @@ def lookup(name: str) -> WeightsInfo:
     if name in DEFAULT_WEIGHTS:
         return REGISTRY[DEFAULT_WEIGHTS[name]]
     raise KeyError(f"unknown weights {name!r}; known: {', '.join(sorted(REGISTRY))}")
+
+
+def registry_files(name: str) -> tuple[WeightsInfo, ...]:
+    """The published files a registry name stands for: a combined entry's two, a file entry's one
+    (an architecture name: its default weights), none for a name the registry does not know."""
+    if name in COMBINED:
+        return COMBINED[name].files
+    if name in REGISTRY or name in DEFAULT_WEIGHTS:
+        return (lookup(name),)
+    return ()
 
 
 def default_weights() -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from model.weights.registry import REGISTRY
+from model.weights.registry import COMBINED, REGISTRY
 from resources import bundled_model
 
 SHOWN_CLASSES = 6  # class names listed before "…"
@@ -29,6 +29,9 @@ def what_it_knows(weights: str) -> str:
     if weights in REGISTRY:
         info = REGISTRY[weights]
         return f"COCO; {knows(info.categories, info.keypoint_names)}"
+    if weights in COMBINED:
+        pair = COMBINED[weights]
+        return f"COCO; {knows(pair.categories)}; {len(pair.keypoint_names)} keypoints for each {pair.person}"
     path = Path(weights)
     config = _stored_config(path)
     if config is None:
