@@ -129,8 +129,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--amp",
         action="store_true",
         default=None,
-        help="mixed precision: float16 on CUDA (the default there), bfloat16 on the CPU (faster on CPUs "
-        "with native bfloat16, e.g. AVX512-BF16 or AMX)",
+        help="mixed precision: float16 on CUDA, bfloat16 on the CPU (default: on CUDA, and on a CPU with native "
+        "bfloat16, e.g. AVX512-BF16 or AMX, for ResNet-50 and deeper, where it is faster)",
     )
     amp.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision")
     add("--device", default="auto", help="auto (CUDA, else CPU; under torchrun each rank its GPU), cpu, cuda, cuda:1")

@@ -126,6 +126,23 @@ def choose_policy(
     return ExecutionPolicy(device=device, autocast_dtype=_DTYPES[precision], channels_last=channels_last)
 
 
+# Training on the CPU autocasts to bfloat16 by default only where that pays: measured on the
+# 2-core AMX Xeon (2026-12-04, bench/results/2026-12-04-cpu-training-bf16.md), a ResNet-50-FPN step
+# took 9.3 s in bfloat16 against 20.3 s in float32, while the small ResNet-18 / GroupNorm model
+# took as long either way (0.41-0.44 s against 0.44-0.48 s: its narrow convolutions and norms are
+# not where bfloat16 gains); the loss curves and the fine-tuned model's proposals agreed.
+BF16_TRAINING_MIN_DEPTH = 50
+
+
+def training_autocast(device: torch.device, backbone_depth: int) -> bool:
+    """Whether training autocasts when ``--amp`` / ``--no-amp`` is not given: always on CUDA
+    (float16 with a gradient scaler), on a CPU with native bfloat16 when the ResNet body is at
+    least ``BF16_TRAINING_MIN_DEPTH`` deep, never elsewhere."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and backbone_depth >= BF16_TRAINING_MIN_DEPTH and cpu_has_native_bf16()
+
+
 def fold_batch_norms(model: nn.Module) -> int:
     """Fold every frozen batch norm (and eval-mode ``BatchNorm2d``) that directly follows a
     convolution into that convolution's weights and bias, in place; the norm becomes an

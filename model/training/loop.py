@@ -23,6 +23,7 @@ from torch import nn
 from model.data import CocoData, CocoDataset, TrainingBatches, collate
 from model.detector import MaskRCNN
 from model.errors import InputError
+from model.precision import training_autocast
 from model.training.checkpoint import restore_training_state
 from model.training.comm import Distributed
 from model.training.events import EventLog
@@ -111,7 +112,7 @@ def train(
     """
     events = events or EventLog(enabled=False)
     run_dir.mkdir(parents=True, exist_ok=True)
-    amp = options.amp if options.amp is not None else device.type == "cuda"
+    amp = options.amp if options.amp is not None else training_autocast(device, model.config.backbone_depth)
     channels_last = device.type in ("cuda", "cpu")
     trainer, start = _trainer(model, options, resume, device, distributed, events, amp, channels_last)
     loader = _data_loader(train_data, options, start, distributed, device)

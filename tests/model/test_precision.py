@@ -19,7 +19,7 @@ from model import roi_heads as model_roi_heads
 from model import rpn as model_rpn
 from model.backbone import FrozenBatchNorm2d
 from model.images import read_image
-from model.precision import choose_policy, fold_batch_norms
+from model.precision import choose_policy, fold_batch_norms, training_autocast
 from model.precision import cpu_has_native_bf16 as detect_native_bf16  # the real one, whatever a fixture mocks
 from model.predictor import Predictor
 from model.synthetic import make_sample
@@ -220,3 +220,14 @@ def test_propose_and_evaluate_take_a_precision(command: list[str], capsys: pytes
     with pytest.raises(SystemExit):
         parser.parse_args([*command, "--precision", "int8"])
     assert "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_training_autocasts_on_cuda_and_on_a_bf16_cpu_only_for_deep_backbones(native_bf16) -> None:
+    assert training_autocast(torch.device("cuda"), 18)
+    assert training_autocast(CPU, 50) and training_autocast(CPU, 101)
+    assert not training_autocast(CPU, 18)  # the small model gains nothing from bfloat16
+    assert not training_autocast(torch.device("mps"), 50)
+
+
+def test_training_stays_in_float32_on_a_cpu_without_native_bf16(no_native_bf16) -> None:
+    assert not training_autocast(CPU, 50) and training_autocast(torch.device("cuda"), 50)
