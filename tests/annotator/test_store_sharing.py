@@ -1,6 +1,7 @@
-"""Two programs using one project file at once: every acknowledged edit of both lands, what an
-import checks is what it writes on, a busy project is waited for with a word and given up on in
-one line, and a project created by two programs at once is made once."""
+"""Two programs using one project file at once: every acknowledged edit of both lands (beside an
+import or a proposal run), what an import checks is what it writes on, a busy project is waited
+for with a word and given up on in one line, and a project created by two programs at once is made
+once."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from annotator.labelme import import_labelme
 from annotator.project_file import BUSY_WAIT_VARIABLE
 from annotator.store import Project
 from model.errors import InputError
+from resources import DEMO_DIR, DEMO_MODEL
 from tests.files import labelme_shape, write_images, write_json, write_labelme
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,3 +227,41 @@ def test_an_import_through_the_app_entry_point_waits_too(
     source = many_labels(project.path.parent / "images", images=1, per_image=3)
     with pytest.raises(InputError, match="busy: another program kept it locked"):
         import_source(project, source)
+
+
+def test_edits_of_this_program_during_a_cli_propose_run_all_land_beside_its_proposals(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in sorted(p.name for p in (DEMO_DIR / "images").iterdir())[:6]:
+        (images / name).write_bytes((DEMO_DIR / "images" / name).read_bytes())
+    path = tmp_path / "p.annot"
+    assert main.main(["new", str(path), "--images", str(images)]) == 0
+    child = _cli("propose", str(path), "--weights", str(DEMO_MODEL), "--device", "cpu")
+    acknowledged: dict[int, int] = {}  # instance id -> its x after the update returned, on every image
+    deleted: list[int] = []
+    with Project.open(path) as project:
+        category = project.add_category("mine").id
+        ids = [image.id for image in project.images()]
+        mask = np.zeros((project.image(ids[0]).height, project.image(ids[0]).width), dtype=bool)
+        while child.poll() is None or len(acknowledged) < 20:
+            n = len(acknowledged) + len(deleted)
+            mask[:] = False
+            mask[n % 40 : n % 40 + 5, : n % 60 + 1] = True
+            instance = project.add_instance(ids[n % len(ids)], category, mask=mask)
+            if n % 5 == 4:
+                project.delete_instance(instance.id)
+                deleted.append(instance.id)
+                continue
+            project.update_instance(instance.id, category_id=category, mask=mask[:, ::-1].copy())
+            acknowledged[instance.id] = mask.shape[1] - 1 - n % 60
+        out, err = child.communicate()
+        assert child.returncode == 0, err
+        proposed = int(re.search(r"proposed (\d+) instances on 6 images", out).group(1))
+        stored = {instance.id: instance for instance in project.iter_instances()}
+        for instance_id, x in acknowledged.items():
+            assert stored[instance_id].bbox[0] == x  # the update landed beside the proposals
+        assert not set(deleted) & set(stored)
+        from_model = [i for i in stored.values() if i.source.value == "model"]
+        assert len(from_model) == proposed and len(stored) == proposed + len(acknowledged)
+        assert {i.model_version for i in from_model} == {next(iter(from_model)).model_version}
+        assert project.integrity_check() == "ok"
