@@ -79,8 +79,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights",
         metavar="NAME|PATH|none",
         help="start from registry weights (a COCO model, or an ImageNet backbone such as resnet50.IMAGENET1K_V1 for "
-        "--arch), a .pth / .safetensors file, or 'none' (random init of --arch); classes and keypoints are "
-        "matched by name (default: the bundled demo model)",
+        "--arch; masks_and_keypoints_resnet50_fpn.COCO_V1: one network, the mask model with the keypoint "
+        "model's keypoint head), a .pth / .safetensors file, or 'none' (random init of --arch); classes and "
+        "keypoints are matched by name (default: the bundled demo model)",
     )
     add("--arch", metavar="NAME", help="architecture for --weights none (default maskrcnn_resnet18_fpn_small)")
     length = parser.add_mutually_exclusive_group()

@@ -183,11 +183,11 @@ class FineTuneDialog(QDialog):
     @staticmethod
     def default_bases() -> list[str]:
         """The bundled demo model, then the registry's weights."""
-        from annotator.gui.model_picker import registry_choices
+        from annotator.gui.model_picker import combined_choices, registry_choices
         from resources import bundled_model
 
         demo = bundled_model()
-        return ([str(demo)] if demo else []) + [choice.name for choice in registry_choices()]
+        return ([str(demo)] if demo else []) + [choice.name for choice in registry_choices() + combined_choices()]
 
     def request(self) -> TrainingRequest:
         run = runs_dir(self.project.path) / time.strftime("run-%Y%m%d-%H%M%S")

@@ -42,7 +42,7 @@ def registry_choices() -> list[ModelChoice]:
 
 def combined_choices() -> list[ModelChoice]:
     """The registry's combined entries (two published networks run as one, ``model.person_pose``):
-    for proposals; not a base to fine-tune, which takes one network."""
+    for proposals, and a base to fine-tune (``model.weights.transfer.join_keypoint_head``)."""
     try:
         from model.weights.registry import COMBINED  # imports torch: only when the dialog opens
     except Exception:

@@ -22,8 +22,8 @@ from model.training.checkpoint import latest_checkpoint, load_checkpoint
 from model.training.options import TrainOptions
 from model.weights.download import fetch
 from model.weights.formats import read_weights
-from model.weights.registry import BACKBONES
-from model.weights.resolve import resolve_weights
+from model.weights.registry import BACKBONES, COMBINED
+from model.weights.resolve import resolve_joined, resolve_weights
 from model.weights.transfer import load_backbone, load_transferred
 
 DEFAULT_ARCHITECTURE = "maskrcnn_resnet18_fpn_small"
@@ -65,7 +65,8 @@ def build_training_model(
     ``weights``: ``"none"`` (random init of ``architecture``), an ImageNet backbone of
     ``model.weights.registry.BACKBONES`` (the ResNet body of ``architecture``, the rest fresh), a registry
     name or a weights file (its architecture; classes and keypoints carried over by name, see
-    ``load_transferred``).
+    ``load_transferred``), or a combined registry name (``COMBINED``: one network, the mask
+    network's with the keypoint network's keypoint head, ``resolve_joined``; then as a file).
     ``overrides``: ``ModelConfig`` fields such as ``min_size`` and ``max_size``.
     """
     if str(weights) in BACKBONES:
@@ -83,11 +84,23 @@ def build_training_model(
         model = MaskRCNN(training_config(config_for(name), labels, trainable_backbone_layers, **overrides))
         return model, [f"random initialisation of {name}"]
 
-    resolved = resolve_weights(weights, architecture)
-    model = MaskRCNN(training_config(resolved.config, labels, trainable_backbone_layers, **overrides))
-    report = load_transferred(model, resolved.state_dict, resolved.config)
-    model.weights_version = resolved.version
-    return model, [f"starting from {resolved.version}", *report.lines()]
+    if str(weights) in COMBINED:
+        # one network of the pair: the mask network with the keypoint network's keypoint head
+        combined = COMBINED[str(weights)]
+        joined = resolve_joined(combined.masks, combined.keypoints, name=combined.name, architecture=architecture)
+        state_dict, source, version = joined.state_dict, joined.config, joined.version
+        start = (
+            f"starting from {version}: backbone, RPN, box and mask heads of {joined.masks.version}, "
+            f"keypoint head of {joined.keypoints.version} (on the other backbone: fine-tuning fits it)"
+        )
+    else:
+        resolved = resolve_weights(weights, architecture)
+        state_dict, source, version = resolved.state_dict, resolved.config, resolved.version
+        start = f"starting from {version}"
+    model = MaskRCNN(training_config(source, labels, trainable_backbone_layers, **overrides))
+    report = load_transferred(model, state_dict, source)
+    model.weights_version = version
+    return model, [start, *report.lines()]
 
 
 @dataclass

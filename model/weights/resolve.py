@@ -1,6 +1,8 @@
 """The one resolver of weights: a registry name, a ``WeightsInfo`` or a file becomes a verified
 file, its state dict and the config of the model it was saved from, with the requested
-architecture checked once. ``load_model``, ``build_model`` and training build on it.
+architecture checked once. ``load_model``, ``build_model`` and training build on it;
+``resolve_joined`` makes one network of a mask network and a keypoint network (fine-tuning a
+combined registry entry starts there).
 
 Where the config comes from: the registry entry (its label space and BatchNorm epsilon), else
 the config our checkpoints store, else ``infer_config`` reads it off a bare state dict.
@@ -21,7 +23,7 @@ from model.weights.architecture import infer_config
 from model.weights.download import ProgressCallback, WeightsFile, fetch
 from model.weights.formats import read_weights
 from model.weights.registry import WeightsInfo
-from model.weights.transfer import load_weights
+from model.weights.transfer import join_keypoint_head, load_weights
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,47 @@ def resolve_weights(
         if architecture is not None and _network(config) != _network(ARCHITECTURES[architecture]):
             raise ValueError(f"{file.path} does not hold weights of {architecture}")
     return ResolvedWeights(file=file, state_dict=state_dict, config=config)
+
+
+@dataclass(frozen=True)
+class JoinedWeights:
+    """A mask network and a keypoint network as one network's weights (``join_keypoint_head``):
+    ``state_dict`` and ``config`` are the joined network's, ``masks`` and ``keypoints`` the two
+    resolved files it was made of."""
+
+    masks: ResolvedWeights
+    keypoints: ResolvedWeights
+    state_dict: dict[str, Tensor]
+    config: ModelConfig
+    name: str = ""
+
+    @property
+    def version(self) -> str:
+        """``name@<mask hash>+<keypoint hash>`` as ``PersonPosePredictor`` names the pair; without a
+        name both versions in full."""
+        if not self.name:
+            return f"{self.masks.version}+{self.keypoints.version}"
+        hashes = (self.masks.version.rpartition("@")[2], self.keypoints.version.rpartition("@")[2])
+        return f"{self.name}@{'+'.join(hashes)}"
+
+
+def resolve_joined(
+    masks: str | Path | WeightsInfo,
+    keypoints: str | Path | WeightsInfo,
+    *,
+    name: str = "",
+    architecture: str | None = None,
+    progress: bool = True,
+    on_progress: ProgressCallback | None = None,
+) -> JoinedWeights:
+    """Resolve both networks (as ``resolve_weights``; ``architecture`` is the mask network's) and
+    join them: everything of ``masks``, the keypoint head and predictor of ``keypoints``."""
+    mask_weights = resolve_weights(masks, architecture, progress=progress, on_progress=on_progress)
+    keypoint_weights = resolve_weights(keypoints, progress=progress, on_progress=on_progress)
+    state_dict, config = join_keypoint_head(
+        mask_weights.state_dict, mask_weights.config, keypoint_weights.state_dict, keypoint_weights.config
+    )
+    return JoinedWeights(mask_weights, keypoint_weights, state_dict, config, name)
 
 
 def _network(config: ModelConfig) -> tuple[Any, ...]:

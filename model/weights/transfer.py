@@ -1,7 +1,8 @@
 """Weights into a model whose label space differs from the file's (fine-tuning starts there):
 another number of classes or keypoints (``load_weights``), the classes and keypoints the two
-share carried over by name (``load_transferred``), or only an ImageNet ResNet body
-(``load_backbone``)."""
+share carried over by name (``load_transferred``), only an ImageNet ResNet body
+(``load_backbone``), or a mask network and a keypoint network's keypoint head joined into one
+network (``join_keypoint_head``)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,46 @@ def load_backbone(model: MaskRCNN, state_dict: dict[str, Tensor]) -> None:
         model.backbone.body.load_state_dict(body, strict=True)
     except RuntimeError as error:
         raise ValueError(f"these are not weights of the model's ResNet body: {error}") from None
+
+
+# the keypoint network's parts that a joined network takes (the rest is the mask network's)
+_KEYPOINT_PARTS = ("roi_heads.keypoint_head.", "roi_heads.keypoint_predictor.")
+
+
+def join_keypoint_head(
+    masks: dict[str, Tensor], masks_config: ModelConfig, keypoints: dict[str, Tensor], keypoints_config: ModelConfig
+) -> tuple[dict[str, Tensor], ModelConfig]:
+    """One network from two: the state dict and config of a Mask R-CNN with the backbone, RPN,
+    box and mask heads and classes of ``masks`` and the keypoint head, predictor and keypoint
+    schema of ``keypoints`` (a Keypoint R-CNN, e.g. torchvision's COCO pair).
+
+    The keypoint head was trained on the keypoint network's own FPN features, which the mask
+    network's backbone does not reproduce: the joined network is a starting point for
+    fine-tuning (``load_transferred`` into the data set's label space), not a model to use as it
+    is (``model.person_pose`` runs the two networks apart for that). The keypoint head reads the
+    FPN's channels, so both networks must have the same FPN width.
+    """
+    if not masks_config.mask_on:
+        raise ValueError("the mask network has no mask head")
+    if not keypoints_config.keypoint_on:
+        raise ValueError("the keypoint network has no keypoint head")
+    if masks_config.fpn_channels != keypoints_config.fpn_channels:
+        raise ValueError(
+            f"the keypoint head reads {keypoints_config.fpn_channels} FPN channels, "
+            f"the mask network's FPN gives {masks_config.fpn_channels}"
+        )
+    masks, keypoints = upgrade_legacy_keys(masks), upgrade_legacy_keys(keypoints)
+    joined = {key: value for key, value in masks.items() if not key.startswith(_KEYPOINT_PARTS)}
+    joined.update({key: value for key, value in keypoints.items() if key.startswith(_KEYPOINT_PARTS)})
+    config = masks_config.replace(
+        keypoint_on=True,
+        keypoint_names=keypoints_config.keypoint_names,
+        keypoint_skeleton=keypoints_config.keypoint_skeleton,
+        keypoint_flip_map=keypoints_config.keypoint_flip_map,
+        keypoint_head_channels=keypoints_config.keypoint_head_channels,
+        keypoint_head_convs=keypoints_config.keypoint_head_convs,
+    )
+    return joined, config
 
 
 def load_transferred(model: MaskRCNN, state_dict: dict[str, Tensor], source: ModelConfig) -> TransferReport:
