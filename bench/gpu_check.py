@@ -59,7 +59,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-ARCHITECTURES = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn")
+ARCHITECTURES = (
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+    "keypointrcnn_resnet50_fpn",
+    "masks_and_keypoints_resnet50_fpn.COCO_V1",  # the two networks as one (issue 15), beside each alone
+)
 # modules a machine may lack without anything of ours being wrong: a step that fails only for one
 # of them is skipped, not failed
 ENVIRONMENT_MODULES = ("pycocotools", "PySide6", "shiboken6", "pytestqt")
