@@ -4,11 +4,15 @@ named as torchvision publishes them."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import os
 import socket
+import stat
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +101,26 @@ def few_megabytes_published(folder: Path) -> tuple[WeightsInfo, Path]:
         categories=("__background__", "thing"),
     )
     return info, source
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def reachable_by_other_users() -> Iterator[None]:
+    """The checkout and the interpreter reachable by another user (``nobody``) while the block runs:
+    a clean clone may sit in a folder only its owner can enter (``mktemp -d`` makes them 0700), and
+    the read-only tests run the program as a user that file permissions apply to. Each folder on
+    the way that others cannot enter gets their execute bit, and its mode back afterwards."""
+    changed: list[tuple[Path, int]] = []
+    for start in (REPOSITORY, Path(sys.executable).parent, Path(sys.prefix)):
+        for folder in [start, *start.parents]:
+            mode = folder.stat().st_mode
+            if not mode & stat.S_IXOTH and os.geteuid() == 0:
+                folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+                changed.append((folder, stat.S_IMODE(mode)))
+    try:
+        yield
+    finally:
+        for folder, mode in reversed(changed):
+            folder.chmod(mode)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from annotator.store import Project
-from tests.files import write_images, write_json
+from tests.files import reachable_by_other_users, write_images, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -33,9 +33,10 @@ def run_as_reader(*arguments: str) -> subprocess.CompletedProcess:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: every file is writable")
         command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
-    return subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120
-    )
+    with reachable_by_other_users():
+        return subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120
+        )
 
 
 @pytest.fixture

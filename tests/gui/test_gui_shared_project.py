@@ -28,6 +28,7 @@ from annotator.commands import EditConflict, UndoStack
 from annotator.image_folder import project_path_for_folder
 from annotator.project_file import ProjectReadOnly
 from annotator.store import Project, ReviewState, Source
+from tests.files import reachable_by_other_users
 from tests.gui.driving import (
     click,
     drag,
@@ -56,17 +57,18 @@ def as_reader() -> Iterator[None]:
     if os.geteuid() != 0:
         yield
         return
-    try:
-        os.setresgid(NOBODY, NOBODY, 0)
-        os.setresuid(NOBODY, NOBODY, 0)
-    except OSError:
-        os.setresgid(0, 0, 0)
-        pytest.skip("root without the right to take another user's ids: every file is writable")
-    try:
-        yield
-    finally:
-        os.setresuid(0, 0, 0)
-        os.setresgid(0, 0, 0)
+    with reachable_by_other_users():  # modules imported lazily are read as nobody
+        try:
+            os.setresgid(NOBODY, NOBODY, 0)
+            os.setresuid(NOBODY, NOBODY, 0)
+        except OSError:
+            os.setresgid(0, 0, 0)
+            pytest.skip("root without the right to take another user's ids: every file is writable")
+        try:
+            yield
+        finally:
+            os.setresuid(0, 0, 0)
+            os.setresgid(0, 0, 0)
 
 
 @pytest.fixture
