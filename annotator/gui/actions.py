@@ -12,6 +12,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QMainWindow, QMenu, QToolBar
 
+from annotator.gui.unavailable import when_image_shown
 from annotator.store import ReviewState
 
 
@@ -74,10 +75,10 @@ def window_menus(w: QMainWindow) -> list[tuple[str, list[MenuItem]]]:
         (
             "&View",
             [
-                ActionSpec("fit", "&Fit image", w.canvas.fit, ("F",)),
-                ActionSpec("zoom_1to1", "Zoom &1:1", w.canvas.zoom_1to1, ("1",)),
-                ActionSpec("zoom_in", "Zoom in", lambda: w.canvas.zoom_by(1.25), ("Ctrl++",)),
-                ActionSpec("zoom_out", "Zoom out", lambda: w.canvas.zoom_by(0.8), ("Ctrl+-",)),
+                ActionSpec("fit", "&Fit image", when_image_shown(w, w.canvas.fit), ("F",)),
+                ActionSpec("zoom_1to1", "Zoom &1:1", when_image_shown(w, w.canvas.zoom_1to1), ("1",)),
+                ActionSpec("zoom_in", "Zoom in", when_image_shown(w, lambda: w.canvas.zoom_by(1.25)), ("Ctrl++",)),
+                ActionSpec("zoom_out", "Zoom out", when_image_shown(w, lambda: w.canvas.zoom_by(0.8)), ("Ctrl+-",)),
                 None,
                 ActionSpec(
                     "hide_overlays",

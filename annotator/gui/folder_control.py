@@ -1,23 +1,33 @@
-"""The project's image folder as the window uses it: finding a folder that moved, saying which
-images came into the folder (or left it) since the project last saw it, and File > Add images.
-The rules are Qt-free (annotator.image_folder); this wires them to dialogs, the status bar and the
-image list."""
+"""The project's image folder as the window uses it: making the project of a folder opened for the
+first time, finding a folder that moved, saying which images came into the folder (or left it)
+since the project last saw it, and File > Add images. The rules are Qt-free
+(annotator.image_folder); this wires them to dialogs, the status bar and the image list."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QFileDialog, QMessageBox, QProgressDialog, QWidget
 
+from annotator.gui import unavailable
 from annotator.gui.background import run_in_background
 from annotator.gui.image_list import ImageListPanel
 from annotator.gui.session import Session
 from annotator.gui.status_bar import StatusBar
-from annotator.image_folder import FolderChanges, add_images, folder_changes
+from annotator.image_folder import (
+    FolderChanges,
+    FolderScan,
+    add_images,
+    create_project,
+    folder_changes,
+    project_path_for_folder,
+    scan_images,
+)
 from annotator.store import Project
 from annotator.wording import counted
+from model.errors import InputError
 
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.tif *.tiff *.webp)"
 
@@ -60,6 +70,30 @@ class FolderControl(QObject):
         project.set_image_root(folder)
         self.status.showMessage(f"Images now read from {project.image_root}", 6000)
 
+    def create_project(self, folder: Path, opened: Callable[[Project], None]) -> None:
+        """A folder opened for the first time: its images are read on the thread pool, under a
+        progress dialog, then its project is made and given to ``opened``."""
+        dialog = QProgressDialog(f"Reading the images in {folder}…", "", 0, 0, self.window)
+        dialog.setCancelButton(None)
+        dialog.setWindowModality(Qt.WindowModality.WindowModal)
+        dialog.setMinimumDuration(300)
+
+        def done(scan: FolderScan) -> None:
+            dialog.close()
+            try:
+                opened(create_project(project_path_for_folder(folder), scan))
+            except InputError as error:
+                self.error.emit("Open", str(error))
+                return
+            if scan.unreadable:
+                self.error.emit("Some images were left out", "\n".join(scan.warnings()[:20]))
+
+        def failed(message: str) -> None:
+            dialog.close()
+            self.error.emit("Open", message)
+
+        run_in_background(lambda: scan_images(folder), done, failed)
+
     def notice_changes(self, project: Project) -> None:
         """Says in the status bar which images came into the folder, or left it, since the project
         last saw it, until they are added (the folder is listed off the UI thread; nothing is
@@ -78,6 +112,7 @@ class FolderControl(QObject):
         """File > Add images: image files (under the project's image folder) chosen in a dialog."""
         session = self.session()
         if session is None:
+            self.status.showMessage(unavailable.NO_PROJECT, unavailable.MESSAGE_MS)
             return
         names, _ = QFileDialog.getOpenFileNames(
             self.window, "Add images to the project", str(session.project.image_root), IMAGE_FILTER

@@ -16,19 +16,19 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QInputDialog,
     QMainWindow,
-    QMenu,
     QMessageBox,
-    QProgressDialog,
     QToolBar,
     QWidget,
 )
 
+from annotator.gui import unavailable
 from annotator.gui.actions import build_actions
 from annotator.gui.activity import ActivityMeter
 from annotator.gui.background import run_in_background
 from annotator.gui.canvas import Canvas
 from annotator.gui.category_panel import CategoryPanel
 from annotator.gui.exports import FolderExports
+from annotator.gui.first_run import FirstRun
 from annotator.gui.folder_control import FolderControl
 from annotator.gui.garbage import collect_on_the_ui_thread
 from annotator.gui.help_dialog import HelpDialog
@@ -40,6 +40,7 @@ from annotator.gui.project_watch import ProjectWatch
 from annotator.gui.proposals import ModelChoice, PredictorLike
 from annotator.gui.pyramid import ImagePyramid, build_pyramid
 from annotator.gui.read_only import ReadOnlyView
+from annotator.gui.recent import RecentProjects
 from annotator.gui.session import Session
 from annotator.gui.statistics import StatisticsDialog
 from annotator.gui.status_bar import StatusBar
@@ -51,13 +52,12 @@ from annotator.gui.tools.keypoints import KeypointTool
 from annotator.gui.tools.outline import OutlineTool
 from annotator.gui.tools.polygon import PolygonTool
 from annotator.gui.tools.select import SelectTool
-from annotator.image_folder import FolderScan, create_project, project_path_for_folder, scan_images
+from annotator.gui.unavailable import DisabledShortcuts
+from annotator.image_folder import project_path_for_folder
 from annotator.importing import import_source
-from annotator.store import Project, ReviewState
+from annotator.store import Project, ReviewState, Source
 from annotator.wording import counted
 from model.errors import InputError
-
-MAX_RECENT = 10
 
 
 def app_settings() -> QSettings:
@@ -94,6 +94,7 @@ class MainWindow(QMainWindow):
         self.proposals = self.model_control.service  # the model thread: the tools ask it too
         self.model_control.error.connect(self._error)
         self.model_control.state_changed.connect(self._update_enabled)
+        self.first_run = FirstRun(self, self.settings, self.model_control)  # which model, asked once
         self.tools: dict[str, Tool] = {
             "select": SelectTool(self.canvas, session_source),
             "click": ClickTool(self.canvas, session_source, self.proposals),
@@ -119,7 +120,8 @@ class MainWindow(QMainWindow):
         self.instances.accept_all_requested.connect(self.accept_all_above_threshold)
         self.categories.status_message.connect(lambda text: self.status.showMessage(text, 8000))
 
-        self.recent_menu = QMenu("Open &recent", self)
+        self.recent = RecentProjects(self, self.settings, self.open_path, self._error)
+        self.recent_menu = self.recent.menu
         toolbar = QToolBar("Tools")
         toolbar.setObjectName("toolbar-tools")
         self.addToolBar(Qt.ToolBarArea.TopToolBarArea, toolbar)
@@ -129,9 +131,9 @@ class MainWindow(QMainWindow):
         auto.toggled.connect(self.model_control.auto.set_enabled)  # also when the demo checks it
         self.actions_by_name["learn"].setChecked(self.learning.enabled)
         self.actions_by_name["learn"].toggled.connect(self.learning.set_enabled)
-        self._rebuild_recent_menu()
         self.set_tool("select")
         self.watch = ProjectWatch(self)  # another program's changes to the project (issue 17)
+        self.disabled_shortcuts = DisabledShortcuts(self)  # a greyed action's key says why (issue 16)
         self.read_only = ReadOnlyView(self)  # a project that cannot be written
         self._restore_settings()
         self._update_enabled()
@@ -172,28 +174,7 @@ class MainWindow(QMainWindow):
             self.settings.setValue(self._threshold_key(self.session.project), self.session.view.score_threshold)
 
     def recent_projects(self) -> list[str]:
-        value = self.settings.value("recent/projects", [])
-        return [value] if isinstance(value, str) else list(value or [])
-
-    def _remember(self, path: Path) -> None:
-        recent = [str(path.resolve())] + [p for p in self.recent_projects() if p != str(path.resolve())]
-        self.settings.setValue("recent/projects", recent[:MAX_RECENT])
-        self._rebuild_recent_menu()
-
-    def _rebuild_recent_menu(self) -> None:
-        self.recent_menu.clear()
-        for path in self.recent_projects():
-            action = self.recent_menu.addAction(path)
-            action.triggered.connect(lambda checked=False, p=path: self._open_recent(Path(p)))
-        self.recent_menu.setEnabled(bool(self.recent_projects()))
-
-    def _open_recent(self, path: Path) -> None:
-        if not path.exists():  # deleted or moved since: it leaves the menu, as editors do
-            self.settings.setValue("recent/projects", [p for p in self.recent_projects() if p != str(path)])
-            self._rebuild_recent_menu()
-            self._error("Open", f"{path}: not there any more; removed from the recent projects")
-            return
-        self.open_path(path)
+        return self.recent.paths()
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -215,35 +196,13 @@ class MainWindow(QMainWindow):
                 if project_file.exists():
                     self.set_project(Project.open(project_file))
                 else:
-                    self._scan_and_create(path)
+                    self.folder.create_project(path, self.set_project)
             else:
                 project = Project.open(path)
                 self.folder.locate_moved_images(project)
                 self.set_project(project)
         except InputError as error:
             self._error("Open", str(error))
-
-    def _scan_and_create(self, folder: Path) -> None:
-        dialog = QProgressDialog(f"Reading the images in {folder}…", "", 0, 0, self)
-        dialog.setCancelButton(None)
-        dialog.setWindowModality(Qt.WindowModality.WindowModal)
-        dialog.setMinimumDuration(300)
-
-        def done(scan: FolderScan) -> None:
-            dialog.close()
-            try:
-                self.set_project(create_project(project_path_for_folder(folder), scan))
-            except InputError as error:
-                self._error("Open", str(error))
-                return
-            if scan.unreadable:
-                self._error("Some images were left out", "\n".join(scan.warnings()[:20]))
-
-        def failed(message: str) -> None:
-            dialog.close()
-            self._error("Open", message)
-
-        run_in_background(lambda: scan_images(folder), done, failed)
 
     def set_project(self, project: Project) -> None:
         self.model_control.project_changing()
@@ -268,7 +227,7 @@ class MainWindow(QMainWindow):
             panel.set_session(self.session)
         self.learning.project_opened(self.session)
         self.canvas.set_session(self.session)
-        self._remember(project.path)
+        self.recent.remember(project.path)
         self.setWindowTitle(f"{project.path.name} — Mask R-CNN annotator")
         self.watch.project_opened(project)
         self.read_only.project_opened(project)
@@ -277,6 +236,7 @@ class MainWindow(QMainWindow):
             self.show_image(first.id)
         self._update_enabled()
         self.folder.notice_changes(project)
+        self.first_run.project_opened()
 
     def _show_new_shape_category(self) -> None:
         category = self.session.current_category if self.session is not None else None
@@ -334,17 +294,30 @@ class MainWindow(QMainWindow):
 
     # -- navigation and review (annotator.review) ------------------------------------------------
 
+    def _say(self, reason: str) -> None:
+        """Why an action did nothing, in the status bar (annotator.gui.unavailable)."""
+        self.status.showMessage(reason, 5000)
+
+    def _image_open(self) -> bool:
+        """Whether an image is open to act on; else the status bar says why not."""
+        if self.session is None or not self.session.image_id:
+            self._say(unavailable.NO_PROJECT if self.session is None else unavailable.NO_IMAGE)
+            return False
+        return True
+
     def step_image(self, step: int) -> None:
         ids = self.images.visible_ids()
         if self.session is None or not ids:
-            return
+            return self._say(unavailable.NO_PROJECT if self.session is None else unavailable.NO_IMAGE_LISTED)
         current = ids.index(self.session.image_id) if self.session.image_id in ids else -1
         target = max(0, min(len(ids) - 1, current + step))
+        if ids[target] == self.session.image_id:
+            return self._say(f"This is the {'last' if step > 0 else 'first'} image of the list")
         self.show_image(ids[target])
 
     def mark_done_and_next(self) -> None:
         session = self.session
-        if session is None or not session.image_id:
+        if not self._image_open():
             return
         done = session.review.mark_done(session.image_id)
         later = self.images.next_to_review(session.image_id)
@@ -353,24 +326,33 @@ class MainWindow(QMainWindow):
         self.status.showMessage(done.summary() + ("" if later else "; every image is reviewed"), 8000)
 
     def copy_previous_labels(self) -> None:
-        if self.session is not None and self.session.image_id:
+        if self._image_open():
             self.status.showMessage(self.session.review.copy_previous_labels(self.session.image_id), 8000)
 
     def set_review_state(self, state: ReviewState) -> None:
-        if self.session is not None and self.session.image_id:
-            self.session.set_review_state(self.session.image_id, state)
+        if not self._image_open():
+            return
+        if self.session.image.state == state:
+            return self._say(f"This image is {state.label} already")
+        self.session.set_review_state(self.session.image_id, state)
 
     def accept_selected(self) -> None:
-        if not self._offer_key(Qt.Key.Key_Return) and self.session is not None:
-            self.session.review.accept(self.session.image_id, self.session.selection)
+        if self._offer_key(Qt.Key.Key_Return) or not self._image_open():
+            return
+        ids = self.session.review.editable_selection(self.session.selection)
+        if not any(self.session.project.instance(i).source == Source.MODEL for i in ids):
+            return self._say(unavailable.NOTHING_TO_ACCEPT if ids else unavailable.nothing_selected(self.session))
+        self.session.review.accept(self.session.image_id, ids)
 
     def delete_selected(self) -> None:
-        if not self._offer_key(Qt.Key.Key_Backspace) and self.session is not None:  # a polygon drops its last vertex
-            self.session.review.reject(self.session.image_id, self.session.selection)
+        if self._offer_key(Qt.Key.Key_Backspace) or not self._image_open():  # a polygon drops its last vertex
+            return
+        if not self.session.review.reject(self.session.image_id, self.session.selection):
+            self._say(unavailable.nothing_selected(self.session))
 
     def accept_all_above_threshold(self) -> None:
-        if self.session is not None:
-            self.session.review.accept_all_shown(self.session.image_id)
+        if self._image_open() and not self.session.review.accept_all_shown(self.session.image_id):
+            self._say(unavailable.NO_PROPOSALS_SHOWN)
 
     def change_category(self) -> None:
         session = self.session
@@ -414,8 +396,11 @@ class MainWindow(QMainWindow):
 
     def cancel(self) -> None:
         """Escape: the active tool's gesture if it has one, else the model's job."""
-        if not self._offer_key(Qt.Key.Key_Escape):
-            self.model_control.cancel_job()
+        if self._offer_key(Qt.Key.Key_Escape):
+            return
+        if not self.proposals.busy:
+            return self._say(unavailable.NOTHING_TO_CANCEL)
+        self.model_control.cancel_job()
 
     def grow_brush(self, steps: int) -> None:
         tool = self.canvas.tool if isinstance(self.canvas.tool, BrushTool) else self.tools["brush"]
@@ -496,7 +481,7 @@ class MainWindow(QMainWindow):
 
     def export_coco(self, only_done: bool) -> None:
         if self.session is None:
-            return
+            return self._say(unavailable.NO_PROJECT)
         suggested = str(self.session.project.path.with_suffix(".json"))
         path, _ = QFileDialog.getSaveFileName(self, "Export COCO JSON", suggested, "COCO JSON (*.json)")
         if path:
@@ -527,7 +512,9 @@ class MainWindow(QMainWindow):
     # -- misc -----------------------------------------------------------------------------------
 
     def show_statistics(self) -> None:
-        if self.session is not None:
+        if self.session is None:
+            self._say(unavailable.NO_PROJECT)
+        else:
             self.activity.flush()  # the seconds of the image being worked on count too
             StatisticsDialog(self.session.project, self).exec()
 

@@ -13,6 +13,7 @@ from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtWidgets import QInputDialog, QWidget
 
 from annotator.auto_propose import AutoPropose
+from annotator.gui import unavailable
 from annotator.gui.garbage import collect_on_the_ui_thread
 from annotator.gui.model_picker import DownloadProgressDialog, model_knowledge
 from annotator.gui.proposals import ModelChoice, ModelKind, PredictorLike, ProposalService
@@ -155,6 +156,7 @@ class ModelControl(QObject):
     def propose_current(self) -> None:
         session = self.session()
         if session is None or not session.image_id:
+            self.status.showMessage(unavailable.NO_PROJECT if session is None else unavailable.NO_IMAGE, 5000)
             return
         if not self.service.has_model:
             self.error.emit("Model", NO_MODEL)
@@ -164,6 +166,7 @@ class ModelControl(QObject):
     def propose_all(self) -> None:
         session = self.session()
         if session is None:
+            self.status.showMessage(unavailable.NO_PROJECT, 5000)
             return
         if not self.service.has_model:
             self.error.emit("Model", NO_MODEL)
@@ -212,6 +215,7 @@ class ModelControl(QObject):
     def fine_tune(self) -> None:
         session = self.session()
         if session is None:
+            self.status.showMessage(unavailable.NO_PROJECT, 5000)
             return
         from annotator.gui.finetune_dialog import FineTuneDialog
 
@@ -243,7 +247,8 @@ class ModelControl(QObject):
 
     def show_history(self) -> None:
         session = self.session()
-        if session is None:
+        if session is None:  # the history is the project's (its runs, and the models its labels came from)
+            self.status.showMessage(unavailable.NO_PROJECT, 5000)
             return
         from annotator.gui.model_history_dialog import ModelHistoryDialog
 

@@ -22,6 +22,7 @@ import sqlite3
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QMainWindow
 
+from annotator.gui import unavailable
 from annotator.store import Project
 from model.errors import InputError
 
@@ -82,6 +83,7 @@ class ProjectWatch(QObject):
         (another program changed what it would write, or the project is busy) is said in one line."""
         session = self.window.session
         if session is None:
+            self.window.status.showMessage(unavailable.NO_PROJECT, unavailable.MESSAGE_MS)
             return
         try:
             command = session.redo() if forward else session.undo()
@@ -90,3 +92,6 @@ class ProjectWatch(QObject):
             return
         if command is not None:
             self.window.status.showMessage(f"{'Redid' if forward else 'Undid'}: {command.text}", 3000)
+        else:
+            nothing = unavailable.NOTHING_TO_REDO if forward else unavailable.NOTHING_TO_UNDO
+            self.window.status.showMessage(nothing, unavailable.MESSAGE_MS)

@@ -58,7 +58,7 @@ def test_a_recent_project_that_has_gone_leaves_the_menu_with_a_clear_message(qtb
     open_and_wait(qtbot, window, blob_project)
     gone = tmp_path / "gone.annot"
     window.settings.setValue("recent/projects", [str(gone), str(blob_project.resolve())])
-    window._rebuild_recent_menu()
+    window.recent.rebuild_menu()
     warnings = answer_dialogs(qtbot, [lambda box: box.accept()])
     window.recent_menu.actions()[0].trigger()
     assert warnings == [f"{gone}: not there any more; removed from the recent projects"]
@@ -265,7 +265,9 @@ CRASHING_SESSION = textwrap.dedent("""
     from PySide6.QtWidgets import QApplication
     from annotator.gui.main_window import MainWindow
     app = QApplication([])
-    window = MainWindow(settings=QSettings(sys.argv[2], QSettings.Format.IniFormat))
+    settings = QSettings(sys.argv[2], QSettings.Format.IniFormat)
+    settings.setValue("model/first_run_offered", True)  # the model question answered (annotator.gui.first_run)
+    window = MainWindow(settings=settings)
     window.resize(900, 600)
     window.show()
     window.open_path(__import__("pathlib").Path(sys.argv[1]))
@@ -318,8 +320,9 @@ RUN_APP = textwrap.dedent("""
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
     from annotator.gui.app import run_app
-    from annotator.gui.main_window import MainWindow
+    from annotator.gui.main_window import MainWindow, app_settings
     app = QApplication(sys.argv[:1])  # run_app takes it over; timers need it before exec
+    app_settings().setValue("model/first_run_offered", True)  # the model question answered (annotator.gui.first_run)
     def look(tries=[0]):
         windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
         tries[0] += 1
