@@ -3,7 +3,7 @@ turns the predictor's output into proposals with :func:`proposals_for`; the UI t
 with :func:`store_result`. The window only passes results along (tests/test_prompts.py checks the
 rules headless).
 
-There are three kinds of request (:class:`PromptKind`):
+There are four kinds of request (:class:`PromptKind`):
 
 - the whole image (Model → Propose, auto-propose): every detection becomes a proposal
   (``source=model``, with its score), replacing the image's proposals nobody touched; on an image
@@ -18,7 +18,11 @@ There are three kinds of request (:class:`PromptKind`):
   it; where no detection holds the pixel, box to mask on a box grown from the click gives it
   (:func:`box_grown_from`). It keeps its class when the project has that category, and takes the
   current category otherwise: a class only the model knows says nothing about a project that
-  labels other things (docs/decisions/0016).
+  labels other things (docs/decisions/0016);
+- box-only labels a person selected (Model → Refine boxes to masks): box to mask on each one's box
+  with its category, and each mask goes into that label in place (its id, category and keypoints
+  stay), all of them as one undo step (docs/decisions/0015). A label that gained a mask meanwhile,
+  or went, is left as it is.
 
 A category the model does not know (a user's "cat") still gets masks: ``predict_in_box`` segments
 the box class-agnostic and gives the caller's category.
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from annotator.commands import Change
 from annotator.proposals import Proposal, ProposalCategories, to_proposals
 from annotator.review import Review, duplicates, region
 from annotator.store import Category, Instance, ReviewState, Source
@@ -53,11 +58,17 @@ class PromptKind(enum.StrEnum):
     IMAGE = "image"
     BOX = "box"
     POINT = "point"
+    REFINE = "refine"
 
     @property
     def title(self) -> str:
         """The name of the edit (undo menu, status bar)."""
-        return {PromptKind.IMAGE: "Propose", PromptKind.BOX: "Box to mask", PromptKind.POINT: "Click to segment"}[self]
+        return {
+            PromptKind.IMAGE: "Propose",
+            PromptKind.BOX: "Box to mask",
+            PromptKind.POINT: "Click to segment",
+            PromptKind.REFINE: "Refine boxes to masks",
+        }[self]
 
 
 @dataclass
@@ -71,6 +82,10 @@ class ProposalResult:
     # the model's keypoint names and skeleton (0-based pairs), for categories it adds to the project
     keypoint_names: tuple[str, ...] = ()
     keypoint_skeleton: tuple[tuple[int, int], ...] = ()
+    # REFINE: the box-only instance each proposal is the mask of, in the same order, and how many
+    # boxes were asked about (those the model found no mask in have no proposal)
+    targets: tuple[int, ...] = ()
+    asked: int = 0
 
 
 def detection_at(instances: Any, point: tuple[float, float]) -> int | None:
@@ -171,6 +186,8 @@ def store_result(
     project = review.project
     categories = ProposalCategories(project, result.keypoint_names, result.keypoint_skeleton)
     in_view = result.image_id == image_in_view
+    if result.prompt == PromptKind.REFINE:
+        return _refine_boxes(review, result, in_view)
     if result.prompt == PromptKind.IMAGE:
         if project.image(result.image_id).state in (ReviewState.IN_REVIEW, ReviewState.DONE):
             return _beside_what_is_there(review, result, categories, in_view)
@@ -203,6 +220,36 @@ def store_result(
     return PromptOutcome(
         added, f"{result.prompt.title}: added {project.category(added[0].category_id).name}", [added[0].id]
     )
+
+
+def box_only(instance: Instance) -> bool:
+    """Whether ``instance`` is a box still to be refined into a mask (docs/decisions/0015)."""
+    return instance.rle is None
+
+
+def _refine_boxes(review: Review, result: ProposalResult, in_view: bool) -> PromptOutcome:
+    """Each mask into the box-only label it was asked for, in place, as one undo step."""
+    project = review.project
+    changes = []
+    with project.transaction():
+        for target, proposal in zip(result.targets, result.proposals, strict=True):
+            if proposal.rle is None or not project.id_in_use("instances", target):
+                continue
+            before = project.instance(target)
+            if box_only(before):  # not given a mask meanwhile (another program, an undo)
+                changes.append(Change(before, project.update_instance(target, rle=proposal.rle)))
+    if changes:
+        review.history.record(result.prompt.title, result.image_id, changes)
+        review.mark_in_review(result.image_id)
+    if not in_view:
+        return PromptOutcome([c.after for c in changes if c.after is not None])
+    missed = result.asked - len(result.proposals)
+    refined = len(changes)
+    message = f"Refined {counted(refined, 'box', 'boxes')} into {'a mask' if refined == 1 else 'masks'}"
+    if missed:
+        message += f"; the model found no mask in {counted(missed, 'box', 'boxes')}, left as boxes"
+    after = [c.after for c in changes if c.after is not None]
+    return PromptOutcome(after, message, [i.id for i in after])
 
 
 def _beside_what_is_there(

@@ -182,6 +182,13 @@ def model_menu(w: QMainWindow) -> list[MenuItem]:
             tip="Runs the model on each image you open that is unlabeled and has no instances yet",
             checkable=True,
         ),
+        ActionSpec(
+            "refine_boxes",
+            "&Refine boxes to masks",
+            model.refine_selected_boxes,
+            ("Ctrl+B",),
+            tip="Box to mask on the selected box-only labels (all on this image when none is selected), in place",
+        ),
         ActionSpec("cancel", "&Cancel (drawing, or the model's job)", w.cancel, ("Escape",)),
         None,
         ActionSpec("fine_tune", "&Fine-tune on done images…", model.fine_tune),

@@ -551,6 +551,7 @@ class MainWindow(QMainWindow):
         model_free = has_project and not self.proposals.busy
         self.actions_by_name["propose"].setEnabled(model_free)
         self.actions_by_name["propose_all"].setEnabled(model_free)
+        self.actions_by_name["refine_boxes"].setEnabled(model_free)
         history = self.session.history if self.session else None
         undo, redo = self.actions_by_name["undo"], self.actions_by_name["redo"]
         can_undo = history is not None and history.can_undo

@@ -19,7 +19,7 @@ from annotator.gui.model_picker import DownloadProgressDialog, model_knowledge
 from annotator.gui.proposals import ModelChoice, ModelKind, PredictorLike, ProposalService
 from annotator.gui.session import Session
 from annotator.gui.status_bar import StatusBar
-from annotator.prompts import ProposalResult, store_result
+from annotator.prompts import ProposalResult, box_only, store_result
 from annotator.store import ReviewState
 
 NO_MODEL = "No model is loaded: choose one in Model → Choose model"
@@ -177,6 +177,28 @@ class ModelControl(QObject):
             return
         self.status.set_progress(0, len(ids))
         self.service.propose(ids)
+
+    def refine_selected_boxes(self) -> None:
+        """Model → Refine boxes to masks: box to mask on the selected box-only labels (all of the
+        image's when none is selected), each mask into its label, as one undo step."""
+        session = self.session()
+        if session is None or not session.image_id:
+            self.status.showMessage(unavailable.NO_PROJECT if session is None else unavailable.NO_IMAGE, 5000)
+            return
+        chosen = session.review.editable_selection(session.selection)
+        instances = [session.project.instance(i) for i in chosen] if chosen else session.instances()
+        boxes = [i for i in instances if box_only(i)]
+        if not boxes:
+            self.status.showMessage(unavailable.NO_BOX_ONLY, 5000)
+            return
+        if not self.service.has_model:
+            self.error.emit("Model", NO_MODEL)
+            return
+        targets = []
+        for instance in boxes:
+            x, y, w, h = instance.bbox
+            targets.append((instance.id, (x, y, x + w, y + h), session.project.category(instance.category_id).name))
+        self.service.refine_boxes(session.image_id, targets)
 
     def _on_result(self, result: ProposalResult) -> None:
         session = self.session()

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, SignalInstance, Slot
 
-from annotator.prompts import PromptKind, ProposalResult, proposals_at_click, proposals_for
+from annotator.prompts import Box, PromptKind, ProposalResult, proposals_at_click, proposals_for
 from annotator.proposals import Proposal
 from model.images import read_image
 
@@ -200,6 +200,24 @@ class ProposalWorker(QObject):
             instances = self.predictor.predict_in_box(image, tuple(box), label or None)
             self.result.emit(self._result(image_id, instances, PromptKind.BOX))
 
+    @Slot(int, str, list)
+    def refine_boxes(self, image_id: int, path: str, targets: list) -> None:
+        """``targets``: ``(instance_id, box, label)`` of box-only labels; box to mask on each box with
+        its label (the backbone runs once: the predictor caches the image's features), one result."""
+        with self._job("Refining boxes to masks"):
+            image = self._image(image_id, path)
+            refined, proposals = [], []
+            for instance_id, box, label in targets:
+                if self.cancel_event.is_set():
+                    return
+                found = proposals_for(PromptKind.BOX, self.predictor.predict_in_box(image, tuple(box), label or None))
+                if found:
+                    refined.append(instance_id)
+                    proposals.append(found[0])
+            result = self._result(image_id, None, PromptKind.REFINE, proposals)
+            result.targets, result.asked = tuple(refined), len(targets)
+            self.result.emit(result)
+
     @Slot(int, str, tuple, str)
     def segment_point(self, image_id: int, path: str, point: tuple, label: str) -> None:
         """The highest-scoring predicted mask holding ``point``, of any class and at any score (the
@@ -264,6 +282,7 @@ class ProposalService(QObject):
     _propose = Signal(list)
     _segment_box = Signal(int, str, tuple, str)
     _segment_point = Signal(int, str, tuple, str)
+    _refine_boxes = Signal(int, str, list)
 
     model_loaded = Signal(str, str)  # version, device
     model_failed = Signal(str)
@@ -290,6 +309,7 @@ class ProposalService(QObject):
         self._propose.connect(self.worker.propose)
         self._segment_box.connect(self.worker.segment_box)
         self._segment_point.connect(self.worker.segment_point)
+        self._refine_boxes.connect(self.worker.refine_boxes)
         self.worker.model_loaded.connect(self._on_loaded)
         self.worker.model_failed.connect(self.model_failed)
         self.worker.load_cancelled.connect(self._on_load_cancelled)
@@ -351,6 +371,13 @@ class ProposalService(QObject):
         if not self.has_model or not self._start():
             return False
         self._segment_box.emit(image_id, self.paths(image_id), tuple(box), label)
+        return True
+
+    def refine_boxes(self, image_id: int, targets: list[tuple[int, Box, str]]) -> bool:
+        """Box to mask on box-only labels ``(instance_id, (x1, y1, x2, y2), category name)``."""
+        if not self.has_model or not targets or not self._start():
+            return False
+        self._refine_boxes.emit(image_id, self.paths(image_id), list(targets))
         return True
 
     def segment_point(self, image_id: int, point: tuple[float, float], label: str = "") -> bool:

@@ -36,6 +36,7 @@ WRITING_ACTIONS = (
     "import_labelme",
     "propose",
     "propose_all",
+    "refine_boxes",
     "fine_tune",  # its runs go beside the project, its model into the project's history
 )
 # The one tool that only reads: it selects (and the canvas pans).

@@ -23,6 +23,7 @@ NO_IMAGE = "No image is shown: pick one in the Images list"
 NO_IMAGE_LISTED = "No image is in the list: add images (File → Add images), or show all review states"
 NOTHING_SELECTED = "Nothing is selected: click an instance first (Ctrl+click adds more)"
 SELECTION_LOCKED = "The selected instances are locked: uncheck Lock in the Instances list first"
+NO_BOX_ONLY = "No box-only label to refine: select labels drawn or imported as boxes without a mask"
 NOTHING_TO_ACCEPT = "None of the selected instances is a proposal: they are labels already"
 NO_PROPOSALS_SHOWN = "No proposal on this image is at or above the threshold: nothing to accept"
 NOTHING_TO_UNDO = "Nothing to undo"
@@ -56,7 +57,7 @@ class DisabledShortcuts(QObject):
             return NOTHING_TO_UNDO
         if name == "redo":
             return NOTHING_TO_REDO
-        if name in ("propose", "propose_all") and window.proposals.busy:
+        if name in ("propose", "propose_all", "refine_boxes") and window.proposals.busy:
             return MODEL_BUSY
         return ""
 

@@ -241,6 +241,30 @@ def test_a_click_on_instances_picks_the_best_proposal_there_else_the_smallest(pr
     assert instance_at_click([]) is None
 
 
+def test_refining_boxes_fills_only_the_labels_still_box_only_and_says_which_stay_boxes(
+    project: Project, review: Review
+) -> None:
+    cell = project.category_by_name("cell")
+    kept, masked_meanwhile, gone, missed = (project.add_instance(1, cell.id, bbox=(2, 2, 12, 10)).id for _ in range(4))
+    project.update_instance(masked_meanwhile, polygons=[[0, 0, 5, 0, 5, 5, 0, 5]])
+    project.delete_instance(gone)
+    found = proposals_for(PromptKind.BOX, detections(("any", 0.9, (3, 3, 8, 6))))[0]
+    refine = ProposalResult(1, "net@1", [found, found, found], PromptKind.REFINE)
+    refine.targets, refine.asked = (kept, masked_meanwhile, gone), 4  # ``missed``: the model found no mask
+
+    outcome = store_result(review, refine, no_category, image_in_view=1)
+
+    assert [i.id for i in outcome.added] == outcome.select == [kept]
+    assert project.instance(kept).rle == found.rle and project.instance(kept).category_id == cell.id
+    assert project.instance(masked_meanwhile).bbox == (0, 0, 5, 5)  # its own mask, not the model's
+    assert project.instance(missed).rle is None
+    assert outcome.message == "Refined 1 box into a mask; the model found no mask in 1 box, left as boxes"
+    assert project.image(1).state == ReviewState.IN_REVIEW
+    review.history.undo()
+    assert project.instance(kept).rle is None and project.instance(kept).bbox == (2, 2, 12, 10)
+
+
 def test_prompt_kinds_name_their_edits() -> None:
-    assert [kind.title for kind in PromptKind] == ["Propose", "Box to mask", "Click to segment"]
+    titles = ["Propose", "Box to mask", "Click to segment", "Refine boxes to masks"]
+    assert [kind.title for kind in PromptKind] == titles
     assert PromptKind("point") is PromptKind.POINT
