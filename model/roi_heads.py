@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 import ops
 from model.backbone import conv_norm
 from model.box_ops import (
     BACKGROUND,
+    best_after_nms,
     clip_boxes,
     decode_boxes,
     encode_boxes,
@@ -28,7 +28,6 @@ from model.box_ops import (
     pairwise_ioa,
     pairwise_iou,
     sample_balanced,
-    top_per_image,
 )
 from model.keypoint_head import (
     KeypointHead,
@@ -149,8 +148,8 @@ def fast_rcnn_inference(
 
     candidate = ((scores > score_thresh) & nonempty_boxes(boxes, _MIN_DETECTION_SIZE)).nonzero().squeeze(1)
     boxes, scores, labels, image = boxes[candidate], scores[candidate], labels[candidate], image[candidate]
-    keep = batched_nms(boxes, scores, image * num_classes + labels, nms_thresh)
-    keep, counts = top_per_image(keep, image, image_sizes.shape[0], detections_per_img)
+    groups = image * num_classes + labels
+    keep, counts = best_after_nms(boxes, scores, groups, nms_thresh, image, image_sizes.shape[0], detections_per_img)
     return Detections(boxes=boxes[keep], scores=scores[keep], labels=labels[keep], counts=counts)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import main
+from model import box_ops as model_box_ops
 from model import precision, save_weights
 from model import roi_heads as model_roi_heads
 from model import rpn as model_rpn
@@ -151,6 +152,7 @@ def test_box_decoding_and_nms_run_in_float32_under_bfloat16(native_bf16, monkeyp
 
     for module in (model_rpn, model_roi_heads):
         spy(module, "decode_boxes")
+    for module in (model_rpn, model_box_ops):  # the box head's NMS runs in box_ops.best_after_nms
         spy(module, "batched_nms")
     predictor = Predictor(tiny_model(box_score_thresh=0.0), device="cpu", precision="bf16")
     predictor.predict(make_sample(np.random.default_rng(0), 96, 128)[0])
