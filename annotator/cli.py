@@ -209,11 +209,13 @@ def _print_proposals(report, predictor) -> int:
     """What ``propose`` did, for a person; the exit status."""
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if report.precision_note and "disagreed" in report.precision_note:  # why float32 runs where bf16 could
+        print(report.precision_note, file=sys.stderr)
     if report.stopped_by is not None:
         print(f"error: {report.stopped_by}", file=sys.stderr)
     stopped = " (stopped early; everything proposed so far is saved)" if report.stopped else ""
     print(
         f"proposed {report.instances} instances on {report.images} images with "
-        f"{predictor.model_version} on {predictor.device}{stopped}"
+        f"{predictor.model_version} on {getattr(predictor, 'execution', predictor.device)}{stopped}"
     )
     return 1 if report.stopped_by is not None else 130 if report.stopped else 0

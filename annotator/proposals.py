@@ -156,6 +156,14 @@ class ProposalReport:
     stopped: bool = False  # interrupted before the last image; what was proposed is stored
     warnings: list[str] = field(default_factory=list)
     stopped_by: str | None = None  # under torchrun: another process ended the run, in one line
+    precision_note: str = ""  # bfloat16 checked against float32 on the first image (Predictor.settle_precision)
+
+
+def settle_precision(predictor: Any, image: np.ndarray) -> str:
+    """``Predictor.settle_precision`` on the first image proposed on, for predictors that have it
+    (the combined person predictor and test doubles need not)."""
+    settle = getattr(predictor, "settle_precision", None)
+    return settle([image]) if callable(settle) else ""
 
 
 def images_to_propose(project: Project, unlabeled_only: bool) -> list[ImageRecord]:
@@ -206,6 +214,7 @@ def propose(
             except InputError as error:  # unreadable (ImageReadError) or resized
                 report.warnings.append(f"{error}; skipped")
                 continue
+            report.precision_note = report.precision_note or settle_precision(predictor, pixels)
             instances = predictor.predict(pixels)
             written = store_proposals(project, image.id, to_proposals(instances), predictor.model_version, category_for)
             report.images += 1

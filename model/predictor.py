@@ -11,7 +11,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch import Tensor
 from model.detector import MaskRCNN
 from model.devices import choose_device
 from model.precision import choose_policy, fold_batch_norms
+from model.precision_check import CHECK_IMAGES, Tolerances, compare, read_verdict, remember_verdict, verdict_key
 from model.structures import Detections, Instances
 from model.transform import ImageBatch, paste_masks_in_image, rescale_boxes, rescale_keypoints, rescale_ratios
 from model.weights.registry import WeightsInfo
@@ -92,6 +93,10 @@ class Predictor:
         if mixed_precision is not None:
             precision = ("fp16" if self.device.type == "cuda" else "bf16") if mixed_precision else "fp32"
         self.policy = choose_policy(self.device, precision, channels_last=channels_last)
+        # bfloat16 that ``auto`` chose on the CPU is still to be checked against float32 for these
+        # weights (``settle_precision``); an explicit choice is the caller's
+        self.precision_settled = not (precision == "auto" and self.policy.precision == "bf16")
+        self.precision_note = ""
         self.mixed_precision = self.policy.autocast_dtype is not None
         self.channels_last = self.policy.channels_last
         model.eval()
@@ -238,6 +243,45 @@ class Predictor:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def settle_precision(
+        self, images: Sequence[ImageLike], tolerances: Tolerances | None = None, verdicts: Path | None = None
+    ) -> str:
+        """Keeps the bfloat16 that ``auto`` chose only if it agrees with float32 on these weights
+        (``model.precision_check``): decided on the first ``CHECK_IMAGES`` of ``images`` (the first
+        images the caller proposes on) once per weights version, processor and torch, and kept in
+        ``verdicts`` (default: beside the downloaded weights). Falls back to float32 where it does not
+        agree. Returns a line saying what was decided ("" when nothing was to decide), also kept
+        as ``precision_note``. Weights without a version (a module handed over) are not judged."""
+        if self.precision_settled or not images:
+            return ""
+        self.precision_settled = True
+        if self.model_version == "unversioned":
+            return ""
+        key = verdict_key(self.model_version)
+        verdict = read_verdict(key, verdicts)
+        if verdict is None:
+            sample = list(images[:CHECK_IMAGES])
+            fast = [self.predict(image) for image in sample]
+            bf16, self.policy = self.policy, replace(self.policy, autocast_dtype=None)
+            self.clear_cache()
+            exact = [self.predict(image) for image in sample]
+            self.policy = bf16
+            self.clear_cache()
+            agreement = compare(exact, fast)
+            verdict = "bf16" if agreement.passes(tolerances or Tolerances()) else "fp32"
+            remember_verdict(key, verdict, agreement, verdicts)
+            detail = f" ({agreement.summary()})"
+        else:
+            detail = " (decided before for these weights)"
+        if verdict == "fp32":
+            self.policy = replace(self.policy, autocast_dtype=None)
+            self.mixed_precision = False
+            self.clear_cache()
+            self.precision_note = f"bf16 disagreed with fp32 on {self.model_version}: running fp32{detail}"
+        else:
+            self.precision_note = f"bf16 agrees with fp32 on {self.model_version}{detail}"
+        return self.precision_note
 
     # -- internals --------------------------------------------------------------------------
 

@@ -13,6 +13,19 @@ from tests.files import write_images
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torch_home_of_the_tests(tmp_path_factory: pytest.TempPathFactory):
+    """torch's cache folder, where downloads and the bfloat16 verdicts (model.precision_check) go,
+    is the test session's own, also for the programs the tests start: never the user's."""
+    before = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch-home"))
+    yield
+    if before is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = before
+
+
 @pytest.fixture(autouse=True)
 def _collect_due_garbage_between_tests():
     """Once a window exists, the app's collector (annotator.gui.garbage) has switched Python's

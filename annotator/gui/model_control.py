@@ -52,6 +52,7 @@ class ModelControl(QObject):
         service.progress.connect(status.set_progress)
         service.failed.connect(lambda text: self.error.emit("Model", text))
         service.model_failed.connect(self._on_failed)
+        service.precision_settled.connect(self._on_precision_settled)
         service.model_loaded.connect(self._on_loaded)
         service.load_cancelled.connect(self._on_load_cancelled)
         self.downloads = DownloadProgressDialog(service, parent)
@@ -116,6 +117,11 @@ class ModelControl(QObject):
         self.status.set_model(version, getattr(self.service.worker.predictor, "execution", device), knowledge)
         self.status.showMessage(f"Model ready: {version} on {device}" + (f" — {knowledge}" if knowledge else ""), 8000)
         self.state_changed.emit()
+
+    def _on_precision_settled(self, note: str) -> None:
+        """bfloat16 checked against float32 once for these weights: the status bar says what runs."""
+        self.status.set_model(self.service.model_version, self.service.worker.predictor.execution)
+        self.status.showMessage(note, 10000)
 
     def _on_failed(self, message: str) -> None:
         self._on_load_cancelled()

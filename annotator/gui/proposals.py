@@ -31,7 +31,7 @@ import numpy as np
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, SignalInstance, Slot
 
 from annotator.prompts import Box, PromptKind, ProposalResult, proposals_at_click, proposals_for
-from annotator.proposals import Proposal
+from annotator.proposals import Proposal, settle_precision
 from model.images import read_image
 
 # A download reports after 0.1 s or 1 % of the file (1 MB when the size is unknown), whichever
@@ -98,6 +98,7 @@ class ProposalWorker(QObject):
     failed = Signal(str)
     job_started = Signal(str)
     job_finished = Signal()
+    precision_settled = Signal(str)  # what the first proposal decided about bfloat16 (Predictor.settle_precision)
 
     def __init__(self, factory: Callable[[ModelChoice, str], PredictorLike]) -> None:
         super().__init__()
@@ -186,6 +187,9 @@ class ProposalWorker(QObject):
                     break
                 self.progress.emit(done, len(jobs))
                 image = self._image(image_id, path)
+                note = settle_precision(self.predictor, image)
+                if note:
+                    self.precision_settled.emit(note)
                 instances = self.predictor.predict(image)
                 if self.cancel_event.is_set():
                     break
@@ -294,6 +298,7 @@ class ProposalService(QObject):
     failed = Signal(str)
     busy_changed = Signal(bool)
     status = Signal(str)
+    precision_settled = Signal(str)
 
     def __init__(
         self,
@@ -318,6 +323,7 @@ class ProposalService(QObject):
         self.worker.result.connect(self.result)
         self.worker.progress.connect(self.progress)
         self.worker.failed.connect(self.failed)
+        self.worker.precision_settled.connect(self.precision_settled)
         self.worker.job_started.connect(self.status)
         self.worker.job_finished.connect(self._on_finished)
         self.thread.start()
