@@ -25,7 +25,6 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from annotator.gui.proposals import ModelChoice, ModelKind
 from annotator.gui.session import Session
 from annotator.gui.status_bar import StatusBar
 from annotator.learning import DEFAULT_ROUND_SIZE, RoundResult, RoundSettings, learning_round
@@ -205,7 +204,7 @@ class LearningControl(QObject):
             self.maybe_start()
             return
         weights, self._wanted = self._wanted, None
-        if not self.model.load(ModelChoice(ModelKind.RUN, weights), service.device or "auto"):
+        if not self.model.load_run(weights):
             self._wanted = weights  # refused: tried again when the thread is free
 
     def _model_loaded(self, version: str, device: str) -> None:

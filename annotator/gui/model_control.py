@@ -76,6 +76,16 @@ class ModelControl(QObject):
         self.status.set_model(f"loading {choice.title}…", device)
         return True
 
+    def load_run(self, weights: str) -> bool:
+        """Loads the weights of a fine-tuning run, on the device and in the precision in use."""
+        return self.load(ModelChoice(ModelKind.RUN, weights, precision=self.precision), self.service.device or "auto")
+
+    @property
+    def precision(self) -> str:
+        """The precision chosen in the model picker (kept in the settings): auto unless changed."""
+        value = self.settings.value("model/precision", "auto")
+        return value if value in ("auto", "fp32", "bf16") else "auto"
+
     def restore(self) -> bool:
         """Loads the model that last loaded (kept in the settings), as labelme and CVAT users
         expect of a desktop tool; not a file that has gone since. Registry weights loaded before
@@ -86,14 +96,14 @@ class ModelControl(QObject):
         if kind != ModelKind.REGISTRY and not Path(name).is_file():
             return False
         label = self.settings.value("model/label", "") or ""
-        self.load(ModelChoice(kind, name, label), self.settings.value("model/device", "auto") or "auto")
+        self.load(ModelChoice(kind, name, label, self.precision), self.settings.value("model/device", "auto") or "auto")
         return True
 
     def choose(self) -> None:
         from annotator.gui.model_picker import ModelPickerDialog
 
         session = self.session()
-        dialog = ModelPickerDialog(session.project.path if session else None, self.parent())
+        dialog = ModelPickerDialog(session.project.path if session else None, self.parent(), self.precision)
         if dialog.exec():
             choice, device = dialog.selection()
             if choice is not None:
@@ -109,6 +119,7 @@ class ModelControl(QObject):
                 ("kind", choice.kind.value),
                 ("name", choice.name),
                 ("label", choice.label),
+                ("precision", choice.precision),
                 ("device", requested),
             ):
                 self.settings.setValue(f"model/{key}", value)
@@ -253,9 +264,7 @@ class ModelControl(QObject):
         if current:
             bases = [current] + [base for base in bases if base != current]
         dialog = FineTuneDialog(session.project, self.parent(), base_weights=bases)
-        dialog.model_ready.connect(
-            lambda path: self.load(ModelChoice(ModelKind.RUN, path), self.service.device or "auto")
-        )
+        dialog.model_ready.connect(lambda path: self.load_run(path))
         dialog.exec()
 
     # -- the learning loop's settings and the model history (annotator.gui.learning) -----------------
@@ -287,4 +296,4 @@ class ModelControl(QObject):
     def use_weights(self, weights: str) -> None:
         """Switches to a model of the history: a weights file, or registry weights."""
         kind = ModelKind.FILE if Path(weights).is_file() else ModelKind.REGISTRY
-        self.load(ModelChoice(kind, weights), self.service.device or "auto")
+        self.load(ModelChoice(kind, weights, precision=self.precision), self.service.device or "auto")

@@ -4,6 +4,7 @@ downloaded once, with a progress dialog that can cancel the download."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -75,7 +76,7 @@ def model_knowledge(choice: ModelChoice) -> str:
 
 
 class ModelPickerDialog(QDialog):
-    def __init__(self, project_path: Path | None, parent: QWidget | None = None) -> None:
+    def __init__(self, project_path: Path | None, parent: QWidget | None = None, precision: str = "auto") -> None:
         super().__init__(parent)
         self.setWindowTitle("Choose the proposal model")
         self.list = QListWidget()
@@ -93,8 +94,19 @@ class ModelPickerDialog(QDialog):
         from model.devices import device_choices  # imports torch: only when the dialog opens
 
         self.device.addItems(device_choices())
+        # what the CPU computes in (model.precision): auto is bf16 where the processor has it and it
+        # agrees with fp32 on the model (model.precision_check), else fp32
+        from model.cli import PRECISION_CHOICES
+
+        self.precision = QComboBox()
+        self.precision.addItems(PRECISION_CHOICES)
+        self.precision.setToolTip(
+            "auto: bf16 on a CPU that computes in it (checked once against fp32 on your model), else fp32"
+        )
+        self.precision.setCurrentText(precision)
         form = QFormLayout()
         form.addRow("Device", self.device)
+        form.addRow("Precision", self.precision)
         # what the highlighted model knows: its classes (the demo: synthetic shapes only)
         self.knowledge = QLabel()
         self.knowledge.setWordWrap(True)
@@ -132,8 +144,12 @@ class ModelPickerDialog(QDialog):
             self.list.setCurrentItem(self._add(ModelChoice(ModelKind.FILE, path)))
 
     def selection(self) -> tuple[ModelChoice | None, str]:
+        """The model highlighted, with the precision chosen, and the device."""
         item = self.list.currentItem()
-        return (item.data(Qt.ItemDataRole.UserRole) if item else None), self.device.currentText()
+        choice = item.data(Qt.ItemDataRole.UserRole) if item else None
+        if choice is not None:
+            choice = replace(choice, precision=self.precision.currentText())
+        return choice, self.device.currentText()
 
 
 class DownloadProgressDialog(QProgressDialog):

@@ -67,6 +67,7 @@ class ModelChoice:
     kind: ModelKind
     name: str  # registry name or file path
     label: str = ""
+    precision: str = "auto"  # model.precision.PRECISIONS: auto, fp32, bf16 (the model picker's choice)
 
     def __post_init__(self) -> None:
         # the settings keep the kind's value: ModelChoice(settings.value("model/kind"), ...) works,
@@ -81,7 +82,7 @@ class ModelChoice:
 def default_predictor_factory(choice: ModelChoice, device: str) -> PredictorLike:
     from model.person_pose import open_predictor  # the model package: imported in the model thread only
 
-    return open_predictor(choice.name, device=device)
+    return open_predictor(choice.name, device=device, precision=choice.precision)
 
 
 class ProposalWorker(QObject):

@@ -17,6 +17,7 @@ import torch
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QPushButton
 
+from annotator.gui.main_window import MainWindow
 from annotator.gui.proposals import ModelChoice, ModelKind
 from annotator.store import ReviewState, Source
 from model.weights.registry import REGISTRY, WeightsInfo
@@ -344,3 +345,32 @@ def test_offline_registry_weights_say_so_and_where_to_put_the_file(qtbot, window
     assert "Traceback" not in error
     assert window.status.currentMessage() == error.splitlines()[0]
     assert not window.proposals.has_model and not window.model_control.downloads.isVisible()
+
+
+def test_the_precision_chosen_in_the_model_picker_loads_the_model_and_is_kept(qtbot, settings, blob_project):
+    asked: list = []
+    predictor = BlobPredictor()
+    window = MainWindow(predictor_factory=lambda choice, device: asked.append(choice) or predictor, settings=settings)
+    qtbot.addWidget(window)
+    window.show()
+    open_and_wait(qtbot, window, blob_project)
+
+    def pick_fp32(dialog) -> None:
+        demo = [dialog.list.item(row).text() for row in range(dialog.list.count())].index("bundled demo model")
+        dialog.list.setCurrentRow(demo)  # a file on disk: nothing to download
+        assert dialog.precision.currentText() == "auto"  # the default, until chosen
+        dialog.precision.setCurrentText("fp32")
+        dialog.accept()
+
+    answer_dialogs(qtbot, [pick_fp32])
+    window.model_control.choose()
+    qtbot.waitUntil(lambda: window.proposals.has_model and not window.proposals.busy, timeout=10000)
+    assert asked[-1].precision == "fp32" and settings.value("model/precision") == "fp32"
+    window.close()
+
+    again = MainWindow(predictor_factory=lambda choice, device: asked.append(choice) or predictor, settings=settings)
+    qtbot.addWidget(again)
+    assert again.model_control.restore()  # the next start loads it the same way
+    qtbot.waitUntil(lambda: again.proposals.has_model and not again.proposals.busy, timeout=10000)
+    assert asked[-1].precision == "fp32" and asked[-1].name == asked[0].name
+    again.close()
