@@ -81,8 +81,15 @@ def build_training_model(
         if trainable_backbone_layers is None:
             # nothing to keep frozen in a random backbone
             trainable_backbone_layers = 5
-        model = MaskRCNN(training_config(config_for(name), labels, trainable_backbone_layers, **overrides))
-        return model, [f"random initialisation of {name}"]
+        base, notes = config_for(name), [f"random initialisation of {name}"]
+        if base.backbone_norm == "frozen_bn" and "backbone_norm" not in overrides:
+            # frozen batch norm is the identity at random init, so nothing normalises the body and a
+            # ResNet-50's activations overflow within a few steps (every loss non-finite from step 4
+            # on 8 synthetic images); GroupNorm trains from scratch (Wu & He, 2018)
+            overrides["backbone_norm"] = "gn"
+            notes.append("its frozen batch norms cannot train from random weights: GroupNorm in the body instead")
+        model = MaskRCNN(training_config(base, labels, trainable_backbone_layers, **overrides))
+        return model, notes
 
     if str(weights) in COMBINED:
         # one network of the pair: the mask network with the keypoint network's keypoint head

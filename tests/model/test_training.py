@@ -471,3 +471,16 @@ def test_two_gloo_processes_under_torchrun_train_and_only_rank_0_writes(shapes, 
         "last_checkpoint",
         "model_final.safetensors",
     ]
+
+
+def test_a_resnet50_from_random_weights_trains_with_group_norm_and_finite_losses(shapes, tmp_path, capsys):
+    # frozen batch norm is the identity at random init: the body's activations overflowed and every
+    # loss was non-finite from the first steps
+    data = load_coco(shapes, shapes.parent / "images")
+    model, notes = build_training_model("none", "maskrcnn_resnet50_fpn", data.labels)
+    assert model.config.backbone_norm == "gn" and any("GroupNorm" in note for note in notes)
+    extra = ("--arch", "maskrcnn_resnet50_fpn", "--iters", "6", "--log-period", "1")  # the default lr
+    assert main.main(_train_args(shapes, tmp_path / "r50", *extra)) == 0
+    events = events_of(capsys.readouterr().out)
+    assert not [e for e in events if e["event"] == "warning"]
+    assert len([e for e in events if e["event"] == "progress" and np.isfinite(e["loss"])]) == 6
