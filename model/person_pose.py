@@ -253,6 +253,13 @@ class PersonPosePredictor:
             found.model_version = self.model_version
             return found
 
+    def prepare(self, image: ImageLike) -> None:
+        """Both networks' features of ``image`` cached (``Predictor.prepare``): a box then runs heads only."""
+        with self._running():
+            self.masks.prepare(image)
+            self._check_cancelled()
+            self.keypoints.prepare(image)
+
     def cancel(self) -> None:
         """Stop the running prediction (if any) at its next stage boundary; thread-safe."""
         self._cancelled.set()

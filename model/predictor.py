@@ -236,6 +236,13 @@ class Predictor:
             instances.boxes = box_image.cpu()
             return instances
 
+    def prepare(self, image: ImageLike) -> None:
+        """Runs the backbone on ``image`` and caches its features, so that the first
+        ``predict_in_box`` on it (the box or click a person is about to give) runs only the RoI
+        heads: the app's model thread calls it as an image opens. Cancellable as a prediction is."""
+        with self._running():
+            self._features(image)
+
     def cancel(self) -> None:
         """Stop the running prediction (if any) at its next stage boundary; thread-safe."""
         self._cancelled.set()

@@ -152,6 +152,14 @@ class ModelControl(QObject):
         self.state_changed.emit()  # before a job auto-propose starts, which makes the thread busy again
         if not busy:
             self.auto_propose()
+            self._prepare_open_image()
+
+    def _prepare_open_image(self) -> None:
+        """The open image's features computed ahead (``ProposalService.prepare``), once the thread is
+        free: after a model loads, or a job ends (cached already after a proposal: then instant)."""
+        session = self.session()
+        if session is not None and session.image_id and not self.service.busy:
+            self.service.prepare(session.image_id)
 
     def _on_progress(self, done: int, total: int) -> None:
         session = self.session()
@@ -240,6 +248,7 @@ class ModelControl(QObject):
         if self.auto.image_opened(image_id):
             self.service.cancel()  # the person moved on; the image now open gets the next job
         self.auto_propose()
+        self._prepare_open_image()  # not when auto-propose started: it computes the features itself
 
     def auto_propose(self) -> None:
         session = self.session()

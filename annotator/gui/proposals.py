@@ -100,6 +100,7 @@ class ProposalWorker(QObject):
     job_started = Signal(str)
     job_finished = Signal()
     precision_settled = Signal(str)  # what the first proposal decided about bfloat16 (Predictor.settle_precision)
+    prepared = Signal()  # a prepare ended, done or skipped
 
     def __init__(self, factory: Callable[[ModelChoice, str], PredictorLike]) -> None:
         super().__init__()
@@ -108,6 +109,7 @@ class ProposalWorker(QObject):
         self.cancel_event = threading.Event()
         self._cached: tuple[int, np.ndarray] | None = None  # last image read: prompts reuse it
         self._last_prediction: tuple[int, Any] | None = None
+        self.wanted_image = 0  # the image whose features are worth computing ahead (set by the UI thread)
 
     def _image(self, image_id: int, path: str) -> np.ndarray:
         if self._cached is None or self._cached[0] != image_id:
@@ -205,6 +207,21 @@ class ProposalWorker(QObject):
             instances = self.predictor.predict_in_box(image, tuple(box), label or None)
             self.result.emit(self._result(image_id, instances, PromptKind.BOX))
 
+    @Slot(int, str)
+    def prepare(self, image_id: int, path: str) -> None:
+        """The backbone on the image just opened, its features cached for the person's first box or
+        click (``Predictor.prepare``). Not a job: the service stays free to take one, which waits in
+        this thread's queue until this ends. Skipped when the person has opened another image since
+        (``wanted_image``); its failure is left to the job that needs the image to report."""
+        prepare = getattr(self.predictor, "prepare", None)
+        try:
+            if callable(prepare) and image_id == self.wanted_image:
+                prepare(self._image(image_id, path))
+        except Exception:  # a cancellation, an unreadable image: the person's own job will say
+            pass
+        finally:
+            self.prepared.emit()
+
     @Slot(int, str, list)
     def refine_boxes(self, image_id: int, path: str, targets: list) -> None:
         """``targets``: ``(instance_id, box, label)`` of box-only labels; box to mask on each box with
@@ -288,6 +305,7 @@ class ProposalService(QObject):
     _segment_box = Signal(int, str, tuple, str)
     _segment_point = Signal(int, str, tuple, str)
     _refine_boxes = Signal(int, str, list)
+    _prepare = Signal(int, str)
 
     model_loaded = Signal(str, str)  # version, device
     model_failed = Signal(str)
@@ -316,6 +334,9 @@ class ProposalService(QObject):
         self._segment_box.connect(self.worker.segment_box)
         self._segment_point.connect(self.worker.segment_point)
         self._refine_boxes.connect(self.worker.refine_boxes)
+        self._prepare.connect(self.worker.prepare)
+        self.worker.prepared.connect(self._on_prepared)
+        self.preparing = 0  # prepares sent to the model thread and not ended
         self.worker.model_loaded.connect(self._on_loaded)
         self.worker.model_failed.connect(self.model_failed)
         self.worker.load_cancelled.connect(self._on_load_cancelled)
@@ -380,6 +401,23 @@ class ProposalService(QObject):
         self._segment_box.emit(image_id, self.paths(image_id), tuple(box), label)
         return True
 
+    def prepare(self, image_id: int) -> bool:
+        """Computes the features of the image just opened in the model thread while the person
+        looks at it (``ProposalWorker.prepare``), so that a box or click on it answers in the time of
+        the heads. Only while no job runs; a prepare of the image left is cancelled (a job the person
+        started is never cancelled by this)."""
+        if not self.has_model or self.busy:
+            return False
+        self.worker.wanted_image = image_id
+        if self.preparing:
+            self._cancel_prediction()  # the prepare of the image left
+        self.preparing += 1
+        self._prepare.emit(image_id, self.paths(image_id))
+        return True
+
+    def _on_prepared(self) -> None:
+        self.preparing = max(0, self.preparing - 1)
+
     def refine_boxes(self, image_id: int, targets: list[tuple[int, Box, str]]) -> bool:
         """Box to mask on box-only labels ``(instance_id, (x1, y1, x2, y2), category name)``."""
         if not self.has_model or not targets or not self._start():
@@ -395,6 +433,10 @@ class ProposalService(QObject):
 
     def cancel(self) -> None:
         self.worker.cancel_event.set()
+        self._cancel_prediction()
+
+    def _cancel_prediction(self) -> None:
+        """Ends the predictor's running prediction at its next stage (thread-safe), where it can."""
         cancel = getattr(self.worker.predictor, "cancel", None)
         if callable(cancel):
             cancel()

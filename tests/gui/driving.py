@@ -49,6 +49,8 @@ class BlobPredictor:
         self.delay = delay
         self.calls = 0
         self.box_calls: list[tuple] = []
+        self.prepared = 0  # images whose features were computed ahead (the app's ``prepare``)
+        self.prepare_delay = 0.0
         torch.manual_seed(0)
         self.kernel = torch.full((1, 1, 3, 3), 1 / 9)
 
@@ -85,6 +87,10 @@ class BlobPredictor:
     def predict(self, image: np.ndarray):
         self.calls += 1
         return self._instances(self._bright(image), image)
+
+    def prepare(self, image: np.ndarray) -> None:
+        time.sleep(self.prepare_delay)  # what a backbone takes
+        self.prepared += 1
 
     def predict_in_box(self, image: np.ndarray, box, label=None):
         self.box_calls.append(tuple(box))

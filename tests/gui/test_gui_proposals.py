@@ -374,3 +374,19 @@ def test_the_precision_chosen_in_the_model_picker_loads_the_model_and_is_kept(qt
     qtbot.waitUntil(lambda: again.proposals.has_model and not again.proposals.busy, timeout=10000)
     assert asked[-1].precision == "fp32" and asked[-1].name == asked[0].name
     again.close()
+
+
+def test_an_opened_image_is_prepared_ahead_and_a_box_drawn_meanwhile_is_not_refused(qtbot, window, blob_project):
+    open_and_wait(qtbot, window, blob_project)
+    load_model(qtbot, window)
+    qtbot.waitUntil(lambda: window.predictor.prepared == 1 and not window.proposals.preparing, timeout=5000)
+    window.predictor.prepare_delay = 1.0  # a slow backbone: the person draws before it ends
+    second = window.images.visible_ids()[1]
+    window.show_image(second)
+    qtbot.waitUntil(lambda: window.proposals.preparing == 1 and window.session.image_id == second, timeout=5000)
+    assert window.proposals.worker.wanted_image == second and not window.proposals.busy
+    x, y, w, h = BLOBS[0]
+    assert window.proposals.segment_box(second, (x - 2, y - 2, x + w + 2, y + h + 2), "blob")  # taken, not "busy"
+    qtbot.waitUntil(lambda: len(_stored(window)) == 1 and not window.proposals.busy, timeout=10000)
+    assert window.predictor.prepared >= 2  # the box waited for the prepare, and was not refused
+    qtbot.waitUntil(lambda: not window.proposals.preparing, timeout=5000)  # once more after the job: cached

@@ -305,6 +305,17 @@ def test_each_backbone_runs_once_per_image_for_proposals_and_box_prompts(network
         del networks.masks.model.backbone.forward, networks.keypoints.model.backbone.forward
 
 
+def test_a_prepared_image_answers_a_person_box_with_the_heads_of_both_networks_alone(networks, image) -> None:
+    networks.clear_cache()
+    calls = [count_backbone_calls(networks.masks), count_backbone_calls(networks.keypoints)]
+    try:
+        networks.prepare(image)  # what the app does as the image opens
+        person = networks.predict_in_box(image, (20.0, 10.0, 90.0, 120.0), "person")
+        assert [c[0] for c in calls] == [1, 1] and person.keypoints is not None
+    finally:
+        del networks.masks.model.backbone.forward, networks.keypoints.model.backbone.forward
+
+
 def test_a_person_box_gets_a_mask_and_keypoints_and_another_box_only_a_mask(networks, image) -> None:
     box = (20.0, 10.0, 90.0, 120.0)
     person = networks.predict_in_box(image, box, "person")

@@ -107,6 +107,17 @@ def test_predict_in_box_runs_only_the_heads_on_cached_features(mask_model, image
     assert calls[0] == 2
 
 
+def test_a_prepared_image_answers_its_first_box_with_the_heads_alone(mask_model, image) -> None:
+    predictor = Predictor(mask_model, device="cpu")
+    calls = count_backbone_calls(predictor)
+    predictor.prepare(image)  # what the app does as the image opens
+    assert calls[0] == 1
+    drawn = predictor.predict_in_box(image, (40.0, 30.0, 200.0, 180.0))
+    assert calls[0] == 1 and len(drawn) == 1
+    expected = Predictor(mask_model, device="cpu").predict_in_box(image, (40.0, 30.0, 200.0, 180.0))
+    assert torch.equal(drawn.masks, expected.masks)
+
+
 def test_predict_in_box_on_a_detection_reproduces_its_mask(mask_model, image) -> None:
     predictor = Predictor(mask_model, device="cpu")
     found = predictor.predict(image)
