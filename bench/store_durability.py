@@ -71,6 +71,12 @@ def _import_one(project: Project, rng: random.Random, name: str, first_id: int) 
     import_source(project, source)
 
 
+def say(*words: object) -> None:
+    """One line to the parent in one write(2) to the pipe (atomic under PIPE_BUF bytes): a kill lands
+    before or after an acknowledgement, never inside it, as it could between print()'s pieces."""
+    os.write(sys.stdout.fileno(), (" ".join(str(word) for word in words) + "\n").encode())
+
+
 def store_child(path: Path, seed: int) -> None:
     """Edits the project at ``path`` until killed; prints ``begin OP`` before each operation (with
     what it changes, for a delete or a review state) and one acknowledgement line after it returned."""
@@ -83,32 +89,32 @@ def store_child(path: Path, seed: int) -> None:
     thing = project.category_by_name("thing")
     categories = ProposalCategories(project)
     mine: list[int] = []
-    print("ready", flush=True)
+    say("ready")
     for n in range(10**9):
         op = rng.choices(list(OPERATIONS), weights=list(OPERATIONS.values()))[0]
         if op in ("edit", "import", "propose"):  # delete and state say what they will change
-            print("begin", op, flush=True)
+            say("begin", op)
         if op == "edit":
             mask, _ = _mask(rng)
             instance = project.add_instance(rng.choice(edit_images), thing.id, mask=mask)
             moved, x = _mask(rng)
             project.update_instance(instance.id, mask=moved)
             mine.append(instance.id)
-            print("E", instance.id, x, flush=True)
+            say("E", instance.id, x)
         elif op == "delete" and mine:
             victim = mine.pop(rng.randrange(len(mine)))
-            print("begin delete", victim, flush=True)
+            say("begin delete", victim)
             project.delete_instance(victim)
-            print("D", victim, flush=True)
+            say("D", victim)
         elif op == "state":
             image, state = rng.choice(edit_images), rng.choice(list(ReviewState))
-            print("begin state", image, int(state), flush=True)
+            say("begin state", image, int(state))
             project.set_review_state(image, state)
-            print("S", image, int(state), flush=True)
+            say("S", image, int(state))
         elif op == "import":
             name = f"import-{seed}-{n}.png"
             _import_one(project, rng, name, 10**12 + (seed * 10**6 + n) * IMPORT_ANNOTATIONS)
-            print("I", name, flush=True)
+            say("I", name)
         elif op == "propose":
             image, version = rng.choice(proposal_images), f"batch-{seed}-{n}"
             proposals = []
@@ -116,7 +122,7 @@ def store_child(path: Path, seed: int) -> None:
                 mask, _ = _mask(rng)
                 proposals.append(Proposal("thing", rng.random(), _rle(mask), (0, 0, 1, 1), None))
             store_proposals(project, image, proposals, version, categories)
-            print("P", image, version, len(proposals), flush=True)
+            say("P", image, version, len(proposals))
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -141,17 +147,17 @@ def checkpoint_child(run_dir: Path) -> None:
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
     scheduler, scaler = make_scheduler(optimizer, options), torch.amp.GradScaler("cpu", enabled=False)
-    print("ready", flush=True)
+    say("ready")
     newest = latest_checkpoint(run_dir)
     start = 1 if newest is None else int(newest.stem.removeprefix("checkpoint_")) + 1
     for iteration in itertools.count(start):
-        print("begin checkpoint", flush=True)
+        say("begin checkpoint")
         optimizer.step()
         scheduler.step()
         save_checkpoint(
             run_dir, iteration, model, optimizer, scheduler, scaler, options, [rng_state(torch.device("cpu"))], 2
         )
-        print("C", iteration, flush=True)
+        say("C", iteration)
 
 
 def _small_model():
