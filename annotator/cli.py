@@ -145,7 +145,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from annotator.project_check import check_project
     from annotator.store import Project
 
-    with Project.open(project_path(args.project)) as project:
+    with Project.open(project_path(args.project), tidy=False) as project:
         report = check_project(project)
     for line in report.lines():
         print(f"{project.path}: {line}", file=sys.stdout if report.sound else sys.stderr)

@@ -51,8 +51,10 @@ def _add_categories(
     project: Project, check: Checker, categories: list[FileCategory], report: ImportReport
 ) -> dict[str, Category]:
     """The project's category for each name, adding those it lacks. File ids that are free are
-    kept, and given out first, so that a new id never takes one a later category keeps."""
-    by_name = {category.name: category for category in project.categories()}
+    kept, and given out first, so that a new id never takes one a later category keeps. A category
+    the model only proposed is one the project lacks: the file's takes its place, with its proposals
+    (``Project.add_category``)."""
+    by_name = {category.name: category for category in project.kept_categories()}
     new = [category for category in categories if category.name not in by_name]
     keep = {c.id for c in new if c.id >= 1 and not project.id_in_use("categories", c.id)}
     for category in sorted(new, key=lambda c: c.id not in keep):
@@ -293,7 +295,7 @@ def _annotations_text(
 def _annotations_text_in_worker(
     path: str, image_ids: tuple[int, int], states: list[ReviewState] | None, rle: bool, min_proposal_score: float
 ) -> tuple[str, int, list[DamagedRow]]:
-    with Project.open(path) as project:
+    with Project.open(path, tidy=False) as project:  # the exporting program's project: it only reads
         return _annotations_text(project, image_ids, states, rle, min_proposal_score)
 
 
@@ -343,14 +345,16 @@ def export_coco(
 
     The labels people kept are written; model proposals nobody accepted are left out unless
     ``proposals_from`` is a score, and then those scoring at least that go out too, each with
-    its ``score``. Masks go out as polygons (``iscrowd=0``; holes are lost) unless ``rle`` asks
-    for compressed RLE, which keeps every pixel. Crowd regions are always RLE. An outline drawn
-    as polygons goes out exactly as drawn. ``workers`` defaults to the number of CPU cores.
+    its ``score``, and the categories only the model proposed (``Category.proposed``) with them.
+    Masks go out as polygons (``iscrowd=0``; holes are lost) unless ``rle`` asks for compressed
+    RLE, which keeps every pixel. Crowd regions are always RLE. An outline drawn as polygons goes
+    out exactly as drawn. ``workers`` defaults to the number of CPU cores.
     """
     path = Path(path)
     states = [ReviewState.DONE] if only_done else None
     min_proposal_score = math.inf if proposals_from is None else proposals_from
-    categories = project.categories()
+    # the project's categories; those the model only proposed go out with their proposals alone
+    categories = project.kept_categories() if proposals_from is None else project.categories()
     counts = {"images": 0, "annotations": 0, "categories": len(categories)}
 
     def images() -> Iterator[dict]:

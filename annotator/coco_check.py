@@ -441,8 +441,8 @@ def read_coco_file(path: Path, project: Project, data: Any = None) -> CocoFile:
     ]
     _leave_out_placeholders(check, categories, {annotation.category_name for annotation in annotations})
     for category in categories:
-        old = project.category_by_name(category.name)
-        if old is not None and list(old.keypoints) != category.keypoints:
+        old = project.category_by_name(category.name)  # one only the model proposed gives way to the file's
+        if old is not None and not old.proposed and list(old.keypoints) != category.keypoints:
             raise check.error(
                 category.where,
                 f"category {category.name!r} has keypoints {category.keypoints} "

@@ -95,12 +95,35 @@ class Command:
             if now != expected:
                 happened = "deleted" if now is None else "added" if expected is None else "changed"
                 raise EditConflict(project.path, f"{refused} {happened} instance {instance_id} since")
+        added: set[int] = set()  # the categories the step itself brings in before its instances
         for before, after in self.categories:
             leaving, coming = (before, after) if forward else (after, before)
             category = before or after
-            taken = coming is not None and leaving is None and project.category_by_name(coming.name) is not None
-            if project.id_in_use("categories", category.id) != (leaving is not None) or taken:
+            if self._category_moved_on(project, leaving, coming):
                 raise EditConflict(project.path, f"{refused} changed the categories since ('{category.name}')")
+            if coming is not None and leaving is None:
+                added.add(coming.id)
+        # another program's opening drops a proposed category whose proposals were all rejected
+        # (Project.drop_unused_proposed_categories): the step cannot bring them back into it
+        written = (change.after if forward else change.before for change in self.changes)
+        needed = {instance.category_id for instance in written if instance is not None} - added
+        for category_id in sorted(needed):
+            if not project.id_in_use("categories", category_id):
+                raise EditConflict(project.path, f"{refused} deleted category {category_id} since")
+
+    @staticmethod
+    def _category_moved_on(project: Project, leaving: Category | None, coming: Category | None) -> bool:
+        """Whether the project's categories changed so that the step cannot write this one: a category
+        it deletes must be there; one it adds must find its id and name free, or held by a category
+        the model proposed of that name, which gives way to it (``Project.add_category``)."""
+        if leaving is not None:
+            return not project.id_in_use("categories", leaving.id)
+        assert coming is not None
+        named = project.category_by_name(coming.name)
+        if named is not None and not named.proposed:
+            return True
+        held = project.id_in_use("categories", coming.id)
+        return held and (named is None or named.id != coming.id)
 
     def undo(self, project: Project) -> None:
         self._apply(project, forward=False)

@@ -317,8 +317,9 @@ def import_labelme(
     report = ImportReport()
     add = project.add_instance_if_new if duplicates == "skip" else project.add_instance
     with project.transaction():  # the categories read here are those the import adds to
-        # Keypoint names for categories new to the project: the point labels seen with them.
-        existing = {c.name: c for c in project.categories()}
+        # Keypoint names for categories new to the project: the point labels seen with them. (One
+        # only the model proposed is new too: the file's takes its place, Project.add_category.)
+        existing = {c.name: c for c in project.kept_categories()}
         new_keypoints: dict[str, list[str]] = {}
         for file in files:
             for group in file.groups:

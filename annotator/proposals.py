@@ -64,9 +64,12 @@ def to_proposals(instances: Any, indices: list[int] | None = None) -> list[Propo
 
 class ProposalCategories:
     """The project's category for a class name the model predicts, added on first use (only the
-    classes a model actually finds become categories, not all 80 of COCO). A new category of a
-    keypoint model gets the model's keypoint names and skeleton; without them, ``kp1..kpK``.
-    ``skeleton`` is the model's: 0-based index pairs (the store's, like COCO's, are 1-based)."""
+    classes a model actually finds become categories, not all 80 of COCO). A category added so is
+    only proposed (``Category.proposed``): the project's lists leave it out until a person keeps a
+    label of it, so that a class the model wrongly finds does not become one of the person's. A
+    new category of a keypoint model gets the model's keypoint names and skeleton; without them,
+    ``kp1..kpK``. ``skeleton`` is the model's: 0-based index pairs (the store's, like COCO's, are
+    1-based)."""
 
     def __init__(
         self, project: Project, keypoint_names: tuple[str, ...] = (), skeleton: tuple[tuple[int, int], ...] = ()
@@ -89,7 +92,7 @@ class ProposalCategories:
                     names, skeleton = self.keypoint_names, self.skeleton
                 else:
                     names = tuple(f"kp{k + 1}" for k in range(num_keypoints))
-            category = self.project.add_category(name, keypoints=names, skeleton=skeleton)
+            category = self.project.add_category(name, keypoints=names, skeleton=skeleton, proposed=True)
         return category
 
 

@@ -41,6 +41,9 @@ class Category:
     color: str = "#1f77b4"
     keypoints: tuple[str, ...] = ()
     skeleton: tuple[tuple[int, int], ...] = ()  # 1-based keypoint indices, as in COCO
+    # brought in by the model's proposals and not yet used by a person: a category of the project's
+    # lists only once a label of it is kept (docs/decisions/0004, "Proposed categories")
+    proposed: bool = False
 
     @property
     def num_keypoints(self) -> int:

@@ -91,6 +91,12 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # Categories the model brought in that no person has used yet (issue 16): a proposal of a class
+    # the project lacks adds its category as proposed; a label of it that a person keeps makes it an
+    # ordinary category. Existing categories were all a person's to keep.
+    """
+    ALTER TABLE categories ADD COLUMN proposed INTEGER NOT NULL DEFAULT 0 CHECK (proposed IN (0, 1));
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -198,6 +204,7 @@ SELECT_INSTANCES = (
 )
 
 
+CATEGORY_COLUMNS = "id, name, supercategory, color, keypoints, skeleton, proposed"
 IMAGE_COLUMNS = "id, file_name, width, height, sha256, state, active_seconds, done_at"
 MODEL_COLUMNS = "version, weights, base, trained_on, held_out_ap, created_at"
 
@@ -252,6 +259,7 @@ def category_from_row(row: Sequence[Any]) -> Category:
             _text(row[3]),
             tuple(_text(name) for name in json.loads(row[4])),
             tuple((_whole(a), _whole(b)) for a, b in json.loads(row[5])),
+            bool(_whole(row[6])),
         )
     except _UNREADABLE as error:
         raise _unreadable("categories", row, error) from None

@@ -41,6 +41,7 @@ from annotator.schema import (
     SCHEMA_VERSION,
     SELECT_INSTANCES,
     create_database,
+    database_error,
     finish_database,
     image_from_row,
     instance_filter,
@@ -104,10 +105,21 @@ class Project(CategoryTable):
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: Path | str) -> Project:
+    def open(cls, path: Path | str, tidy: bool = True) -> Project:
         """Opens an existing project file, upgrading an older schema in place; read-only when the
-        file or its folder cannot be written (``annotator.project_file``)."""
-        return cls(Path(path), *open_database(Path(path)))
+        file or its folder cannot be written (``annotator.project_file``). A writable one is tidied
+        (:meth:`drop_unused_proposed_categories`) unless ``tidy`` is False: for a connection beside
+        the app's own, whose undo history may still need them, and ``main.py check``, which reads."""
+        project = cls(Path(path), *open_database(Path(path)))
+        try:
+            if tidy and not project.read_only:
+                project.drop_unused_proposed_categories()
+        except BaseException as error:
+            project.close()
+            if isinstance(error, sqlite3.DatabaseError):
+                raise database_error(project.path, error) from None
+            raise
+        return project
 
     def check_writable(self) -> None:
         """Raises ProjectReadOnly, in one line, when the project can only be read."""
@@ -401,7 +413,15 @@ class Project(CategoryTable):
                     0,
                 )
             )
+            self._kept_by(category_id, source)
         return self.instance(cursor.lastrowid)
+
+    def _kept_by(self, category_id: int, source: Source) -> None:
+        """Makes a proposed category ordinary in the transaction that gives it a person's label
+        (added, accepted, edited, moved to it, restored), so that every path agrees. An undo of that
+        write leaves it kept: a category a person once used stays in their lists."""
+        if source == Source.HUMAN:
+            self.keep_category(category_id)
 
     def _insert_row(self, values: tuple[Any, ...]) -> sqlite3.Cursor:
         """Inserts one instance row, ``values`` in ``INSTANCE_COLUMNS`` order."""
@@ -517,6 +537,7 @@ class Project(CategoryTable):
                     instance_id,
                 ),
             )
+            self._kept_by(category.id, source or old.source)
         return self.instance(instance_id)
 
     def delete_instance(self, instance_id: int) -> Instance:
@@ -549,6 +570,7 @@ class Project(CategoryTable):
                     instance.edits,
                 )
             )
+            self._kept_by(instance.category_id, instance.source)
         return self.instance(instance.id)
 
     # -- model history ----------------------------------------------------------------------------

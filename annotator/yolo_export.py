@@ -16,11 +16,12 @@ for beside the images. ``train.txt`` lists exactly the exported images, so links
 earlier export are not read; ``val`` is the same list, since no held-out split is made.
 
 Class ids are 0-based, in category id order, every category of the project listed (ids stay the
-same from one export to the next, labels or not). A label is one polygon: the outline it was
-drawn as when that is one polygon inside the image, else the outer outlines traced from its mask
-(holes are lost). A mask in several parts is still one polygon (a line of its own would be an
-object of its own): the parts joined at their nearest vertices by seams that go there and back,
-as Ultralytics' own COCO converter joins them. A box-only label goes out as its box's four
+same from one export to the next, labels or not); a category the model only proposed is listed
+only when its proposals go out (``proposals_from``), as in the COCO export. A label is one
+polygon: the outline it was drawn as when that is one polygon inside the image, else the outer
+outlines traced from its mask (holes are lost). A mask in several parts is still one polygon (a
+line of its own would be an object of its own): the parts joined at their nearest vertices by
+seams that go there and back, as Ultralytics' own COCO converter joins them. A box-only label goes out as its box's four
 corners, and keypoints are left out (not part of YOLO segmentation); the report says how many.
 """
 
@@ -35,14 +36,21 @@ import numpy as np
 
 from annotator.folder_export import FolderExport, gets_file, images_to_export, traced_outlines
 from annotator.interchange import AtomicWriter
-from annotator.store import ImageRecord, Instance, Project
+from annotator.store import Category, ImageRecord, Instance, Project
 from annotator.wording import counted
 from model.errors import InputError
 
 
-def class_names(project: Project) -> dict[int, str]:
+def export_categories(project: Project, proposals_from: float | None = None) -> list[Category]:
+    """The categories listed, in category id order: the project's (``Project.kept_categories``),
+    and those the model only proposed too when proposals go out."""
+    categories = project.kept_categories() if proposals_from is None else project.categories()
+    return sorted(categories, key=lambda c: c.id)
+
+
+def class_names(project: Project, proposals_from: float | None = None) -> dict[int, str]:
     """YOLO class id -> category name: 0-based, in category id order."""
-    return {index: c.name for index, c in enumerate(sorted(project.categories(), key=lambda c: c.id))}
+    return dict(enumerate(c.name for c in export_categories(project, proposals_from)))
 
 
 def _closest_vertices(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
@@ -185,8 +193,8 @@ def export_yolo(
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(folder, "is a file; a YOLO export writes a folder")
-    names = class_names(project)
-    class_ids = {c.id: index for index, c in enumerate(sorted(project.categories(), key=lambda c: c.id))}
+    names = class_names(project, proposals_from)
+    class_ids = {c.id: index for index, c in enumerate(export_categories(project, proposals_from))}
     report = FolderExport(folder, "YOLO label file")
     listed, taken, links = [], set(), {}
     for image, instances in images_to_export(project, report, only_done, proposals_from):

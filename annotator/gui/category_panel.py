@@ -151,9 +151,10 @@ class CategoryPanel(QWidget):
         self.list.clear()
         if self.session is not None:
             project = self.session.project
-            # the labels people kept, as an export writes them; proposals are drafts until accepted
+            # the labels people kept, as an export writes them; proposals are drafts until accepted,
+            # and a category only the model proposed is not listed until one of its labels is kept
             kept = project.instance_counts_by_category(Source.HUMAN)
-            for category in project.categories():
+            for category in project.kept_categories():
                 count = kept.get(category.id, 0)
                 details = f"{count} instance" + ("" if count == 1 else "s")
                 if category.keypoints:
@@ -218,7 +219,7 @@ class CategoryPanel(QWidget):
             if answer != QMessageBox.StandardButton.Yes:
                 return
         else:
-            others = [c for c in session.project.categories() if c.id != category.id]
+            others = [c for c in session.project.kept_categories() if c.id != category.id]
             if not others:
                 QMessageBox.warning(
                     self, "Delete category", f"{used} instances are '{category.name}', the only category"

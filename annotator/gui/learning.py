@@ -144,7 +144,8 @@ class LearningControl(QObject):
 
     def _run(self, project_path: Path, weights: str, run_dir: Path, settings: RoundSettings, base: str) -> None:
         try:
-            with Project.open(project_path) as project:  # its own connection: this thread only reads
+            # its own connection: this thread only reads, and leaves the window's project as it is
+            with Project.open(project_path, tidy=False) as project:
                 result = learning_round(project, weights, run_dir, settings)
             produced = produced_by(result)
             version = file_version(produced) if produced is not None else ""

@@ -360,7 +360,7 @@ class MainWindow(QMainWindow):
         if not ids:
             self.status.showMessage("Select instances first", 3000)
             return
-        categories = session.project.categories()
+        categories = session.project.kept_categories()  # a category only proposed is not one to choose
         names = [c.name for c in categories]
         current = session.project.instance(ids[0]).category_id
         index = next((n for n, c in enumerate(categories) if c.id == current), 0)

@@ -33,7 +33,7 @@ class Session(QObject):
         self.view = ViewState()
         self.review = Review(self.history, self.view, self.review_state_changed.emit)
         self.current_category_id = 0
-        categories = project.categories()
+        categories = project.kept_categories()
         if categories:
             self.current_category_id = categories[0].id
 
@@ -89,8 +89,11 @@ class Session(QObject):
 
     @property
     def current_category(self) -> Category | None:
+        """The category new instances get; never one the model only proposed (``Category.proposed``):
+        the person's labels make a category theirs, not the model's guesses."""
         if self.current_category_id and self.project.id_in_use("categories", self.current_category_id):
-            return self.project.category(self.current_category_id)
+            category = self.project.category(self.current_category_id)
+            return None if category.proposed else category
         return None
 
     def set_current_category(self, category_id: int) -> None:
@@ -102,7 +105,7 @@ class Session(QObject):
         """The category new instances get: the current one, or a first category 'object'."""
         category = self.current_category
         if category is None:
-            existing = self.project.categories()
+            existing = self.project.kept_categories()
             category = existing[0] if existing else self.project.add_category("object")
             self.current_category_id = category.id
             self.categories_changed.emit()

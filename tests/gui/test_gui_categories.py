@@ -1,16 +1,29 @@
 """The category panel: adding a category with keypoint names and a skeleton through its dialog,
-refusals that keep what was typed, renaming, and the counts it shows (labels kept, not proposals)."""
+refusals that keep what was typed, renaming, the counts it shows (labels kept, not proposals), and
+a category the model proposed, listed only once a label of it is kept."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog
 
 from annotator.gui.category_panel import CategoryDialog
-from annotator.store import Source
-from tests.gui.driving import answer_dialogs, open_and_wait
+from annotator.store import Project, Source
+from tests.gui.driving import (
+    BLOBS,
+    IMAGE_SIZE,
+    answer_dialogs,
+    click,
+    key,
+    load_model,
+    open_and_wait,
+    write_blob_images,
+    zoom_4x,
+)
 
 
 def fill(name: str, keypoints: str = "", skeleton: str = "") -> Callable[[QDialog], None]:
@@ -132,3 +145,30 @@ def test_deleting_an_unused_category_and_merging_a_used_one_each_undo_in_one_ste
 
 def key_undo(window) -> None:
     window.actions_by_name["undo"].trigger()
+
+
+def test_a_class_the_model_proposes_joins_the_panel_only_when_a_proposal_of_it_is_accepted(
+    qtbot, window, tmp_path: Path
+):
+    write_blob_images(tmp_path / "images")
+    with Project.create(tmp_path / "cells.annot", tmp_path / "images") as project:  # no 'blob' category
+        for name in sorted(p.name for p in (tmp_path / "images").iterdir()):
+            project.add_image(name, *IMAGE_SIZE, "hash-" + name)
+        project.add_category("cell")
+    open_and_wait(qtbot, window, tmp_path / "cells.annot")
+    load_model(qtbot, window)
+    session = window.session
+    key(window, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier)  # the model finds two blobs
+    qtbot.waitUntil(lambda: len(session.instances()) == 2 and not window.proposals.busy, timeout=10000)
+    assert row_texts(window) == ["cell  (0 instances)"]
+    assert session.current_category.name == "cell"
+    assert len(window.canvas.instances) == 2  # its proposals are drawn all the same
+
+    zoom_4x(window)
+    x, y, w, h = BLOBS[0]
+    click(window, x + w / 2, y + h / 2)
+    (selected,) = session.selection
+    key(window, Qt.Key.Key_Return)  # accept
+    assert session.project.instance(selected).source == Source.HUMAN
+    qtbot.waitUntil(lambda: row_texts(window) == ["cell  (0 instances)", "blob  (1 instance)"], timeout=3000)
+    assert session.current_category.name == "cell"
