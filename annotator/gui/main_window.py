@@ -220,6 +220,7 @@ class MainWindow(QMainWindow):
         self.session.history_changed.connect(self._update_enabled)
         self.session.current_category_changed.connect(lambda _: self._show_new_shape_category())
         self.session.categories_changed.connect(self._show_new_shape_category)
+        self.session.history_changed.connect(self._show_new_shape_category)  # a kept proposal's category
         self._show_new_shape_category()
         self.session.image_changed.connect(self._load_image)
         self.session.image_changed.connect(self.model_control.on_image_opened)
@@ -239,7 +240,7 @@ class MainWindow(QMainWindow):
         self.first_run.project_opened()
 
     def _show_new_shape_category(self) -> None:
-        category = self.session.current_category if self.session is not None else None
+        category = self.session.category_for_new_shapes() if self.session is not None else None
         self.status.set_new_shape_category(category.name if category else "", category.color if category else "")
 
     def show_image(self, image_id: int) -> None:

@@ -101,12 +101,20 @@ class Session(QObject):
             self.current_category_id = category_id
             self.current_category_changed.emit(category_id)
 
-    def ensure_category(self) -> Category:
-        """The category new instances get: the current one, or a first category 'object'."""
+    def category_for_new_shapes(self) -> Category | None:
+        """The category the next new instance gets: the current one, else the project's first (a
+        category of a proposal the person kept counts); None: the first shape makes 'object'."""
         category = self.current_category
         if category is None:
             existing = self.project.kept_categories()
-            category = existing[0] if existing else self.project.add_category("object")
+            category = existing[0] if existing else None
+        return category
+
+    def ensure_category(self) -> Category:
+        """The category new instances get (:meth:`category_for_new_shapes`), made and made current
+        when the project has none."""
+        category = self.category_for_new_shapes() or self.project.add_category("object")
+        if category.id != self.current_category_id:
             self.current_category_id = category.id
             self.categories_changed.emit()
         return category

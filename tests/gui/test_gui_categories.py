@@ -172,3 +172,24 @@ def test_a_class_the_model_proposes_joins_the_panel_only_when_a_proposal_of_it_i
     assert session.project.instance(selected).source == Source.HUMAN
     qtbot.waitUntil(lambda: row_texts(window) == ["cell  (0 instances)", "blob  (1 instance)"], timeout=3000)
     assert session.current_category.name == "cell"
+
+
+def test_with_no_category_of_its_own_a_project_draws_new_shapes_in_the_first_class_it_kept(
+    qtbot, window, tmp_path: Path
+):
+    write_blob_images(tmp_path / "images")
+    with Project.create(tmp_path / "bare.annot", tmp_path / "images") as project:  # no category at all
+        for name in sorted(p.name for p in (tmp_path / "images").iterdir()):
+            project.add_image(name, *IMAGE_SIZE, "hash-" + name)
+    open_and_wait(qtbot, window, tmp_path / "bare.annot")
+    load_model(qtbot, window)
+    key(window, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: len(window.session.instances()) == 2 and not window.proposals.busy, timeout=10000)
+    assert window.status.new_shapes.text() == "New shapes: object (new)"  # the proposals' class is not one yet
+
+    zoom_4x(window)
+    x, y, w, h = BLOBS[0]
+    click(window, x + w / 2, y + h / 2)
+    key(window, Qt.Key.Key_Return)  # accept: 'blob' is the person's now
+    assert window.status.new_shapes.text().endswith("■</b> blob")
+    assert window.session.ensure_category().name == "blob"  # what a new shape gets, as the status says
