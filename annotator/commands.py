@@ -95,6 +95,12 @@ class Command:
             if now != expected:
                 happened = "deleted" if now is None else "added" if expected is None else "changed"
                 raise EditConflict(project.path, f"{refused} {happened} instance {instance_id} since")
+        left = self.state_before if forward else self.state_after  # the review state the step expects
+        if left is not None and project.id_in_use("images", self.image_id):
+            now = project.image(self.image_id).state
+            # a state this program set since (an edit puts an image in review) is not another's change
+            if now not in (left, project.states_written.get(self.image_id)):
+                raise EditConflict(project.path, f"{refused} changed the review state of image {self.image_id} since")
         added: set[int] = set()  # the categories the step itself brings in before its instances
         for before, after in self.categories:
             leaving, coming = (before, after) if forward else (after, before)

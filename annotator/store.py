@@ -80,6 +80,7 @@ class Project(CategoryTable):
         self._db = connection
         self.read_only = read_only  # the file or its folder cannot be written: every change is refused
         self._depth = 0  # nesting of transaction(); only the outermost commits
+        self.states_written: dict[int, ReviewState] = {}  # the review state this connection last set, by image
         self._image_root = self._resolve_root(self._meta("image_root"))
 
     # -- opening --------------------------------------------------------------------------------
@@ -315,6 +316,7 @@ class Project(CategoryTable):
             )
             if cursor.rowcount != 1:
                 raise KeyError(f"no image with id {image_id}")
+            self.states_written[image_id] = state
 
     def add_active_seconds(self, image_id: int, seconds: float) -> None:
         """Adds time a person spent working on an image (``annotator.effort.ActiveTime``)."""

@@ -319,3 +319,20 @@ def test_a_redo_or_a_category_undo_over_another_programs_change_is_refused_and_l
         with pytest.raises(ProjectReadOnly):
             history.undo()
         assert history.can_undo
+
+
+def test_undoing_a_review_state_another_program_changed_since_is_refused_but_this_programs_own_move_is_not(tmp_path):
+    path, _ = _labelled_project(tmp_path)
+    with Project.open(path) as project, Project.open(path) as other:
+        history = UndoStack(project)
+        history.set_review_state(2, ReviewState.DONE, "Done")
+        other.set_review_state(2, ReviewState.IN_REVIEW)  # someone else reopened it
+        with pytest.raises(EditConflict, match="cannot undo 'Done': another program changed the review state"):
+            history.undo()
+        assert project.image(2).state == ReviewState.IN_REVIEW and not history.can_undo
+
+        before = project.image(3).state
+        history.set_review_state(3, ReviewState.PROPOSED, "Propose")
+        project.set_review_state(3, ReviewState.IN_REVIEW)  # this program's own move: an edit began the review
+        history.undo()
+        assert project.image(3).state == before != ReviewState.PROPOSED
