@@ -30,10 +30,10 @@ from annotator import masks
 from annotator.category_table import PALETTE, CategoryTable, default_color
 from annotator.damage import readable_instances
 from annotator.geometry import check_id, instance_geometry
+from annotator.image_table import ImageTable
 from annotator.project_file import DamagedRow, ProjectExists, ProjectReadOnly, begin_write, new_project_file
 from annotator.records import Category, ImageRecord, Instance, ModelRecord, ReviewState, Source, check_file_name
 from annotator.schema import (
-    IMAGE_COLUMNS,
     INSTANCE_COLUMNS,
     MAX_ID,
     MIGRATIONS,
@@ -43,7 +43,6 @@ from annotator.schema import (
     create_database,
     database_error,
     finish_database,
-    image_from_row,
     instance_filter,
     instance_from_row,
     model_from_row,
@@ -71,7 +70,7 @@ __all__ = [
 PROJECT_SUFFIX = ".annot"
 
 
-class Project(CategoryTable):
+class Project(CategoryTable, ImageTable):
     """An open project file. Use as a context manager, or call :meth:`close`. Its categories' part
     is :class:`annotator.category_table.CategoryTable`."""
 
@@ -80,7 +79,7 @@ class Project(CategoryTable):
         self._db = connection
         self.read_only = read_only  # the file or its folder cannot be written: every change is refused
         self._depth = 0  # nesting of transaction(); only the outermost commits
-        self.states_written: dict[int, ReviewState] = {}  # the review state this connection last set, by image
+        self.states_written = {}  # ImageTable.states_written
         self._image_root = self._resolve_root(self._meta("image_root"))
 
     # -- opening --------------------------------------------------------------------------------
@@ -231,106 +230,6 @@ class Project(CategoryTable):
 
     def image_path(self, image: ImageRecord) -> Path:
         return self._image_root / image.file_name
-
-    def add_image(
-        self,
-        file_name: str,
-        width: int,
-        height: int,
-        sha256: str,
-        state: ReviewState = ReviewState.UNLABELED,
-        id: int | None = None,
-    ) -> ImageRecord:
-        file_name = check_file_name(file_name)
-        check_id(id, "image")
-        with self.transaction():
-            cursor = self._db.execute(
-                "INSERT INTO images (id, file_name, width, height, sha256, state, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (id, file_name, int(width), int(height), sha256, int(state), time.time()),
-            )
-        return ImageRecord(cursor.lastrowid, file_name, int(width), int(height), sha256, ReviewState(state))
-
-    def change_image_id(self, image_id: int, new_id: int) -> ImageRecord:
-        """Gives an image that no instance refers to yet a free id: an import keeps a file's image
-        ids so for images that ``new`` added (and numbered in file-name order)."""
-        check_id(new_id, "image")
-        with self.transaction():
-            if self.id_in_use("images", new_id):
-                raise ValueError(f"image id {new_id} is in use")
-            if self._db.execute("SELECT 1 FROM instances WHERE image_id = ? LIMIT 1", (image_id,)).fetchone():
-                raise ValueError(f"image {image_id} has instances; its id stays")
-            self._db.execute("UPDATE images SET id = ? WHERE id = ?", (new_id, image_id))
-        return self.image(new_id)
-
-    def image(self, image_id: int) -> ImageRecord:
-        row = self._db.execute(f"SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?", (image_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no image with id {image_id}")
-        return image_from_row(row)
-
-    def image_by_file_name(self, file_name: str) -> ImageRecord | None:
-        row = self._db.execute(
-            f"SELECT {IMAGE_COLUMNS} FROM images WHERE file_name = ?",
-            (check_file_name(file_name),),
-        ).fetchone()
-        return None if row is None else image_from_row(row)
-
-    def images(self, state: ReviewState | None = None) -> list[ImageRecord]:
-        """Images in id order, optionally only those in one review state."""
-        return list(self.iter_images(state))
-
-    def iter_images(
-        self, state: ReviewState | None = None, states: Iterable[ReviewState] | None = None
-    ) -> Iterator[ImageRecord]:
-        query = f"SELECT {IMAGE_COLUMNS} FROM images"
-        wanted = [int(s) for s in (states or ([] if state is None else [state]))]
-        if wanted:
-            query += f" WHERE state IN ({','.join('?' * len(wanted))})"
-        for row in self._db.execute(query + " ORDER BY id", wanted):
-            yield image_from_row(row)
-
-    def image_states(self, state: ReviewState | None = None) -> list[tuple[int, ReviewState]]:
-        """Each image's id and review state, in the order and selection of :meth:`images`, without
-        reading the rest of its row: a window checks its image list with it after another program
-        changed the project (a fifth of the time of :meth:`images`)."""
-        where, parameters = ("", ()) if state is None else (" WHERE state = ?", (int(state),))
-        rows = self._db.execute(f"SELECT id, state FROM images{where} ORDER BY id", parameters)
-        states = tuple(ReviewState)  # indexed by value: ReviewState(value) would cost most of the time
-        return [(image_id, states[value]) for image_id, value in rows]
-
-    def image_count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM images").fetchone()[0]
-
-    def set_review_state(self, image_id: int, state: ReviewState) -> None:
-        """Sets an image's review state; marking it done records when (``done_at``, the order the
-        effort statistics follow; marking a done image done again keeps it), any other state clears
-        that."""
-        now = time.time()
-        with self.transaction():
-            # an image marked done again keeps the time it first became done
-            cursor = self._db.execute(
-                "UPDATE images SET state = ?, updated_at = ?,"
-                " done_at = CASE WHEN ? THEN coalesce(done_at, ?) END WHERE id = ?",
-                (int(state), now, state == ReviewState.DONE, now, image_id),
-            )
-            if cursor.rowcount != 1:
-                raise KeyError(f"no image with id {image_id}")
-            self.states_written[image_id] = state
-
-    def add_active_seconds(self, image_id: int, seconds: float) -> None:
-        """Adds time a person spent working on an image (``annotator.effort.ActiveTime``)."""
-        if seconds > 0:
-            with self.transaction():
-                self._db.execute(
-                    "UPDATE images SET active_seconds = active_seconds + ? WHERE id = ?", (float(seconds), image_id)
-                )
-
-    def review_state_counts(self) -> dict[ReviewState, int]:
-        counts = {state: 0 for state in ReviewState}
-        for state, count in self._db.execute("SELECT state, count(*) FROM images GROUP BY state"):
-            counts[ReviewState(state)] = count
-        return counts
 
     # -- instances ------------------------------------------------------------------------------
 
