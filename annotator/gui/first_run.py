@@ -38,16 +38,25 @@ COCO_WEIGHTS = "maskrcnn_resnet50_fpn_v2.COCO_V1"
 LATER = "You can change this at any time in Model → Choose model (Ctrl+M)."
 
 
-def coco_offline_note(name: str = COCO_WEIGHTS) -> str:
-    """What the COCO choice downloads, and where to put the file by hand without network access
-    (the place the download looks first: torch's cache, as ``model.weights.download`` says)."""
+def coco_weights_file(name: str = COCO_WEIGHTS) -> Path:
+    """Where the COCO weights are looked for first: torch's cache (``model.weights.download``)."""
     from model.weights.download import cache_dir  # imports torch, as the model picker does
     from model.weights.registry import REGISTRY
 
-    info = REGISTRY[name]
+    return cache_dir() / REGISTRY[name].filename
+
+
+def coco_offline_note(name: str = COCO_WEIGHTS) -> str:
+    """What the COCO choice downloads, and where to put the file by hand without network access;
+    or that it is on this computer already."""
+    from model.weights.registry import REGISTRY
+
+    info, file = REGISTRY[name], coco_weights_file(name)
+    if file.is_file():
+        return f"Already on this computer ({file})."
     return (
         f"{info.file_size_mb:.0f} MB, downloaded once. Without network access, fetch {info.url} on "
-        f"another machine and place it at {cache_dir() / info.filename}"
+        f"another machine and place it at {file}"
     )
 
 
@@ -90,7 +99,9 @@ class FirstRunDialog(QDialog):
         self.buttons.accepted.connect(self.accept)
         layout.addWidget(self.buttons)
         self.group.buttonToggled.connect(lambda *_: self._update_ok())
-        (self.demo if self.demo.isEnabled() else self.none).setChecked(True)
+        # the COCO weights where they are here already (everyday objects, as in a folder of photos)
+        default = self.coco if coco_weights_file().is_file() else self.demo if self.demo.isEnabled() else self.none
+        default.setChecked(True)
         self.resize(560, 420)
 
     def _option(self, layout: QVBoxLayout, title: str, note: str) -> QRadioButton:

@@ -90,3 +90,17 @@ def test_a_local_weights_file_is_an_answer_once_a_file_is_chosen(qtbot, tmp_path
     assert window.model_control.settings.value("model/kind") == ModelKind.FILE
     assert window.model_control.settings.value("model/name") == str(weights)
     window.close()
+
+
+def test_coco_weights_already_on_this_computer_are_the_first_answer_offered(qtbot, tmp_path, blob_project, hub):
+    coco = REGISTRY[COCO_WEIGHTS]
+    hub.mkdir(parents=True)
+    (hub / coco.filename).write_bytes(b"fetched by hand")  # $TORCH_HOME of this test (the hub fixture)
+    window = make_window(qtbot, first_use_settings(tmp_path))
+    open_and_wait(qtbot, window, blob_project)
+    dialog = the_question(qtbot, window)
+    texts = " ".join(label.text() for label in dialog.findChildren(QLabel))
+    assert dialog.coco.isChecked() and f"Already on this computer ({hub / coco.filename})" in texts
+    assert dialog.choice().name == COCO_WEIGHTS
+    dialog.reject()
+    window.close()
