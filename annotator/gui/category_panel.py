@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QInputDialog,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -123,8 +124,13 @@ class CategoryPanel(QWidget):
         row.addWidget(add)
         row.addWidget(edit)
         row.addWidget(self.delete_button)
+        # an empty list says how categories come: the model's classes join only once a label is kept
+        self.empty_note = QLabel("No category yet: add one, or accept a proposal and its class becomes one.")
+        self.empty_note.setWordWrap(True)
+        self.empty_note.setEnabled(False)  # greyed, as a hint
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.empty_note)
         layout.addWidget(self.list)
         layout.addLayout(row)
         self._updating = False
@@ -164,6 +170,7 @@ class CategoryPanel(QWidget):
                 self.list.addItem(item)
                 if category.id == self.session.current_category_id:
                     self.list.setCurrentItem(item)
+        self.empty_note.setVisible(self.session is not None and self.list.count() == 0)
         self._updating = False
 
     def _current_changed(self, item: QListWidgetItem | None, _previous) -> None:

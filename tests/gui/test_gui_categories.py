@@ -186,10 +186,13 @@ def test_with_no_category_of_its_own_a_project_draws_new_shapes_in_the_first_cla
     key(window, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: len(window.session.instances()) == 2 and not window.proposals.busy, timeout=10000)
     assert window.status.new_shapes.text() == "New shapes: object (new)"  # the proposals' class is not one yet
+    assert window.categories.empty_note.isVisible() and row_texts(window) == []  # says how categories come
 
     zoom_4x(window)
     x, y, w, h = BLOBS[0]
     click(window, x + w / 2, y + h / 2)
     key(window, Qt.Key.Key_Return)  # accept: 'blob' is the person's now
     assert window.status.new_shapes.text().endswith("■</b> blob")
+    qtbot.waitUntil(lambda: not window.categories.empty_note.isVisible(), timeout=3000)  # the panel's recount
+    assert row_texts(window) == ["blob  (1 instance)"]
     assert window.session.ensure_category().name == "blob"  # what a new shape gets, as the status says
