@@ -209,7 +209,7 @@ def _print_proposals(report, predictor) -> int:
     """What ``propose`` did, for a person; the exit status."""
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if report.precision_note and "disagreed" in report.precision_note:  # why float32 runs where bf16 could
+    if report.precision_note and not predictor.mixed_precision:  # why float32 runs where bf16 could
         print(report.precision_note, file=sys.stderr)
     if report.stopped_by is not None:
         print(f"error: {report.stopped_by}", file=sys.stderr)

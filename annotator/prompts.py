@@ -241,15 +241,14 @@ def _refine_boxes(review: Review, result: ProposalResult, in_view: bool) -> Prom
     if changes:
         review.history.record(result.prompt.title, result.image_id, changes)
         review.mark_in_review(result.image_id)
+    refined = [c.after for c in changes if c.after is not None]
     if not in_view:
-        return PromptOutcome([c.after for c in changes if c.after is not None])
+        return PromptOutcome(refined)
     missed = result.asked - len(result.proposals)
-    refined = len(changes)
-    message = f"Refined {counted(refined, 'box', 'boxes')} into {'a mask' if refined == 1 else 'masks'}"
+    message = f"Refined {counted(len(refined), 'box', 'boxes')} into {'a mask' if len(refined) == 1 else 'masks'}"
     if missed:
         message += f"; the model found no mask in {counted(missed, 'box', 'boxes')}, left as boxes"
-    after = [c.after for c in changes if c.after is not None]
-    return PromptOutcome(after, message, [i.id for i in after])
+    return PromptOutcome(refined, message, [i.id for i in refined])
 
 
 def _beside_what_is_there(

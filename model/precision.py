@@ -47,6 +47,15 @@ _NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 _CPUINFO = Path("/proc/cpuinfo")
 
 
+def cpu_name() -> str:
+    """The processor's model name from ``/proc/cpuinfo`` (Linux); "" where there is none."""
+    try:
+        lines = _CPUINFO.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this processor computes in bfloat16 natively (AMX or AVX512-BF16).

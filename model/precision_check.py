@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from model.precision import cpu_name
 from model.structures import Instances
 
 VERDICTS_FILE = "precision-verdicts.json"
@@ -97,17 +98,7 @@ def compare(exact: Sequence[Instances], fast: Sequence[Instances]) -> Agreement:
 
 def verdict_key(model_version: str) -> str:
     """What a verdict holds for: the weights, the processor (its bfloat16 units) and torch."""
-    return f"{model_version} | {platform.processor() or platform.machine()} {_cpu_name()} | torch {torch.__version__}"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return f"{model_version} | {platform.processor() or platform.machine()} {cpu_name()} | torch {torch.__version__}"
 
 
 def verdicts_path() -> Path:

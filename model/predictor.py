@@ -267,10 +267,11 @@ class Predictor:
             return ""
         key = verdict_key(self.model_version)
         verdict = read_verdict(key, verdicts)
+        bf16, fp32 = self.policy, replace(self.policy, autocast_dtype=None)
         if verdict is None:
             sample = list(images[:CHECK_IMAGES])
             fast = [self.predict(image) for image in sample]
-            bf16, self.policy = self.policy, replace(self.policy, autocast_dtype=None)
+            self.policy = fp32
             self.clear_cache()
             exact = [self.predict(image) for image in sample]
             self.policy = bf16
@@ -282,7 +283,7 @@ class Predictor:
         else:
             detail = " (decided before for these weights)"
         if verdict == "fp32":
-            self.policy = replace(self.policy, autocast_dtype=None)
+            self.policy = fp32
             self.mixed_precision = False
             self.clear_cache()
             self.precision_note = f"bf16 disagreed with fp32 on {self.model_version}: running fp32{detail}"

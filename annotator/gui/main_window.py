@@ -297,14 +297,14 @@ class MainWindow(QMainWindow):
 
     def _say(self, reason: str) -> None:
         """Why an action did nothing, in the status bar (annotator.gui.unavailable)."""
-        self.status.showMessage(reason, 5000)
+        self.status.showMessage(reason, unavailable.MESSAGE_MS)
 
     def _image_open(self) -> bool:
         """Whether an image is open to act on; else the status bar says why not."""
-        if self.session is None or not self.session.image_id:
-            self._say(unavailable.NO_PROJECT if self.session is None else unavailable.NO_IMAGE)
-            return False
-        return True
+        reason = unavailable.no_image(self.session)
+        if reason:
+            self._say(reason)
+        return not reason
 
     def step_image(self, step: int) -> None:
         ids = self.images.visible_ids()

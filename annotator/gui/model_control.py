@@ -21,6 +21,7 @@ from annotator.gui.session import Session
 from annotator.gui.status_bar import StatusBar
 from annotator.prompts import ProposalResult, box_only, store_result
 from annotator.store import ReviewState
+from model.cli import PRECISION_CHOICES
 
 NO_MODEL = "No model is loaded: choose one in Model → Choose model"
 
@@ -84,7 +85,7 @@ class ModelControl(QObject):
     def precision(self) -> str:
         """The precision chosen in the model picker (kept in the settings): auto unless changed."""
         value = self.settings.value("model/precision", "auto")
-        return value if value in ("auto", "fp32", "bf16") else "auto"
+        return value if value in PRECISION_CHOICES else "auto"
 
     def restore(self) -> bool:
         """Loads the model that last loaded (kept in the settings), as labelme and CVAT users
@@ -180,8 +181,9 @@ class ModelControl(QObject):
 
     def propose_current(self) -> None:
         session = self.session()
-        if session is None or not session.image_id:
-            self.status.showMessage(unavailable.NO_PROJECT if session is None else unavailable.NO_IMAGE, 5000)
+        reason = unavailable.no_image(session)
+        if reason:
+            self.status.showMessage(reason, unavailable.MESSAGE_MS)
             return
         if not self.service.has_model:
             self.error.emit("Model", NO_MODEL)
@@ -191,7 +193,7 @@ class ModelControl(QObject):
     def propose_all(self) -> None:
         session = self.session()
         if session is None:
-            self.status.showMessage(unavailable.NO_PROJECT, 5000)
+            self.status.showMessage(unavailable.NO_PROJECT, unavailable.MESSAGE_MS)
             return
         if not self.service.has_model:
             self.error.emit("Model", NO_MODEL)
@@ -207,14 +209,15 @@ class ModelControl(QObject):
         """Model → Refine boxes to masks: box to mask on the selected box-only labels (all of the
         image's when none is selected), each mask into its label, as one undo step."""
         session = self.session()
-        if session is None or not session.image_id:
-            self.status.showMessage(unavailable.NO_PROJECT if session is None else unavailable.NO_IMAGE, 5000)
+        reason = unavailable.no_image(session)
+        if reason:
+            self.status.showMessage(reason, unavailable.MESSAGE_MS)
             return
         chosen = session.review.editable_selection(session.selection)
         instances = [session.project.instance(i) for i in chosen] if chosen else session.instances()
         boxes = [i for i in instances if box_only(i)]
         if not boxes:
-            self.status.showMessage(unavailable.NO_BOX_ONLY, 5000)
+            self.status.showMessage(unavailable.NO_BOX_ONLY, unavailable.MESSAGE_MS)
             return
         if not self.service.has_model:
             self.error.emit("Model", NO_MODEL)
@@ -263,7 +266,7 @@ class ModelControl(QObject):
     def fine_tune(self) -> None:
         session = self.session()
         if session is None:
-            self.status.showMessage(unavailable.NO_PROJECT, 5000)
+            self.status.showMessage(unavailable.NO_PROJECT, unavailable.MESSAGE_MS)
             return
         from annotator.gui.finetune_dialog import FineTuneDialog
 
@@ -294,7 +297,7 @@ class ModelControl(QObject):
     def show_history(self) -> None:
         session = self.session()
         if session is None:  # the history is the project's (its runs, and the models its labels came from)
-            self.status.showMessage(unavailable.NO_PROJECT, 5000)
+            self.status.showMessage(unavailable.NO_PROJECT, unavailable.MESSAGE_MS)
             return
         from annotator.gui.model_history_dialog import ModelHistoryDialog
 

@@ -33,6 +33,13 @@ MODEL_BUSY = "The model is busy with another job: wait for it, or press Escape t
 MESSAGE_MS = 5000
 
 
+def no_image(session: Session | None) -> str:
+    """Why there is no image to act on: no project open, or none shown; "" when one is shown."""
+    if session is None:
+        return NO_PROJECT
+    return "" if session.image_id else NO_IMAGE
+
+
 def nothing_selected(session: Session) -> str:
     """Why the selection gives an action nothing to act on: empty, or all of it locked."""
     return SELECTION_LOCKED if session.selection else NOTHING_SELECTED
@@ -80,8 +87,8 @@ def when_image_shown(window: QMainWindow, run: Callable[[], object]) -> Callable
     """``run`` (a view action: fit, zoom) while the canvas shows an image; else the reason."""
 
     def guarded() -> None:
-        if window.canvas.pyramid is None:
-            window.status.showMessage(NO_PROJECT if window.session is None else NO_IMAGE, MESSAGE_MS)
+        if window.canvas.pyramid is None:  # also while the image shown is still being read
+            window.status.showMessage(no_image(window.session) or NO_IMAGE, MESSAGE_MS)
         else:
             run()
 
