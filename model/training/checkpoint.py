@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from model.detector import MaskRCNN
+from model.files import flush_to_disk
 from model.training.options import TrainOptions
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -26,10 +27,8 @@ FINAL_WEIGHTS = "model_final.safetensors"
 def _atomic_save(value: Any, path: Path) -> None:
     """``torch.save`` to a hidden file beside ``path``, flushed to disk, then renamed over it."""
     partial = path.with_name(f".{path.name}.partial")
-    with partial.open("wb") as f:
-        torch.save(value, f)
-        f.flush()
-        os.fsync(f.fileno())
+    torch.save(value, partial)
+    flush_to_disk(partial)
     os.replace(partial, path)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from model.detector import MaskRCNN
-from model.files import give_ordinary_permissions
+from model.files import flush_to_disk, give_ordinary_permissions
 
 
 def read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
@@ -66,5 +66,6 @@ def save_weights(model: MaskRCNN, path: Path | str, dtype: torch.dtype | None = 
     else:
         torch.save({"model": state, "config": config}, partial)
     give_ordinary_permissions(partial)  # safetensors creates its file private (0600)
+    flush_to_disk(partial)
     os.replace(partial, path)
     return path
