@@ -178,7 +178,7 @@ class FeaturePyramid(nn.Module):
 
 
 class BackboneWithFPN(nn.Module):
-    """ResNet body (FrozenBatchNorm, or GroupNorm when trained from scratch) + FPN."""
+    """ResNet body (FrozenBatchNorm, or GroupNorm or BatchNorm when trained from scratch) + FPN."""
 
     def __init__(
         self,
@@ -195,6 +195,8 @@ class BackboneWithFPN(nn.Module):
         elif body_norm == "gn":
             # zero-initialised last norm of each residual block: every block starts as the identity
             self.body = ResNetBody(depth, group_norm, zero_init_residual=True, width=body_width)
+        elif body_norm == "bn":
+            self.body = ResNetBody(depth, nn.BatchNorm2d, zero_init_residual=True, width=body_width)
         else:
             raise ValueError(f"unknown backbone normalisation {body_norm!r}")
         self.out_channels = out_channels

@@ -197,9 +197,11 @@ class ModelConfig:
     keypoint_on: bool = False
     # FrozenBatchNorm epsilon of the backbone: torchvision's v1 COCO files were trained with 0.
     frozen_bn_eps: float = 1e-5
-    # Normalisation of the ResNet body: "frozen_bn" (fixed statistics, for pretrained weights) or
-    # "gn" (GroupNorm, trained; for training from random init, independent of the batch size).
-    backbone_norm: Literal["frozen_bn", "gn"] = "frozen_bn"
+    # Normalisation of the ResNet body: "frozen_bn" (fixed statistics, for pretrained weights), "gn"
+    # (GroupNorm, trained; for training from random init, independent of the batch size) or "bn"
+    # (BatchNorm with batch statistics, as ImageNet bodies are trained; a body trained so is used
+    # frozen: its state dict is a "frozen_bn" one with step counts, ``model.weights.transfer.freeze_batch_norm``).
+    backbone_norm: Literal["frozen_bn", "gn", "bn"] = "frozen_bn"
     # Normalisation after the convs of FPN, box head (v2) and mask head: None is the variant's
     # ("" for v1, "bn" for v2).
     head_norm: Literal["", "bn", "gn"] | None = None

@@ -2,7 +2,8 @@
 another number of classes or keypoints (``load_weights``), the classes and keypoints the two
 share carried over by name (``load_transferred``), only an ImageNet ResNet body
 (``load_backbone``), or a mask network and a keypoint network's keypoint head joined into one
-network (``join_keypoint_head``)."""
+network (``join_keypoint_head``); and a body trained with batch statistics made the frozen one it
+is used as (``freeze_batch_norm``)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,19 @@ def load_weights(model: MaskRCNN, state_dict: dict[str, Tensor]) -> list[str]:
             f"unexpected {sorted(result.unexpected_keys)[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}"
         )
     return skipped
+
+
+def freeze_batch_norm(model: MaskRCNN) -> MaskRCNN:
+    """The same network with its ResNet body's BatchNorm (``backbone_norm="bn"``, trained with batch
+    statistics) as FrozenBatchNorm with the running statistics: what a body trained so is used as,
+    and the layout of torchvision's files (the step counts are dropped). Exact in inference."""
+    if model.config.backbone_norm != "bn":
+        raise ValueError(f"the body is normalised by {model.config.backbone_norm!r}, not trained batch norm")
+    frozen = MaskRCNN(model.config.replace(backbone_norm="frozen_bn", frozen_bn_eps=1e-5))  # BatchNorm2d's eps
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
+    frozen.load_state_dict(state)
+    frozen.weights_version = model.weights_version
+    return frozen.eval()
 
 
 _HEADS = (

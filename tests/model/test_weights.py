@@ -281,6 +281,27 @@ def test_saved_weights_are_on_the_disk_before_they_appear_under_their_name(
     assert events == [("fsync", partial), ("replace", partial)]
 
 
+def test_a_body_trained_with_batch_norm_is_used_frozen_with_the_same_outputs_and_torchvisions_keys() -> None:
+    from model.weights.transfer import freeze_batch_norm
+
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_resnet50_fpn", backbone_depth=18, num_classes=2, backbone_norm="bn")
+    model.train()
+    for _ in range(3):  # running statistics of a few batches, as training leaves them
+        model.backbone.body(torch.randn(2, 3, 64, 64) * 3 + 1)
+    model.eval()
+    frozen = freeze_batch_norm(model)
+    assert frozen.config.backbone_norm == "frozen_bn"
+    layout = build_model("maskrcnn_resnet50_fpn", backbone_depth=18, num_classes=2).state_dict()
+    assert set(frozen.state_dict()) == set(layout)
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(frozen.backbone(image), model.backbone(image), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="not trained batch norm"):
+        freeze_batch_norm(frozen)
+
+
 def test_fewer_classes_reinitialise_only_the_predictors(torchvision_state_dict, tmp_path: Path) -> None:
     path = tmp_path / "coco.pth"
     torch.save(torchvision_state_dict, path)
