@@ -119,6 +119,37 @@ def test_training_from_weights_takes_the_data_sets_categories(shapes, tmp_path):
     assert any("rectangle, triangle" in note for note in notes) and any("keypoint" in note for note in notes)
 
 
+def test_fine_tuning_trains_at_the_scale_of_larger_images_and_never_below_the_models_own():
+    from model.builders import config_for
+    from model.training.setup import LARGEST_IMAGE_SCALE, sizes_at_image_scale
+
+    small = config_for("maskrcnn_resnet18_fpn_small")  # the demo's: (224, 256, 288, 320), longer side 533
+    # the median image decides, and the model's own multi-scale training is kept, scaled
+    assert sizes_at_image_scale(small, [300, 480, 3000]) == {"min_size": (336, 384, 432, 480), "max_size": 800}
+    # large photos: not past Mask R-CNN's standard input
+    huge = sizes_at_image_scale(small, [4000] * 3)
+    assert max(huge["min_size"]) == LARGEST_IMAGE_SCALE
+    # images the model's input reaches already: its own sizes
+    assert sizes_at_image_scale(small, [200, 320]) == {} and sizes_at_image_scale(small, []) == {}
+    assert sizes_at_image_scale(config_for("maskrcnn_resnet50_fpn"), [480, 3000]) == {}
+
+
+def test_a_model_fine_tuned_on_larger_images_learns_and_proposes_at_their_scale(shapes, tmp_path):
+    from model.detector import MaskRCNN
+
+    small_input = MaskRCNN(tiny_model().config.replace(min_size=(48, 64), max_size=96))
+    base = save_weights(small_input, tmp_path / "base.safetensors")
+    data = load_coco(shapes, shapes.parent / "images")  # 128 x 128
+    sides = [min(image.width, image.height) for image in data.images]
+    model, notes = build_training_model(base, None, data.labels, image_sides=sides)
+    assert model.config.min_size == (96, 128) and model.config.max_size == 192
+    assert model.config.test_min_size == 128  # the proposals' scale after fine-tuning
+    assert "training at the images' scale: shorter side 96-128 px, longer at most 192" in notes[-1]
+    # sizes given on the command line win
+    model, notes = build_training_model(base, None, data.labels, image_sides=sides, min_size=64)
+    assert model.config.min_size == 64 and not any("images' scale" in note for note in notes)
+
+
 def test_an_imagenet_backbone_from_the_registry_initialises_only_the_resnet_body(shapes, tmp_path, monkeypatch):
     import hashlib
 
