@@ -233,6 +233,11 @@ class CategoryTable:
         query = f"SELECT {CATEGORY_COLUMNS} FROM categories WHERE NOT proposed ORDER BY id"
         return [category_from_row(row) for row in self._db.execute(query)]
 
+    def exported_categories(self, with_proposals: bool) -> list[Category]:
+        """The categories an export lists, in id order: the project's (:meth:`kept_categories`), and
+        those the model only proposed too when the export writes proposals (their only labels)."""
+        return self.categories() if with_proposals else self.kept_categories()
+
     def category_by_name(self, name: str) -> Category | None:
         return next((c for c in self.categories() if c.name == name), None)
 

@@ -353,8 +353,7 @@ def export_coco(
     path = Path(path)
     states = [ReviewState.DONE] if only_done else None
     min_proposal_score = math.inf if proposals_from is None else proposals_from
-    # the project's categories; those the model only proposed go out with their proposals alone
-    categories = project.kept_categories() if proposals_from is None else project.categories()
+    categories = project.exported_categories(with_proposals=proposals_from is not None)
     counts = {"images": 0, "annotations": 0, "categories": len(categories)}
 
     def images() -> Iterator[dict]:

@@ -21,8 +21,9 @@ only when its proposals go out (``proposals_from``), as in the COCO export. A la
 polygon: the outline it was drawn as when that is one polygon inside the image, else the outer
 outlines traced from its mask (holes are lost). A mask in several parts is still one polygon (a
 line of its own would be an object of its own): the parts joined at their nearest vertices by
-seams that go there and back, as Ultralytics' own COCO converter joins them. A box-only label goes out as its box's four
-corners, and keypoints are left out (not part of YOLO segmentation); the report says how many.
+seams that go there and back, as Ultralytics' own COCO converter joins them. A box-only label
+goes out as its box's four corners, and keypoints are left out (not part of YOLO segmentation);
+the report says how many.
 """
 
 from __future__ import annotations
@@ -36,21 +37,15 @@ import numpy as np
 
 from annotator.folder_export import FolderExport, gets_file, images_to_export, traced_outlines
 from annotator.interchange import AtomicWriter
-from annotator.store import Category, ImageRecord, Instance, Project
+from annotator.store import ImageRecord, Instance, Project
 from annotator.wording import counted
 from model.errors import InputError
 
 
-def export_categories(project: Project, proposals_from: float | None = None) -> list[Category]:
-    """The categories listed, in category id order: the project's (``Project.kept_categories``),
-    and those the model only proposed too when proposals go out."""
-    categories = project.kept_categories() if proposals_from is None else project.categories()
-    return sorted(categories, key=lambda c: c.id)
-
-
 def class_names(project: Project, proposals_from: float | None = None) -> dict[int, str]:
-    """YOLO class id -> category name: 0-based, in category id order."""
-    return dict(enumerate(c.name for c in export_categories(project, proposals_from)))
+    """YOLO class id -> category name: 0-based, in category id order (``Project.exported_categories``)."""
+    categories = project.exported_categories(with_proposals=proposals_from is not None)
+    return dict(enumerate(c.name for c in categories))
 
 
 def _closest_vertices(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
@@ -194,7 +189,8 @@ def export_yolo(
     if folder.exists() and not folder.is_dir():
         raise InputError(folder, "is a file; a YOLO export writes a folder")
     names = class_names(project, proposals_from)
-    class_ids = {c.id: index for index, c in enumerate(export_categories(project, proposals_from))}
+    exported = project.exported_categories(with_proposals=proposals_from is not None)
+    class_ids = {c.id: index for index, c in enumerate(exported)}
     report = FolderExport(folder, "YOLO label file")
     listed, taken, links = [], set(), {}
     for image, instances in images_to_export(project, report, only_done, proposals_from):

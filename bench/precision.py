@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,6 +34,7 @@ from model.predictor import Predictor  # noqa: E402
 from resources import DEMO_DIR, DEMO_MODEL  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PRECISIONS = ("fp32", "bf16")  # the exact one, and the one auto's check judges
 
 
 @dataclass
@@ -44,14 +46,17 @@ class PrecisionReport:
     ms: dict[str, float]  # precision -> median ms per image
 
 
-def measure(weights: str, images: Sequence[Path], threshold: float) -> PrecisionReport:
-    predictors = {}
+def both_precisions(weights: str, **options: Any) -> dict[str, Predictor]:
+    """The CPU predictors of ``weights`` in ``"fp32"`` and ``"bf16"``, made with ``options``."""
     with warnings.catch_warnings():  # bf16 on a CPU without it warns that it is slower: known here
         warnings.simplefilter("ignore", RuntimeWarning)
-        for precision in ("fp32", "bf16"):
-            predictors[precision] = Predictor(weights, device="cpu", precision=precision, score_threshold=threshold)
-    found: dict[str, list] = {"fp32": [], "bf16": []}
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        return {precision: Predictor(weights, device="cpu", precision=precision, **options) for precision in PRECISIONS}
+
+
+def measure(weights: str, images: Sequence[Path], threshold: float) -> PrecisionReport:
+    predictors = both_precisions(weights, score_threshold=threshold)
+    found: dict[str, list] = {precision: [] for precision in PRECISIONS}
+    times: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
     for path in images:
         pixels = read_image(path)
         for precision, predictor in predictors.items():
@@ -80,13 +85,10 @@ def ap_both_ways(weights: str, annotations: Path, image_root: Path) -> dict[str,
 
     data = load_coco(annotations, image_root)
     figures = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for precision in ("fp32", "bf16"):
-            predictor = Predictor(weights, device="cpu", precision=precision, feature_cache_size=0)
-            summary = evaluate(predictor, data)
-            kinds = [kind for kind in ("segm", "bbox", "keypoints") if kind in summary]
-            figures[precision] = {kind: summary[kind]["AP"] for kind in kinds}
+    for precision, predictor in both_precisions(weights, feature_cache_size=0).items():
+        summary = evaluate(predictor, data)
+        kinds = [kind for kind in ("segm", "bbox", "keypoints") if kind in summary]
+        figures[precision] = {kind: summary[kind]["AP"] for kind in kinds}
     return figures
 
 
