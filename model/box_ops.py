@@ -160,6 +160,15 @@ def _intersection(a: Tensor, b: Tensor) -> Tensor:
     return (bottom_right - top_left).clamp(min=0).prod(dim=2)
 
 
+def grown_boxes(boxes: Tensor, margin: float) -> Tensor:
+    """(N, 4) ``x1, y1, x2, y2`` boxes grown by ``margin`` times their width on the left and on the
+    right, and times their height above and below."""
+    if not margin:
+        return boxes
+    sides = boxes[:, 2:] - boxes[:, :2]  # (N, 2) width, height
+    return boxes + margin * torch.cat((-sides, sides), dim=1)
+
+
 def box_area(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 

@@ -245,6 +245,13 @@ class ModelConfig:
 
     trainable_backbone_layers: int = 3
     mask_threshold: float = 0.5
+    # The keypoint head reads each box the model detected grown by this fraction of its width (height)
+    # on every side: a heatmap covers its box only, and a detected box often ends a pixel inside the
+    # object's extreme points (a shape's tip, a person's hand), which would be pulled inside. A box a
+    # person draws is read as drawn. Training is unchanged (docs/decisions/0013-learning-loop.md,
+    # "Keypoints at the box's edge"). 0 is torchvision's, kept for the COCO models, whose keypoints
+    # this was not measured on.
+    keypoint_box_margin: float = 0.0
 
     @property
     def num_classes(self) -> int:

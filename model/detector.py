@@ -92,6 +92,7 @@ class MaskRCNN(nn.Module):
             bg_iou_thresh=config.box_bg_iou_thresh,
             batch_size_per_image=config.box_batch_size_per_image,
             positive_fraction=config.box_positive_fraction,
+            keypoint_box_margin=config.keypoint_box_margin,
         )
         self.register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook)
 

@@ -23,6 +23,7 @@ from model.box_ops import (
     clip_boxes,
     decode_boxes,
     encode_boxes,
+    grown_boxes,
     match_boxes,
     nonempty_boxes,
     pairwise_ioa,
@@ -316,6 +317,7 @@ class RoIHeads(nn.Module):
         bg_iou_thresh: float = 0.5,
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
+        keypoint_box_margin: float = 0.0,
     ) -> None:
         super().__init__()
         self.fg_iou_thresh = fg_iou_thresh
@@ -332,6 +334,7 @@ class RoIHeads(nn.Module):
         self.mask_predictor = mask_predictor
         self.keypoint_head = keypoint_head
         self.keypoint_predictor = keypoint_predictor
+        self.keypoint_box_margin = keypoint_box_margin
 
     @property
     def has_mask(self) -> bool:
@@ -364,7 +367,9 @@ class RoIHeads(nn.Module):
         if self.has_mask:
             detections.masks = self.predict_masks(features, boxes, detections.labels)
         if self.has_keypoint:
-            detections.keypoints, detections.keypoint_scores = self.predict_keypoints(features, boxes)
+            # a detected box often ends inside the object's extreme points (ModelConfig.keypoint_box_margin)
+            grown = [grown_boxes(b, self.keypoint_box_margin) for b in boxes]
+            detections.keypoints, detections.keypoint_scores = self.predict_keypoints(features, grown)
         return detections
 
     def forward_train(
