@@ -67,7 +67,6 @@ from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskr
 from torchvision.models.detection.rpn import concat_box_prediction_layers  # noqa: E402
 
 from model import Predictor, build_model  # noqa: E402
-from model.box_ops import grown_boxes  # noqa: E402
 from model.builders import ARCHITECTURES  # noqa: E402
 from model.precision import cpu_has_native_bf16  # noqa: E402
 from model.roi_heads import fast_rcnn_inference  # noqa: E402
@@ -214,8 +213,9 @@ def our_stages(p: Predictor) -> list[Stage]:
 
     def keypoint_head(s: State) -> None:
         detections = s["detections"]
-        grown = [grown_boxes(detections.boxes, heads.keypoint_box_margin)]  # as RoIHeads.forward reads them
-        detections.keypoints, detections.keypoint_scores = heads.predict_keypoints(s["features"], grown)
+        detections.keypoints, detections.keypoint_scores = heads.predict_detected_keypoints(
+            s["features"], [detections.boxes]
+        )
 
     def paste(s: State) -> None:
         s["found"] = len(p._instances(s["detections"], s["batch"], 0, None))

@@ -367,9 +367,7 @@ class RoIHeads(nn.Module):
         if self.has_mask:
             detections.masks = self.predict_masks(features, boxes, detections.labels)
         if self.has_keypoint:
-            # a detected box often ends inside the object's extreme points (ModelConfig.keypoint_box_margin)
-            grown = [grown_boxes(b, self.keypoint_box_margin) for b in boxes]
-            detections.keypoints, detections.keypoint_scores = self.predict_keypoints(features, grown)
+            detections.keypoints, detections.keypoint_scores = self.predict_detected_keypoints(features, boxes)
         return detections
 
     def forward_train(
@@ -470,8 +468,13 @@ class RoIHeads(nn.Module):
         logits = self.mask_predictor(self.mask_head(x), labels)
         return mask_rcnn_inference(logits, labels)
 
+    def predict_detected_keypoints(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """:meth:`predict_keypoints` on boxes the model detected, each grown by ``keypoint_box_margin``:
+        a detected box often ends inside the object's extreme points (``ModelConfig.keypoint_box_margin``)."""
+        return self.predict_keypoints(features, [grown_boxes(b, self.keypoint_box_margin) for b in boxes])
+
     def predict_keypoints(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Keypoints (R, K, 3) and their scores (R, K) for the boxes (per image)."""
+        """Keypoints (R, K, 3) and their scores (R, K) for the boxes as given (per image)."""
         assert self.keypoint_head is not None and self.keypoint_predictor is not None
         x = roi_align_fpn(features, boxes, 14)
         logits = self.keypoint_predictor(self.keypoint_head(x))
