@@ -134,11 +134,13 @@ def _cases(device: torch.device) -> list[_Case]:
     NCHW FPN levels with sampling ratio 2 and RoIs on every level."""
     gen = torch.Generator().manual_seed(0)
     one_map = torch.randn(2, 40, 12, 15, generator=gen, dtype=torch.float64)
-    # boxes in image pixels (scale 0.5), some partly off the map, one thinner than a pixel
+    # boxes in image pixels (scale 0.5), some partly off the map, one thinner than a pixel; no
+    # sampling point lies on the map's validity border (-1 or the extent), where RoIAlign jumps
+    # and one rounding decides the side
     x1 = torch.tensor([0.0, 4, 10, -3, 20, 2, 14, 8, 25, 1])
     y1 = torch.tensor([0.0, 2, 6, -2, 15, 9, 1, 12, 18, 5])
-    width = torch.tensor([24.0, 10, 6, 12, 14, 0.6, 9, 16, 8, 28])
-    height = torch.tensor([20.0, 8, 14, 9, 12, 10, 22, 5, 8, 18])
+    width = torch.tensor([24.0, 10, 6, 12, 14, 0.6, 9, 16, 8.6, 28])
+    height = torch.tensor([20.0, 8, 14, 9, 12, 10, 22, 5, 7.6, 18])
     one_map_rois = _rois(torch.arange(10) % 2, x1, y1, width, height)
     fpn = [torch.randn(2, 40, 64 // s, 96 // s, generator=gen, dtype=torch.float64) for s in (4, 8, 16, 32)]
     fpn_scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]

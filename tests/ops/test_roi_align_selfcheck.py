@@ -218,6 +218,33 @@ def test_forcing_the_kernels_trusts_them_unchecked(run_kernels, monkeypatch):
     assert not serve and len(warned) == 1
 
 
+def test_the_checks_cases_keep_every_sampling_point_off_the_maps_validity_border():
+    # RoIAlign jumps where a sampling point crosses -1 or the map's extent (it stops counting)
+    # and where a box crosses an FPN level boundary. A point exactly there lands on either side
+    # by one rounding: nvcc's fused multiply-adds and PyTorch's separate ops round differently,
+    # so such a case would fail correct kernels (the first GPU run did, by 3.9 at y == H).
+    for case in _selfcheck._cases(CPU):
+        rois = case.rois.double()
+        levels = map_levels(case.rois, case.scales, 28, 4) if case.multilevel else None
+        geom = _sampling.level_geometry(case.features, case.scales, levels, rois[:, 0].long(), torch.float64)
+        s = _sampling.sampling(rois, geom, case.pooled, case.sampling_ratio, case.aligned, torch.float64)
+        for start, bin_size, grid, bins, extent in (
+            (s.y1, s.bin_h, s.grid_h, case.pooled[0], geom.height),
+            (s.x1, s.bin_w, s.grid_w, case.pooled[1], geom.width),
+        ):
+            for roi in range(rois.shape[0]):
+                point = torch.arange(int(grid[roi]), dtype=torch.float64)
+                bin_index = torch.arange(bins, dtype=torch.float64)[:, None]
+                coords = _sampling.axis_points(start[roi], bin_size[roi], bin_index, int(grid[roi]), point)
+                borders = torch.tensor([-1.0, float(extent[roi])], dtype=torch.float64)
+                margin = (coords.reshape(-1, 1) - borders).abs().min()
+                assert margin > 1e-2, f"{case.name}: RoI {roi} samples {float(margin):.2g} px from a border"
+        if case.multilevel:
+            size = ((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).sqrt()
+            level = 4 + torch.log2(size / 28)
+            assert ((level - level.round()).abs() > 1e-2).all(), f"{case.name}: a box lies on a level boundary"
+
+
 def test_an_unknown_mode_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv("MASKRCNN_ROI_ALIGN", "gpu")
     with pytest.raises(ValueError, match=r"MASKRCNN_ROI_ALIGN='gpu': expected one of auto, cuda, portable"):
