@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,6 +36,10 @@ MAIN_PY = Path(__file__).resolve().parents[1] / "main.py"
 HELD_OUT_FRACTION = 0.2
 # images newly marked done between two rounds (docs/decisions/0013-learning-loop.md)
 DEFAULT_ROUND_SIZE = 10
+# a round's length: this many passes over the images it trains on, in at most this many optimizer
+# steps (docs/decisions/0013-learning-loop.md, "How long a round trains")
+ROUND_EPOCHS = 120
+ROUND_MAX_ITERATIONS = 1000
 # how much nicer than the app the training runs: the UI thread wins every contest for a core
 CHILD_NICENESS = 10
 # Fewer held-out images than this and an AP says next to nothing about a model: one image's AP
@@ -62,6 +67,7 @@ class TrainingRequest:
     run_dir: Path
     iterations: int | None = None  # optimizer steps instead of epochs (tests: a handful)
     lr: float | None = None  # None: the training's default for its batch size
+    batch_size: int | None = None  # None: ``main.py train``'s default
 
 
 def train_command(request: TrainingRequest, coco_file: Path, image_root: Path) -> list[str]:
@@ -71,6 +77,7 @@ def train_command(request: TrainingRequest, coco_file: Path, image_root: Path) -
     (path), ``done`` (path of the final weights), ``error`` (message)."""
     length = ["--iters", str(request.iterations)] if request.iterations else ["--epochs", f"{request.epochs:g}"]
     length += ["--lr", f"{request.lr:g}"] if request.lr is not None else []
+    length += ["--batch-size", str(request.batch_size)] if request.batch_size is not None else []
     return [
         *[sys.executable, "-u", str(MAIN_PY), "train", str(coco_file), "--images", str(image_root)],
         *["--weights", request.base_weights, *length, "--val-fraction", f"{request.val_fraction:g}"],
@@ -109,10 +116,19 @@ def parse_event(line: str) -> dict | None:
 def mask_ap(summary: dict | None) -> float | None:
     """The mask (segm) AP of an evaluation (an ``eval`` event or ``evaluate --json``), else its box
     AP; None when it has neither (pycocotools leaves AP undefined without ground truth)."""
-    for key in ("segm", "bbox"):
-        value = (summary or {}).get(key)
-        if isinstance(value, dict) and isinstance(value.get("AP"), (int, float)) and value["AP"] >= 0:
-            return float(value["AP"])
+    segm = _ap(summary, "segm")
+    return segm if segm is not None else _ap(summary, "bbox")
+
+
+def keypoint_ap(summary: dict | None) -> float | None:
+    """The keypoint AP of an evaluation; None for a model without keypoints, or undefined."""
+    return _ap(summary, "keypoints")
+
+
+def _ap(summary: dict | None, key: str) -> float | None:
+    value = (summary or {}).get(key)
+    if isinstance(value, dict) and isinstance(value.get("AP"), (int, float)) and value["AP"] >= 0:
+        return float(value["AP"])
     return None
 
 
@@ -157,12 +173,16 @@ def least_sure_next(project: Project, image_id: int, threshold: float = DEFAULT_
 
 @dataclass
 class RoundSettings:
-    """How rounds train: as the fine-tune dialog's defaults (12 epochs), on ``device`` ("auto": the
-    GPU when there is one), with at most ``threads`` CPU threads (None: half the cores, at least
-    one: the app's own model thread keeps the other half) at ``niceness`` more than the app."""
+    """How rounds train: ``epochs`` passes over the images trained on in at most ``max_iterations``
+    optimizer steps of ``batch_size`` images (``iterations``: exactly that many steps instead), on
+    ``device`` ("auto": the GPU when there is one), with at most ``threads`` CPU threads (None: half
+    the cores, at least one: the app's own model thread keeps the other half) at ``niceness`` more
+    than the app."""
 
-    epochs: float = 12
+    epochs: float = ROUND_EPOCHS
+    max_iterations: int = ROUND_MAX_ITERATIONS
     iterations: int | None = None
+    batch_size: int = 2
     lr: float | None = None
     device: str = "auto"
     threads: int | None = None
@@ -173,6 +193,12 @@ class RoundSettings:
 
     def cpu_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // 2)
+
+    def round_iterations(self, images: int) -> int:
+        """The optimizer steps of a round that trains on ``images`` images."""
+        if self.iterations:
+            return self.iterations
+        return max(1, min(self.max_iterations, math.ceil(self.epochs * images / self.batch_size)))
 
 
 @dataclass
@@ -186,9 +212,12 @@ class RoundResult:
     failed: bool = False
     trained_on: int = 0
     held_out: int = 0
-    current_ap: float | None = None
+    current_ap: float | None = None  # mask AP on the held-out images
     new_ap: float | None = None
+    current_keypoint_ap: float | None = None  # None: no keypoints, or not measured
+    new_keypoint_ap: float | None = None
     train_seconds: float = 0.0
+    iterations: int = 0  # the training's optimizer steps
     run_dir: Path | None = None
     log: list[str] = field(default_factory=list)  # the children's output that was not an event
 
@@ -286,15 +315,18 @@ def write_split(coco_file: Path, held_out_ids: set[int], train_file: Path, held_
     return len(sides[False][1]), len(sides[True][1])
 
 
-def held_out_ap(weights: str, held_out_file: Path, image_root: Path, cwd: Path, settings: RoundSettings) -> float:
-    """The mask AP of ``weights`` on the held-out images (``main.py evaluate`` as a child process);
-    an undefined AP counts 0. Raises RuntimeError saying why when the evaluation fails."""
+def held_out_ap(
+    weights: str, held_out_file: Path, image_root: Path, cwd: Path, settings: RoundSettings
+) -> tuple[float, float | None]:
+    """The mask AP and the keypoint AP (None for a model without keypoints) of ``weights`` on the
+    held-out images (``main.py evaluate`` as a child process); an undefined mask AP counts 0.
+    Raises RuntimeError saying why when the evaluation fails."""
     done = run_child(evaluate_command(weights, held_out_file, image_root, settings.device), cwd, settings)
     summary = parse_summary(done.log[-1]) if done.log else None
     problem = done.error() or (None if summary else "it printed no figures")
     if problem is not None:
         raise RuntimeError(f"evaluating {Path(weights).name} failed: {problem}")
-    return mask_ap(summary) or 0.0
+    return mask_ap(summary) or 0.0, keypoint_ap(summary)
 
 
 def parse_summary(line: str) -> dict | None:
@@ -317,6 +349,7 @@ def learning_round(
     training or evaluation that fails, or nothing to train on, keeps the current model and says
     why; the project is only read. ``on_event`` receives the training's events as they come."""
     from annotator.coco import export_coco
+    from model.training.checkpoint import discard_checkpoints  # torch: loaded by the model in use already
 
     settings = settings or RoundSettings()
     if Path(current_weights).is_file():  # the children run in the run folder
@@ -332,12 +365,21 @@ def learning_round(
     train_file, held_out_file = run_dir / "train.json", run_dir / "held-out.json"
     kept.trained_on, kept.held_out = write_split(run_dir / "done.json", held, train_file, held_out_file)
     request = TrainingRequest(
-        current_weights, settings.epochs, 0.0, settings.device, run_dir, settings.iterations, settings.lr
+        current_weights,
+        settings.epochs,
+        0.0,
+        settings.device,
+        run_dir,
+        settings.round_iterations(kept.trained_on),
+        settings.lr,
+        settings.batch_size,
     )
+    kept.iterations = request.iterations or 0
     started = time.monotonic()
     training = run_child(train_command(request, train_file, project.image_root), run_dir, settings, on_event)
     kept.train_seconds = time.monotonic() - started
     kept.log = training.log
+    discard_checkpoints(run_dir)  # a round is never continued; its model is model_final
     finished = [e for e in training.events if e.get("event") == "done"]
     problem = training.error() or (None if finished else "the training ended without its weights")
     if problem is not None:
@@ -348,8 +390,9 @@ def learning_round(
         untested = f"too few held-out images to compare ({kept.held_out}): the new model is used untested"
         return dataclasses.replace(kept, weights=new_weights, replaced=True, reason=untested)
     try:
-        kept.current_ap = held_out_ap(current_weights, held_out_file, project.image_root, run_dir, settings)
-        kept.new_ap = held_out_ap(new_weights, held_out_file, project.image_root, run_dir, settings)
+        on_held_out = (held_out_file, project.image_root, run_dir, settings)
+        kept.current_ap, kept.current_keypoint_ap = held_out_ap(current_weights, *on_held_out)
+        kept.new_ap, kept.new_keypoint_ap = held_out_ap(new_weights, *on_held_out)
     except RuntimeError as error:
         kept.failed, kept.reason = True, str(error)
         return kept

@@ -45,7 +45,14 @@ def add_round_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=float,
         default=RoundSettings.epochs,
-        help=f"each round's training length (default {RoundSettings.epochs:g}, as the app)",
+        help=f"passes over the images a round trains on (default {RoundSettings.epochs:g}, as the app)",
+    )
+    parser.add_argument(
+        "--max-iters",
+        type=int,
+        default=RoundSettings.max_iterations,
+        metavar="N",
+        help=f"at most this many optimizer steps a round (default {RoundSettings.max_iterations}, as the app)",
     )
     parser.set_defaults(run_rounds=run_rounds)  # what effort.main runs when --rounds is given
 
@@ -55,7 +62,7 @@ def run_rounds(args: argparse.Namespace, data: CocoData) -> int:
     if not args.weights or args.rounds < 1 or args.round_size < 1:
         print("error: --rounds needs --weights, and --rounds and --round-size at least 1", file=sys.stderr)
         return 2
-    settings = RoundSettings(device=args.device, epochs=args.epochs)
+    settings = RoundSettings(device=args.device, epochs=args.epochs, max_iterations=args.max_iters)
     result = measure_rounds(
         data, args.weights, args.device, args.iou, args.rounds, args.round_size, args.order, settings
     )
@@ -131,9 +138,14 @@ def measure_rounds(
             all_manual.attempts += manual.attempts
             all_manual.current_category = manual.current_category
             entry = round_summary(ours, manual, len(chosen))
-            entry.update(round=index, weights=Path(current).name, train_seconds=0.0, model=None)
+            entry.update(round=index, weights=Path(current).name, train_seconds=0.0, train_iterations=0, model=None)
             if trained is not None:
-                entry.update(train_seconds=round(trained.train_seconds, 1), model=trained.reason)
+                entry.update(
+                    train_seconds=round(trained.train_seconds, 1),
+                    train_iterations=trained.iterations,
+                    model=trained.reason,
+                    held_out_keypoint_ap={"current": trained.current_keypoint_ap, "new": trained.new_keypoint_ap},
+                )
             entries.append(entry)
             labelled = {record.image_id for record in chosen}
             remaining = [record for record in remaining if record.image_id not in labelled]

@@ -80,16 +80,22 @@ def test_rounds_replace_the_model_when_not_worse_keep_it_when_worse_and_keep_eve
     mark_done(project, 4)
     before = snapshot(project)[:4]
 
-    first = learning_round(project, str(untrained), tmp_path / "round-1", settings())
+    # one pass over the images trained on, one image a step
+    steps = []
+    length = settings(iterations=None, epochs=1, batch_size=1)
+    first = learning_round(project, str(untrained), tmp_path / "round-1", length, steps.append)
     assert (first.current_ap, first.new_ap) == (0.0, 0.0)  # neither proposes anything: not worse
+    assert first.iterations == first.trained_on == max(e["iteration"] for e in steps if e["event"] == "progress")
     assert first.replaced and first.weights == str(tmp_path / "round-1" / "model_final.safetensors")
     assert Path(first.weights).is_file() and not first.failed
+    assert not list((tmp_path / "round-1").glob("*checkpoint*"))  # a round is never continued
     assert (first.trained_on, first.held_out) == (4 - sum(sides[:4]), sum(sides[:4]))
 
     mark_done(project, 6)
     # the demo model does well on its shapes; two steps at a learning rate of 1 ruin it
     second = learning_round(project, str(bundled_model()), tmp_path / "round-2", settings(lr=1.0))
     assert second.current_ap > 0.3 and second.new_ap < second.current_ap
+    assert second.current_keypoint_ap > 0.3 and second.new_keypoint_ap is not None  # recorded, not compared
     assert not second.replaced and not second.failed
     assert second.weights == str(bundled_model().resolve())
     assert "worse" in second.reason
@@ -101,6 +107,15 @@ def test_rounds_replace_the_model_when_not_worse_keep_it_when_worse_and_keep_eve
         assert trained == set(ids[:count]) - kept_out
     # the rounds only read the project
     assert snapshot(project)[:4] == before
+
+
+def test_a_round_trains_its_epochs_in_steps_up_to_the_cap():
+    rule = RoundSettings()
+    assert rule.round_iterations(6) == 360  # 120 passes over 6 images, 2 a step
+    assert rule.round_iterations(100) == rule.max_iterations == 1000  # an hour's 6000 steps, capped
+    assert rule.round_iterations(0) == 1
+    assert RoundSettings(epochs=1, batch_size=4).round_iterations(5) == 2  # a last, partial batch counts
+    assert RoundSettings(iterations=7).round_iterations(100) == 7  # given steps win
 
 
 def test_a_failed_training_changes_nothing_and_says_why(project, tmp_path):

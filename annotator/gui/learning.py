@@ -48,6 +48,7 @@ class LearningControl(QObject):
     annotator.gui.model_control.ModelControl (the model in use, loading, proposing)."""
 
     finished = Signal(object, str, str)  # RoundResult, base version, produced version ("" for none)
+    progressed = Signal(str)  # what the running round is doing, for the status bar
 
     def __init__(
         self, parent: QObject, status: StatusBar, settings: QSettings, session: Callable[[], Session | None], model
@@ -69,6 +70,7 @@ class LearningControl(QObject):
         self._repropose = False  # once the round's model is loaded: re-propose the untouched images
         self.last_result: RoundResult | None = None  # the last round's outcome (what it decided, why)
         self.finished.connect(self._on_finished)
+        self.progressed.connect(status.set_learning)
         model.service.model_loaded.connect(self._model_loaded)  # after ModelControl remembered its name
         model.service.model_failed.connect(self._switch_failed)
         model.service.load_cancelled.connect(self._switch_failed)
@@ -135,6 +137,7 @@ class LearningControl(QObject):
         )
         self._thread.start()
         self.status.showMessage(f"Learning from the images marked done ({run_dir.name})…", 6000)
+        self.status.set_learning("Learning: starting the training")
         return True
 
     def _started(self, process: subprocess.Popen) -> None:
@@ -146,7 +149,7 @@ class LearningControl(QObject):
         try:
             # its own connection: this thread only reads, and leaves the window's project as it is
             with Project.open(project_path, tidy=False) as project:
-                result = learning_round(project, weights, run_dir, settings)
+                result = learning_round(project, weights, run_dir, settings, self._training_event)
             produced = produced_by(result)
             version = file_version(produced) if produced is not None else ""
         except Exception as error:  # a round must never take the app down
@@ -155,8 +158,19 @@ class LearningControl(QObject):
         if not self._stopping:
             self.finished.emit(result, base, version)
 
+    def _training_event(self, event: dict) -> None:
+        """On the round's thread: a training event, said in the status bar (through a signal)."""
+        if event.get("event") == "progress" and isinstance(event.get("total"), int):
+            eta = event.get("eta_s")
+            left = "" if not isinstance(eta, (int, float)) else f", about {round(eta / 60)} min left"
+            left = ", under a minute left" if left and eta < 90 else left
+            self.progressed.emit(f"Learning: step {event.get('iteration')} of {event['total']}{left}")
+        elif event.get("event") == "done":
+            self.progressed.emit("Learning: the new model is trained")
+
     def _on_finished(self, result: RoundResult, base: str, version: str) -> None:
         session = self.session()
+        self.status.set_learning("")
         self._process = None
         self.last_result = result
         for line in result.log[-20:] if result.failed else []:

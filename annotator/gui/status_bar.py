@@ -28,6 +28,9 @@ class StatusBar(QStatusBar):
         # a project that cannot be written, and why: stays while it is open (annotator.gui.read_only)
         self.read_only = QLabel()
         self.read_only.setVisible(False)
+        # a learning round running in the background: how far its training is (annotator.gui.learning)
+        self.learning = QLabel()
+        self.learning.setVisible(False)
         # the category a new shape gets, visible before drawing (labelme asks after each shape)
         self.new_shapes = QLabel()
         self.new_shapes.setToolTip("The category new shapes get: pick another in the Categories panel")
@@ -35,6 +38,7 @@ class StatusBar(QStatusBar):
             self.read_only,
             self.new_shapes,
             self.folder,
+            self.learning,
             self.progress,
             self.cancel_button,
             self.image_size,
@@ -61,6 +65,11 @@ class StatusBar(QStatusBar):
         """Shows the category new shapes get, in its colour ("" for none: the first shape makes one)."""
         text = f'New shapes: <b style="color:{color}">■</b> {escape(name)}' if name else "New shapes: object (new)"
         self.new_shapes.setText(text)
+
+    def set_learning(self, text: str) -> None:
+        """What the running learning round is doing ("" when none runs)."""
+        self.learning.setText(text)
+        self.learning.setVisible(bool(text))
 
     def set_image_size(self, width: int, height: int) -> None:
         self.image_size.setText(f"{width} × {height}" if width else "")

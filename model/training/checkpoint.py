@@ -83,6 +83,15 @@ def save_checkpoint(
     return path
 
 
+def discard_checkpoints(run_dir: Path) -> None:
+    """Removes a finished run's checkpoints and ``last_checkpoint``, leaving its final weights: for
+    runs that will never be continued (each checkpoint holds the optimizer's state, twice the
+    weights' size)."""
+    for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*.pth"):
+        path.unlink(missing_ok=True)
+    (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint as ``save_checkpoint`` wrote it, tensors on the CPU (no code is unpickled)."""
     return torch.load(path, map_location="cpu", weights_only=True)

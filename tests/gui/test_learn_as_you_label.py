@@ -84,11 +84,15 @@ def test_two_images_marked_done_train_swap_the_model_and_repropose_while_the_ui_
     key(window, Qt.Key.Key_Space)
     wait_for_image(qtbot, window, first + 1)
     meter.longest = 0  # the image load before is not the round's doing
+    said = []  # what the status bar is told of the round as it runs
+    window.learning.progressed.connect(said.append)
     key(window, Qt.Key.Key_Space)  # the second image marked done: a round starts
-    assert window.learning.running
+    assert window.learning.running and window.status.learning.isVisible()
     qtbot.waitUntil(lambda: len(project.model_history()) == 2, timeout=120000)
     produced = project.model_history()[1]
     assert produced.base == start.version and produced.trained_on >= 1
+    assert "Learning: step 2 of 2, under a minute left" in said and not window.status.learning.isVisible()
+    assert said[-1] == "Learning: the new model is trained"
     assert (Path(labelled_project).parent / produced.weights).is_file()  # beside the project
     assert window.learning.last_result.reason.startswith("too few held-out images to compare (0)")
     qtbot.waitUntil(lambda: project.model_in_use == produced.version, timeout=60000)
