@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from model.files import flush_to_disk
 from model.precision import cpu_name
 from model.structures import Instances
 
@@ -133,6 +134,7 @@ def remember_verdict(key: str, precision: str, agreement: Agreement, path: Path 
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         temporary.write_text(json.dumps(verdicts, indent=1, sort_keys=True))
+        flush_to_disk(temporary)
         os.replace(temporary, path)
     except OSError:
         pass

@@ -76,6 +76,7 @@ def save_checkpoint(
     )
     pointer = run_dir / f".{LAST_CHECKPOINT}.partial"
     pointer.write_text(path.name + "\n")
+    flush_to_disk(pointer)
     os.replace(pointer, run_dir / LAST_CHECKPOINT)
     if keep > 0:
         for old in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*.pth"))[:-keep]:
