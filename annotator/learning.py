@@ -200,6 +200,11 @@ class RoundSettings:
             return self.iterations
         return max(1, min(self.max_iterations, math.ceil(self.epochs * images / self.batch_size)))
 
+    def whole_epochs(self, images: int) -> int:
+        """The whole passes over ``images`` images that a round's steps make, at least one: the
+        fine-tune dialog's default length, in its unit."""
+        return max(1, self.round_iterations(images) * self.batch_size // max(1, images))
+
 
 @dataclass
 class RoundResult:

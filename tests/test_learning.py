@@ -116,6 +116,8 @@ def test_a_round_trains_its_epochs_in_steps_up_to_the_cap():
     assert rule.round_iterations(0) == 1
     assert RoundSettings(epochs=1, batch_size=4).round_iterations(5) == 2  # a last, partial batch counts
     assert RoundSettings(iterations=7).round_iterations(100) == 7  # given steps win
+    # the fine-tune dialog's default, in whole passes
+    assert (rule.whole_epochs(6), rule.whole_epochs(100), rule.whole_epochs(3000)) == (120, 20, 1)
 
 
 def test_a_failed_training_changes_nothing_and_says_why(project, tmp_path):

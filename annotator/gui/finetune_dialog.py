@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from annotator.gui.training import TrainingProcess
-from annotator.learning import MIN_HELD_OUT_IMAGES, TrainingRequest, mask_ap, train_command
+from annotator.learning import MIN_HELD_OUT_IMAGES, RoundSettings, TrainingRequest, mask_ap, train_command
 from annotator.model_history import runs_dir
 from annotator.store import Project, ReviewState
 from annotator.wording import counted
@@ -125,18 +125,19 @@ class FineTuneDialog(QDialog):
         self.base = QComboBox()
         self.base.setEditable(True)
         self.base.addItems(base_weights or self.default_bases())
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(12)
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.5)
         self.val_fraction.setSingleStep(0.05)
         self.val_fraction.setValue(0.2)
+        done = project.review_state_counts()[ReviewState.DONE]
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 1000)
+        # as long as a learning round trains (docs/decisions/0013-learning-loop.md)
+        self.epochs.setValue(RoundSettings().whole_epochs(done - round(done * self.val_fraction.value())))
         self.device = QComboBox()
         from model.devices import device_choices  # imports torch: only when the dialog opens
 
         self.device.addItems(device_choices())
-        done = project.review_state_counts()[ReviewState.DONE]
         self.summary = QLabel(f"{done} images are marked done and will be used.")
         form = QFormLayout()
         form.addRow("Base weights", self.base)

@@ -76,6 +76,9 @@ def test_train_command_is_a_command_line_that_main_py_train_accepts(tmp_path):
     assert args.handler is cmd_train
     assert (args.weights, args.epochs, args.val_fraction, args.device) == ("base.pth", 3, 0.2, "cpu")
     assert Path(args.out) == tmp_path / "run" and Path(args.images) == tmp_path / "images"
+    steps = TrainingRequest("base.pth", 3, 0.0, "cpu", tmp_path / "run", iterations=540, batch_size=4)
+    args = build_parser().parse_args(train_command(steps, tmp_path / "train.json", tmp_path / "images")[3:])
+    assert (args.iters, args.batch_size) == (540, 4)  # steps, not epochs: a learning round's length
 
 
 def test_parse_event_takes_json_lines_with_an_event_field_only():
@@ -88,6 +91,7 @@ def test_parse_event_takes_json_lines_with_an_event_field_only():
 def test_training_events_drive_progress_plot_and_ap_and_offer_the_model(qtbot, blob_project, tmp_path):
     with _done_project(blob_project) as project:
         dialog = _dialog(qtbot, project, tmp_path, "fast")
+        assert dialog.epochs.value() == 120  # one done image: as long as a learning round on it
         offered = []
         dialog.model_ready.connect(offered.append)
         assert dialog.start()
