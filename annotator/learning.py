@@ -334,6 +334,24 @@ def held_out_ap(
     return mask_ap(summary) or 0.0, keypoint_ap(summary)
 
 
+def not_worse(result: RoundResult) -> bool:
+    """The comparison of a round: the new model is not worse than the current one when the mean of
+    its held-out mask AP and keypoint AP is at least the current one's; by mask AP alone where
+    either has no keypoint AP (a model without keypoints, held-out images without any). Ties go to
+    the new model."""
+    if result.new_keypoint_ap is None or result.current_keypoint_ap is None:
+        return result.new_ap >= result.current_ap
+    return result.new_ap + result.new_keypoint_ap >= result.current_ap + result.current_keypoint_ap
+
+
+def _compared(result: RoundResult) -> str:
+    """The APs of the new and the current model, as the status bar gives them."""
+    masks = f"mask AP {100 * result.new_ap:.1f} against {100 * result.current_ap:.1f}"
+    if result.new_keypoint_ap is None or result.current_keypoint_ap is None:
+        return masks
+    return f"{masks}, keypoint AP {100 * result.new_keypoint_ap:.1f} against {100 * result.current_keypoint_ap:.1f}"
+
+
 def parse_summary(line: str) -> dict | None:
     """The JSON object of ``evaluate --json``'s last line, or None for another line."""
     value = _json_object(line)
@@ -348,11 +366,11 @@ def learning_round(
     on_event: Callable[[dict], None] | None = None,
 ) -> RoundResult:
     """One round: fine-tune ``current_weights`` on the done images not held out (``held_out``),
-    then keep the new model if its mask AP on the held-out done images is at least the current
-    one's. With fewer than ``MIN_HELD_OUT_IMAGES`` held-out images the new model is kept untested
-    (said in ``reason``). A
-    training or evaluation that fails, or nothing to train on, keeps the current model and says
-    why; the project is only read. ``on_event`` receives the training's events as they come."""
+    then keep the new model if it is not worse on the held-out done images (``not_worse``: mask AP,
+    and keypoint AP where there is one). With fewer than ``MIN_HELD_OUT_IMAGES`` held-out images
+    the new model is kept untested (said in ``reason``). A training or evaluation that fails, or
+    nothing to train on, keeps the current model and says why; the project is only read.
+    ``on_event`` receives the training's events as they come."""
     from annotator.coco import export_coco
     from model.training.checkpoint import discard_checkpoints  # torch: loaded by the model in use already
 
@@ -401,8 +419,8 @@ def learning_round(
     except RuntimeError as error:
         kept.failed, kept.reason = True, str(error)
         return kept
-    compared = f"mask AP {100 * kept.new_ap:.1f} against {100 * kept.current_ap:.1f} on {kept.held_out} held-out images"
-    if kept.new_ap < kept.current_ap:
+    compared = f"{_compared(kept)} on {kept.held_out} held-out images"
+    if not not_worse(kept):
         kept.reason = f"kept the current model: the new one is worse ({compared})"
         return kept
     return dataclasses.replace(
