@@ -172,14 +172,14 @@ def report_rounds(result: dict[str, Any], what: str) -> str:
     lines = [
         f"{what}, {result['order']} order, {result['round_size']} images a round; mask IoU >= {result['iou']:g}",
         f"{'round':<6}{'images':>7}{'instances':>10}{'actions/inst':>14}{'s/inst':>8}{'by hand s/inst':>16}"
-        f"{'accepted':>10}{'train s':>9}  model",
+        f"{'accepted':>10}{'steps':>7}{'train s':>9}  model",
     ]
     for entry in result["rounds"]:
         lines.append(
             f"{entry['round']:<6}{entry['images']:>7}{entry['instances']:>10}{entry['actions_per_instance']:>14.2f}"
             f"{entry['seconds_per_instance']:>8.1f}{entry['manual_seconds_per_instance']:>16.1f}"
-            f"{entry['accepted_as_is']:>10.0%}{entry['train_seconds']:>9.0f}  {entry['weights']}"
-            + (f" ({entry['model']})" if entry["model"] else "")
+            f"{entry['accepted_as_is']:>10.0%}{entry['train_iterations']:>7}{entry['train_seconds']:>9.0f}"
+            f"  {entry['weights']}" + (f" ({entry['model']})" if entry["model"] else "")
         )
     lines.append(
         f"all rounds: ours {result['actions_per_instance']:.2f} actions, {result['seconds_per_instance']:.1f} s an "
