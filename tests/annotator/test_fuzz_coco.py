@@ -170,7 +170,9 @@ TEXT = st.one_of(
 )
 RLE = st.fixed_dictionaries(
     {
-        "size": st.sampled_from([[30, 40], [40, 30], [30, 40.0], [30]]),
+        # a fresh list each draw: a sampled list object would be shared, and a later mutation
+        # could put it inside itself (a circular document) or change it for later examples
+        "size": st.sampled_from([(30, 40), (40, 30), (30, 40.0), (30,)]).map(list),
         "counts": st.sampled_from(["", "0", "PPPPPPPP0", "`X1", "0k<0", "PPPPPPPPPPP0_PP0WP0goooooooO"])
         | st.text(max_size=5)
         | st.lists(INTEGER | st.sampled_from([0, 0, 1200]), max_size=6),
