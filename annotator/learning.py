@@ -226,6 +226,10 @@ class RoundResult:
     run_dir: Path | None = None
     log: list[str] = field(default_factory=list)  # the children's output that was not an event
 
+    def both_keypoint_aps(self) -> bool:
+        """Whether both models have a held-out keypoint AP, so that the comparison weighs it."""
+        return self.new_keypoint_ap is not None and self.current_keypoint_ap is not None
+
 
 @dataclass
 class ChildRun:
@@ -339,7 +343,7 @@ def not_worse(result: RoundResult) -> bool:
     its held-out mask AP and keypoint AP is at least the current one's; by mask AP alone where
     either has no keypoint AP (a model without keypoints, held-out images without any). Ties go to
     the new model."""
-    if result.new_keypoint_ap is None or result.current_keypoint_ap is None:
+    if not result.both_keypoint_aps():
         return result.new_ap >= result.current_ap
     return result.new_ap + result.new_keypoint_ap >= result.current_ap + result.current_keypoint_ap
 
@@ -347,7 +351,7 @@ def not_worse(result: RoundResult) -> bool:
 def _compared(result: RoundResult) -> str:
     """The APs of the new and the current model, as the status bar gives them."""
     masks = f"mask AP {100 * result.new_ap:.1f} against {100 * result.current_ap:.1f}"
-    if result.new_keypoint_ap is None or result.current_keypoint_ap is None:
+    if not result.both_keypoint_aps():
         return masks
     return f"{masks}, keypoint AP {100 * result.new_keypoint_ap:.1f} against {100 * result.current_keypoint_ap:.1f}"
 

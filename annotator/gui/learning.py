@@ -162,8 +162,12 @@ class LearningControl(QObject):
         """On the round's thread: a training event, said in the status bar (through a signal)."""
         if event.get("event") == "progress" and isinstance(event.get("total"), int):
             eta = event.get("eta_s")
-            left = "" if not isinstance(eta, (int, float)) else f", about {round(eta / 60)} min left"
-            left = ", under a minute left" if left and eta < 90 else left
+            if not isinstance(eta, (int, float)):
+                left = ""
+            elif eta < 90:
+                left = ", under a minute left"
+            else:
+                left = f", about {round(eta / 60)} min left"
             self.progressed.emit(f"Learning: step {event.get('iteration')} of {event['total']}{left}")
         elif event.get("event") == "done":
             self.progressed.emit("Learning: the new model is trained")
