@@ -3,6 +3,7 @@ CUDA test runs only where there is a GPU)."""
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,11 @@ import torch
 
 from model import Instances, PredictionCancelled, Predictor, build_model, save_weights
 from model.devices import choose_device
+from model.images import read_image
 from model.synthetic import make_sample
+from resources import DEMO_DIR, DEMO_MODEL
 
+DISPLAY_THRESHOLD = 0.5  # the app's default score threshold
 SMALL = {"min_size": 224, "max_size": 320, "box_score_thresh": 0.0, "box_detections_per_img": 10}
 
 
@@ -209,28 +213,34 @@ def test_importing_the_model_package_and_image_reader_does_not_import_torch() ->
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_agrees_with_the_cpu_in_float32_and_float16(mask_model, image, monkeypatch) -> None:
-    # cuDNN convolves float32 in TF32 by default (10 mantissa bits), enough through 50 random-init
-    # layers to swap scores 0.02 apart (the first GPU run swapped two): here float32 means IEEE
+def test_cuda_gives_the_cpus_detections_on_the_trained_demo_model(monkeypatch) -> None:
+    # The trained demo model, not a random-init one: a random-init network's scores are near-ties
+    # that its RPN's top-k and NMS amplify, so that even channels-last on the CPU changes its top
+    # five labels (as did the second GPU run's float32, with IEEE convolutions). cuDNN convolves
+    # float32 in TF32 by default (10 mantissa bits): here float32 means IEEE.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    cpu = Predictor(mask_model, device="cpu", channels_last=False)
-    expected = cpu.predict(image)
-    model = build_model("maskrcnn_resnet50_fpn", **SMALL)
-    model.load_state_dict(mask_model.state_dict())
+    cpu = Predictor(DEMO_MODEL, device="cpu", precision="fp32")
+    float32 = Predictor(DEMO_MODEL, device="cuda", precision="fp32")
+    float16 = Predictor(DEMO_MODEL, device="cuda")
+    assert (float32.execution, float16.execution) == ("cuda · fp32", "cuda · fp16") and float16.channels_last
+    for path in sorted((DEMO_DIR / "images").iterdir())[:3]:
+        image = read_image(path)
+        expected = cpu.predict(image, score_threshold=DISPLAY_THRESHOLD)
+        found = float32.predict(image, score_threshold=DISPLAY_THRESHOLD)
+        assert found.masks.device.type == "cpu" and found.masks.dtype == torch.bool
+        assert len(found) == len(expected) >= 3, path.name
+        for i in range(len(expected)):  # matched by mask: near-equal scores may come in either order
+            j = max(range(len(found)), key=lambda j: mask_iou(expected.masks[i], found.masks[j]))
+            assert found.labels[j] == expected.labels[i] and mask_iou(expected.masks[i], found.masks[j]) > 0.98
+            torch.testing.assert_close(found.boxes[j], expected.boxes[i], rtol=0, atol=0.5)
+            torch.testing.assert_close(found.scores[j], expected.scores[i], rtol=0, atol=1e-3)
+            offset = (found.keypoints[j, :, :2] - expected.keypoints[i, :, :2]).abs()
+            assert offset.median() < 0.5, path.name  # a flat heatmap's argmax may move
 
-    float32 = Predictor(model, device="cuda", mixed_precision=False)
-    found = float32.predict(image)
-    assert found.masks.device.type == "cpu" and found.masks.dtype == torch.bool
-    top = min(5, len(expected))
-    assert torch.equal(found.labels[:top], expected.labels[:top])
-    torch.testing.assert_close(found.boxes[:top], expected.boxes[:top], rtol=0, atol=0.1)
-    assert min(mask_iou(a, b) for a, b in zip(found.masks[:top], expected.masks[:top])) > 0.95
-
-    # float16 reorders near-tied random scores, so compare drawn boxes with a fixed label
-    float16 = Predictor(model, device="cuda")
-    assert float16.mixed_precision and float16.channels_last
-    assert len(float16.predict(image)) == len(expected)
-    for i in range(top):
-        box, label = expected.boxes[i].tolist(), int(expected.labels[i])
+        # float16, held as bfloat16 is on the CPU (tests/model/test_precision.py), with 3 more bits
+        half = float16.predict(image, score_threshold=DISPLAY_THRESHOLD)
+        assert abs(len(half) - len(expected)) <= 1
+        assert statistics.median(max(mask_iou(m, n) for n in half.masks) for m in expected.masks) >= 0.99
+        box, label = expected.boxes[0].tolist(), int(expected.labels[0])
         drawn = float16.predict_in_box(image, box, label=label)
-        assert mask_iou(drawn.masks[0], cpu.predict_in_box(image, box, label=label).masks[0]) > 0.8
+        assert mask_iou(drawn.masks[0], expected.masks[0]) > 0.95
