@@ -8,6 +8,11 @@ The project holds the ground truth as the labels the person ends with (an image 
 training only once marked done): the simulated person reached IoU >= ``--iou`` on every instance,
 and the ground truth stands for what it drew. Round ``k``'s ``train_seconds`` is the training that
 made the model it labelled with (0 for round 0, which labels with the model given).
+
+Each round labels other images, so round-to-round figures mix what the model learned with how hard
+that round's images are. ``--fixed-set M`` sets the file's last M images aside: no round labels
+them, and every round's model labels all of them, so that ``fixed_set`` in each round's entry is the
+learning curve on the same images.
 """
 
 from __future__ import annotations
@@ -54,6 +59,14 @@ def add_round_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"at most this many optimizer steps a round (default {RoundSettings.max_iterations}, as the app)",
     )
+    parser.add_argument(
+        "--fixed-set",
+        type=int,
+        default=0,
+        metavar="M",
+        help="set the file's last M images aside and label them with every round's model: the learning "
+        "curve on the same images (default 0: none)",
+    )
     parser.set_defaults(run_rounds=run_rounds)  # what effort.main runs when --rounds is given
 
 
@@ -62,9 +75,12 @@ def run_rounds(args: argparse.Namespace, data: CocoData) -> int:
     if not args.weights or args.rounds < 1 or args.round_size < 1:
         print("error: --rounds needs --weights, and --rounds and --round-size at least 1", file=sys.stderr)
         return 2
+    if not 0 <= args.fixed_set < len(data.images):
+        print(f"error: --fixed-set must leave images to label: {len(data.images)} in the file", file=sys.stderr)
+        return 2
     settings = RoundSettings(device=args.device, epochs=args.epochs, max_iterations=args.max_iters)
     result = measure_rounds(
-        data, args.weights, args.device, args.iou, args.rounds, args.round_size, args.order, settings
+        data, args.weights, args.device, args.iou, args.rounds, args.round_size, args.order, settings, args.fixed_set
     )
     print(report_rounds(result, Path(args.weights).name))
     if args.json:
@@ -79,6 +95,16 @@ def next_images(works: dict[int, effort.ImageWork], remaining: list[Any], count:
         return remaining[:count]
     doubt = {r.image_id: image_uncertainty([c.score for c in works[r.image_id].candidates]) for r in remaining}
     return sorted(remaining, key=lambda record: -doubt[record.image_id])[:count]
+
+
+def label_fixed_set(
+    model: effort.ModelProposals, records: list[Any], truths: dict[int, list[effort.Truth]], iou: float, sigmas
+) -> dict[str, Any]:
+    """The set-aside images labelled with ``model``, as from a fresh start: ours and by hand."""
+    ours, manual = effort.Arm(), effort.Arm()
+    for record in records:
+        effort.label_image(model.work(record, truths[record.image_id]), iou, sigmas, ours, manual)
+    return round_summary(ours, manual, len(records))
 
 
 def round_summary(ours: effort.Arm, manual: effort.Arm, images: int) -> dict[str, Any]:
@@ -106,14 +132,17 @@ def measure_rounds(
     round_size: int,
     order: str,
     settings: RoundSettings | None = None,
+    fixed_set: int = 0,
 ) -> dict[str, Any]:
     """``rounds`` rounds of ``round_size`` images (fewer when the images run out), each labelled with
     the model the previous round left in use; the rounds train as ``settings`` says (default: as the
-    app, ``RoundSettings`` on ``device``). Returns the figures ``report_rounds`` prints."""
+    app, ``RoundSettings`` on ``device``). The last ``fixed_set`` images are no round's: every
+    round's model labels them (``fixed_set`` in its entry). Returns the figures ``report_rounds`` prints."""
     truths, left_out = effort.read_truths(data)
     sigmas = oks_sigmas(data.labels.keypoint_names)
     settings = settings or RoundSettings(device=device)
-    remaining, current, trained = list(data.images), weights, None
+    split = len(data.images) - fixed_set
+    remaining, set_aside, current, trained = list(data.images[:split]), list(data.images[split:]), weights, None
     everything, all_manual, entries = effort.Arm(), effort.Arm(), []
     with (
         tempfile.TemporaryDirectory(prefix="effort-rounds-") as folder,
@@ -139,6 +168,8 @@ def measure_rounds(
             all_manual.current_category = manual.current_category
             entry = round_summary(ours, manual, len(chosen))
             entry.update(round=index, weights=Path(current).name, train_seconds=0.0, train_iterations=0, model=None)
+            if set_aside:
+                entry["fixed_set"] = label_fixed_set(model, set_aside, truths, iou, sigmas)
             if trained is not None:
                 entry.update(
                     train_seconds=round(trained.train_seconds, 1),
@@ -156,6 +187,7 @@ def measure_rounds(
     return {
         "rounds": entries,
         "order": order,
+        "fixed_set": fixed_set,
         "round_size": round_size,
         "iou": iou,
         "instances": len(everything.attempts),
@@ -172,14 +204,25 @@ def report_rounds(result: dict[str, Any], what: str) -> str:
     lines = [
         f"{what}, {result['order']} order, {result['round_size']} images a round; mask IoU >= {result['iou']:g}",
         f"{'round':<6}{'images':>7}{'instances':>10}{'actions/inst':>14}{'s/inst':>8}{'by hand s/inst':>16}"
-        f"{'accepted':>10}{'steps':>7}{'train s':>9}  model",
+        f"{'accepted':>10}{'steps':>7}{'train s':>9}{'fixed set':>11}  model",
     ]
     for entry in result["rounds"]:
+        fixed = entry.get("fixed_set")
+        cell = f"{fixed['actions_per_instance']:>6.2f}/{fixed['seconds_per_instance']:<4.1f}" if fixed else f"{'-':>11}"
         lines.append(
             f"{entry['round']:<6}{entry['images']:>7}{entry['instances']:>10}{entry['actions_per_instance']:>14.2f}"
             f"{entry['seconds_per_instance']:>8.1f}{entry['manual_seconds_per_instance']:>16.1f}"
             f"{entry['accepted_as_is']:>10.0%}{entry['train_iterations']:>7}{entry['train_seconds']:>9.0f}"
-            f"  {entry['weights']}" + (f" ({entry['model']})" if entry["model"] else "")
+            + cell
+            + f"  {entry['weights']}"
+            + (f" ({entry['model']})" if entry["model"] else "")
+        )
+    fixed = result["rounds"][0].get("fixed_set")
+    if fixed:
+        lines.append(
+            f"fixed set (actions/s an instance with each round's model): the last {fixed['images']} images, "
+            f"{fixed['instances']} instances; by hand {fixed['manual_actions_per_instance']:.2f}, "
+            f"{fixed['manual_seconds_per_instance']:.1f} s"
         )
     lines.append(
         f"all rounds: ours {result['actions_per_instance']:.2f} actions, {result['seconds_per_instance']:.1f} s an "

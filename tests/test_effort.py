@@ -19,7 +19,7 @@ from annotator import masks
 from annotator.learning import RoundSettings
 from annotator.strokes import correction_stroke, next_click, rasterise_stroke
 from bench import effort
-from bench.effort_rounds import measure_rounds, next_images
+from bench.effort_rounds import measure_rounds, next_images, report_rounds
 from model.data import load_coco
 from model.synthetic import generate
 from resources import bundled_model
@@ -252,6 +252,28 @@ def test_rounds_label_each_image_once_with_the_model_the_previous_round_left(sha
     # by hand costs the same whatever model is in use: over all rounds as in one measure
     manual = effort.measure(data, lambda record, truths: effort.ImageWork(truths, []), 0.85)
     assert result["manual_actions_per_instance"] == pytest.approx(manual["manual_actions_per_instance"])
+
+
+def test_a_fixed_set_is_labelled_by_every_rounds_model_and_by_no_round(shapes):
+    data = load_coco(shapes, shapes.parent / "images")
+    fast = RoundSettings(iterations=2, device="cpu", threads=1, held_out_fraction=0.5)
+    result = measure_rounds(data, str(bundled_model()), "cpu", 0.85, 3, 2, "list", fast, fixed_set=1)
+    rounds = result["rounds"]
+    annotations = json.loads(shapes.read_text())["annotations"]
+    last = data.images[-1].image_id
+    assert [entry["images"] for entry in rounds] == [2, 1]  # three images to label, the last set aside
+    assert result["instances"] == sum(a["image_id"] != last for a in annotations)
+    fixed = [entry["fixed_set"] for entry in rounds]
+    assert {(f["images"], f["instances"]) for f in fixed} == {(1, sum(a["image_id"] == last for a in annotations))}
+    assert len({f["manual_actions_per_instance"] for f in fixed}) == 1  # the same image by hand each round
+    assert all(1 <= f["actions_per_instance"] < f["manual_actions_per_instance"] for f in fixed)
+    assert result["fixed_set"] == 1 and "fixed set" in report_rounds(result, "demo")
+
+
+def test_a_fixed_set_that_leaves_nothing_to_label_is_one_line(shapes, capsys):
+    args = [str(shapes), "--images", str(shapes.parent / "images"), "--weights", str(bundled_model())]
+    assert effort.main([*args, "--rounds", "2", "--fixed-set", "4"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_the_command_line_with_rounds_prints_a_list_of_rounds_in_the_json_last(shapes):
