@@ -148,9 +148,7 @@ class CocoData:
             raise ValueError(f"the validation fraction must be in [0, 1), got {val_fraction}")
         ids = sorted(self.image_ids)
         order = np.random.default_rng(seed).permutation(len(ids))
-        count = round(val_fraction * len(ids))
-        if val_fraction > 0 and len(ids) >= 2:
-            count = min(max(count, 1), len(ids) - 1)
+        count = held_out_count(len(ids), val_fraction)
         val = sorted(ids[i] for i in order[:count])
         train = sorted(ids[i] for i in order[count:])
         return self.subset(train), self.subset(val)
@@ -276,6 +274,15 @@ def _read_images(path: Path, entries: list, image_root: Path, num_keypoints: int
         check_image(image_root / file_name, records[image_id])
 
     return records
+
+
+def held_out_count(images: int, val_fraction: float) -> int:
+    """How many of ``images`` images ``CocoData.split`` holds out: ``val_fraction`` of them, rounded,
+    and at least one but never all when the fraction is positive and there are two or more."""
+    count = round(val_fraction * images)
+    if val_fraction > 0 and images >= 2:
+        count = min(max(count, 1), images - 1)
+    return count
 
 
 def load_coco(path: Path | str, image_root: Path | str) -> CocoData:

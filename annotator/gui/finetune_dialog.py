@@ -130,12 +130,14 @@ class FineTuneDialog(QDialog):
         self.val_fraction.setSingleStep(0.05)
         self.val_fraction.setValue(0.2)
         done = project.review_state_counts()[ReviewState.DONE]
+        from model.data import held_out_count  # imports torch: only when the dialog opens
+        from model.devices import device_choices
+
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
-        # as long as a learning round trains (docs/decisions/0013-learning-loop.md)
-        self.epochs.setValue(RoundSettings().whole_epochs(done - round(done * self.val_fraction.value())))
+        # as long as a learning round trains on the images not held out (docs/decisions/0013-learning-loop.md)
+        self.epochs.setValue(RoundSettings().whole_epochs(done - held_out_count(done, self.val_fraction.value())))
         self.device = QComboBox()
-        from model.devices import device_choices  # imports torch: only when the dialog opens
 
         self.device.addItems(device_choices())
         self.summary = QLabel(f"{done} images are marked done and will be used.")

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from model.data import CocoDataset, TrainingBatches, infer_flip_map, load_coco
+from model.data import CocoDataset, TrainingBatches, held_out_count, infer_flip_map, load_coco
 from model.rpn import label_anchors
 from tests.model.small import square_coco
 
@@ -67,6 +67,17 @@ def test_images_without_annotations_stay_as_negatives(tmp_path):
     image, target = dataset[2]
     assert image.shape == (3, 30, 40)
     assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 30, 40)
+
+
+def test_held_out_count_is_what_split_holds_out_and_never_every_image(tmp_path):
+    data = load_coco(square_coco(tmp_path, [], images=5), tmp_path / "images")
+    for images in range(1, 6):
+        subset = data.subset(sorted(data.image_ids)[:images])
+        for fraction in (0.0, 0.1, 0.2, 0.5, 0.9):
+            _, held_out = subset.split(fraction)
+            assert len(held_out.image_ids) == held_out_count(images, fraction), (images, fraction)
+    assert [held_out_count(n, 0.1) for n in (1, 2, 3, 20)] == [0, 1, 1, 2]  # rounding alone gives 0, 0, 0, 2
+    assert held_out_count(5, 0.9) == 4
 
 
 def test_crowd_regions_are_not_ground_truth_but_crowd_boxes(tmp_path):
