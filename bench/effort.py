@@ -3,7 +3,7 @@ counts what it costs, in actions and seconds, next to labelling it by hand the l
 and keypoint clicks) in the same run. ``--json`` prints one JSON object as the last line.
 
     python bench/effort.py GT.json --images DIR (--weights W | --proposals RESULTS.json | --manual)
-                           [--iou 0.85] [--json] [--rounds K [--round-size N] [--order list|uncertainty]]
+                           [--iou 0.85] [--json] [--rounds K [--round-size N] [--order ORDER] [--fixed-set M]]
 
 Per ground-truth instance the person takes the cheapest way the app offers to a mask of IoU >= --iou
 with the right category: accept the matching proposal (+1 to change its category) and correct it
