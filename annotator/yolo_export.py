@@ -188,8 +188,8 @@ def export_yolo(
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(folder, "is a file; a YOLO export writes a folder")
-    names = class_names(project, proposals_from)
     exported = project.exported_categories(with_proposals=proposals_from is not None)
+    names = dict(enumerate(c.name for c in exported))  # as class_names gives them
     class_ids = {c.id: index for index, c in enumerate(exported)}
     report = FolderExport(folder, "YOLO label file")
     listed, taken, links = [], set(), {}
