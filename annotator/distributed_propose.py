@@ -21,6 +21,7 @@ from annotator.proposals import (
     ProposalCategories,
     ProposalReport,
     images_to_propose,
+    settle_precision,
     store_proposals,
     to_proposals,
     usable_pixels,
@@ -60,11 +61,14 @@ def work_list(project: Project, unlabeled_only: bool) -> list[ImageToPropose]:
 
 
 def propose_image(predictor: Any, image: ImageToPropose) -> ProposedImage:
-    """``predictor``'s proposals for ``image``, read from its path on this machine."""
+    """``predictor``'s proposals for ``image``, read from its path on this machine. The first image a
+    rank reads settles its precision, as ``annotator.proposals.propose`` does: bfloat16 is judged on
+    each machine's own processor."""
     try:
         pixels = usable_pixels(read_image(image.path), image.path, image.width, image.height)
     except InputError as error:  # unreadable (ImageReadError) or resized
         return ProposedImage(image.image_id, [], predictor.model_version, skipped=f"{error}; skipped")
+    settle_precision(predictor, pixels)
     return ProposedImage(image.image_id, to_proposals(predictor.predict(pixels)), predictor.model_version)
 
 
@@ -135,4 +139,5 @@ def _propose_and_store(
         report.stopped = True
     except RunStopped as error:
         report.stopped, report.stopped_by = True, str(error)
+    report.precision_note = getattr(predictor, "precision_note", "")  # rank 0's, as one process says it
     return report

@@ -17,6 +17,8 @@ import torch
 
 import main
 from annotator.store import Project, ReviewState
+from model.precision import cpu_has_native_bf16
+from model.precision_check import VERDICTS_FILE
 from model.weights.formats import save_weights
 from tests.files import write_images
 from tests.model.small import tiny_model
@@ -109,7 +111,7 @@ def _errors(stderr: str) -> list[str]:
 
 
 def test_two_ranks_store_what_one_process_stores_and_only_rank_0_opens_the_project(
-    project_path: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    project_path: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alone = shutil.copy(project_path, tmp_path / "alone.annot")
     threads = torch.get_num_threads()
@@ -123,6 +125,8 @@ def test_two_ranks_store_what_one_process_stores_and_only_rank_0_opens_the_proje
     elsewhere = tmp_path / "machine-2"
     elsewhere.mkdir()
     not_here = elsewhere / "p.annot"  # rank 1's machine has no project file: opening it would fail
+    # the ranks' own torch folder: the bfloat16 verdict is theirs to make, not the one above
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "ranks-torch"))
     rank_0, rank_1 = _run_ranks([_propose(project_path, weights), _propose(not_here, weights)], elsewhere)
 
     assert (rank_0.returncode, rank_1.returncode) == (0, 0), rank_0.stderr + rank_1.stderr
@@ -141,6 +145,9 @@ def test_two_ranks_store_what_one_process_stores_and_only_rank_0_opens_the_proje
     assert rank_0.stderr.splitlines() == alone_err.splitlines() == [f"warning: {gone}: image file not found; skipped"]
     assert rank_0.stdout.split(" with ")[0] == alone_out.split(" with ")[0]
     assert rank_0.stdout.startswith(f"proposed {sum(len(i) for _, i in stored.values())} instances on 3 images")
+    # where auto chooses bfloat16 the ranks judge it on their first image, as one process does
+    verdicts = tmp_path / "ranks-torch" / "hub" / "checkpoints" / VERDICTS_FILE
+    assert verdicts.is_file() == cpu_has_native_bf16()
 
 
 def test_a_rank_whose_weights_are_missing_stops_the_other_in_one_line_and_what_was_stored_stays(
