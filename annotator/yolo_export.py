@@ -42,12 +42,6 @@ from annotator.wording import counted
 from model.errors import InputError
 
 
-def class_names(project: Project, proposals_from: float | None = None) -> dict[int, str]:
-    """YOLO class id -> category name: 0-based, in category id order (``Project.exported_categories``)."""
-    categories = project.exported_categories(with_proposals=proposals_from is not None)
-    return dict(enumerate(c.name for c in categories))
-
-
 def _closest_vertices(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     """The indices of the nearest pair of vertices of ``a`` (N x 2) and ``b`` (M x 2), in blocks of
     ``a`` so that memory stays N-independent."""
@@ -189,7 +183,7 @@ def export_yolo(
     if folder.exists() and not folder.is_dir():
         raise InputError(folder, "is a file; a YOLO export writes a folder")
     exported = project.exported_categories(with_proposals=proposals_from is not None)
-    names = dict(enumerate(c.name for c in exported))  # as class_names gives them
+    names = dict(enumerate(c.name for c in exported))  # YOLO class id -> category name
     class_ids = {c.id: index for index, c in enumerate(exported)}
     report = FolderExport(folder, "YOLO label file")
     listed, taken, links = [], set(), {}

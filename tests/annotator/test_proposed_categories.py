@@ -20,7 +20,7 @@ from annotator.proposals import Proposal, ProposalCategories, store_proposals
 from annotator.review import Review, ViewState
 from annotator.schema import MIGRATIONS, SCHEMA_VERSION
 from annotator.store import Project, Source
-from annotator.yolo_export import class_names
+from annotator.yolo_export import export_yolo
 from tests.files import write_json
 
 HEIGHT, WIDTH = 30, 40
@@ -57,6 +57,13 @@ def names(categories) -> list[str]:
     return [c.name for c in categories]
 
 
+def yolo_names(project, folder: Path, **options) -> dict[int, str]:
+    """The class names a YOLO export of ``project`` writes into its data.yaml."""
+    export_yolo(project, folder, **options)
+    entries = [line.split(": ", 1) for line in (folder / "data.yaml").read_text().splitlines() if line.startswith("  ")]
+    return {int(class_id): json.loads(name) for class_id, name in entries}
+
+
 def test_proposals_of_a_class_the_project_lacks_bring_a_proposed_category_lists_and_exports_leave_out(
     history: UndoStack, tmp_path: Path
 ) -> None:
@@ -70,13 +77,13 @@ def test_proposals_of_a_class_the_project_lacks_bring_a_proposed_category_lists_
     counts = export_coco(project, tmp_path / "kept.json")
     written = json.loads((tmp_path / "kept.json").read_text())
     assert counts["categories"] == 1 and [c["name"] for c in written["categories"]] == ["face"]
-    assert class_names(project) == {0: "face"}
+    assert yolo_names(project, tmp_path / "yolo-kept") == {0: "face"}
 
     # proposals written out by score take their categories along, so every annotation has its category
     export_coco(project, tmp_path / "all.json", proposals_from=0.5)
     written = json.loads((tmp_path / "all.json").read_text())
     assert [c["name"] for c in written["categories"]] == ["face", "star"] and len(written["annotations"]) == 3
-    assert class_names(project, proposals_from=0.5) == {0: "face", 1: "star"}
+    assert yolo_names(project, tmp_path / "yolo-all", proposals_from=0.5) == {0: "face", 1: "star"}
 
     lines = describe(project)
     assert "proposed by the model, not yet kept: star (2 proposals)" in lines
