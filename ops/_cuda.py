@@ -95,17 +95,30 @@ def _maps(
     return m
 
 
-# NCHW maps: False copies them channels-last first (one transpose per level, then every load of
-# the kernel is coalesced); True reads them where they are (no copy; a warp's loads then stride
-# across channel planes). bench/roi_align.py measures both.
+# NCHW maps in the lane layout: False copies them channels-last first (one transpose per level,
+# then every load of the kernel is coalesced); True reads them where they are (no copy; a warp's
+# loads then stride across channel planes). bench/roi_align.py measures both. The few-channel
+# layout always reads maps where they are: its neighbouring threads take neighbouring bins of one
+# channel, which NCHW keeps close together.
 READ_NCHW_IN_PLACE = False
 
 
-def _launch(name: str, device: torch.device, k: int, channels: int, args: list) -> None:
-    grid = (k, (channels + _LANES - 1) // _LANES, 1)
+def _launch(name: str, device: torch.device, grid: tuple[int, int], args: list) -> None:
+    """Launches kernel ``name`` on ``grid`` (x, y) blocks of LANES x WARPS threads."""
     with torch.cuda.device(device):
         kernel = _kernel(name, device)
-        kernel(grid, (_LANES, _WARPS, 1), args, torch.cuda.current_stream(device).cuda_stream)
+        kernel((*grid, 1), (_LANES, _WARPS, 1), args, torch.cuda.current_stream(device).cuda_stream)
+
+
+def _channel_tiles(k: int, channels: int) -> tuple[int, int]:
+    """The grid of the channel layout: a block per RoI and LANES channels."""
+    return k, (channels + _LANES - 1) // _LANES
+
+
+def _few_channels(channels: int) -> bool:
+    """Whether the forward takes the few-channel layout (a thread per output): below LANES
+    channels, where the lane layout would leave lanes idle (roi_align.cu says why)."""
+    return channels < _LANES
 
 
 def forward(
@@ -135,15 +148,16 @@ def forward(
     out = torch.empty((k, c, ph, pw), dtype=dtype, device=rois.device)
     if k == 0 or c == 0:
         return out
-    if not READ_NCHW_IN_PLACE:
+    few = _few_channels(c)
+    if not (few or READ_NCHW_IN_PLACE):
         features = [f.contiguous(memory_format=torch.channels_last) for f in features]
     rois_acc = rois.to(acc).contiguous()
     maps = _maps(features, scales, levels, canonical_scale, canonical_level)
+    threads = _LANES * _WARPS
     _launch(
-        f"roi_align_forward_{_SUFFIX[dtype]}",
+        f"roi_align_forward_few_{_SUFFIX[dtype]}" if few else f"roi_align_forward_{_SUFFIX[dtype]}",
         rois.device,
-        k,
-        c,
+        (k, (c * ph * pw + threads - 1) // threads) if few else _channel_tiles(k, c),
         [
             maps,
             ctypes.c_void_p(rois_acc.data_ptr()),
@@ -206,8 +220,7 @@ def backward(
         _launch(
             f"roi_align_backward_{_SUFFIX[dtype]}",
             device,
-            k,
-            channels,
+            _channel_tiles(k, channels),
             [
                 maps,
                 ctypes.c_void_p(rois_acc.data_ptr()),

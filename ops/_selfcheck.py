@@ -4,7 +4,8 @@ device, and the portable path otherwise.
 
 A kernel that no one has seen work on a given GPU is not trusted blindly: the first RoIAlign on a
 CUDA device runs a small random case through both on that device (forward and backward, float32
-and float16, one map and four FPN levels) and compares. If the kernels fail to compile, load or
+and float16, one map, four FPN levels, and three channels for the few-channel layout) and
+compares. If the kernels fail to compile, load or
 launch, or differ beyond tolerance, one warning line names the cause and the device, and the
 portable path serves that device for the rest of the process. The answer is kept per device and
 process. The check takes milliseconds of GPU time; the kernels' compilation (about a second,
@@ -131,7 +132,9 @@ def check(device: torch.device) -> str | None:
 def _cases(device: torch.device) -> list[_Case]:
     """The check's inputs: 40 channels (a full and a partial 32-lane tile) in two images; one map
     with adaptive sampling, aligned boxes and 12x11 bins (two 128-bin tiles), channels-last; four
-    NCHW FPN levels with sampling ratio 2 and RoIs on every level."""
+    NCHW FPN levels with sampling ratio 2 and RoIs on every level; and three channels (the
+    few-channel forward) pooled as Mask R-CNN's mask targets pool gt masks: 28x28 bins over
+    several blocks, adaptive sampling, unaligned boxes, NCHW."""
     gen = torch.Generator().manual_seed(0)
     one_map = torch.randn(2, 40, 12, 15, generator=gen, dtype=torch.float64)
     # boxes in image pixels (scale 0.5), some partly off the map, one thinner than a pixel; no
@@ -147,6 +150,14 @@ def _cases(device: torch.device) -> list[_Case]:
     sides = torch.tensor([6.0, 10, 16, 20, 30, 40, 60, 80]).repeat(2)  # P2, P2, P3, P3, P4, P4, P5, P5
     corner = torch.rand(16, 2, generator=gen) * torch.tensor([96.0, 64.0]) - sides[:, None] / 2
     fpn_rois = _rois(torch.arange(16) // 8, corner[:, 0], corner[:, 1], sides, sides * 0.8)
+    few = torch.randn(2, 3, 40, 48, generator=gen, dtype=torch.float64)
+    few_rois = _rois(  # inside the map, 0.3 to 1.4 bins of 28 a side: grids of 1 and 2 points
+        torch.tensor([0, 1, 0, 1, 0, 1]),
+        torch.tensor([2.0, 5, 11, 3, 20, 7]),
+        torch.tensor([3.0, 1, 9, 14, 6, 2]),
+        torch.tensor([40.0, 9, 27, 33.5, 24, 18]),
+        torch.tensor([30.0, 36, 20, 8.4, 31, 25]),
+    )
     cases = []
     for dtype in (torch.float32, torch.float16):
         name = str(dtype).removeprefix("torch.")
@@ -158,6 +169,20 @@ def _cases(device: torch.device) -> list[_Case]:
         rois = fpn_rois.to(device, dtype)
         grad = torch.randn(16, 40, 7, 7, generator=gen).to(device, dtype)
         cases.append(_Case(f"{name}, 4 levels", maps, rois, fpn_scales, True, (7, 7), 2, False, grad))
+        grad = torch.randn(6, 3, 28, 28, generator=gen).to(device, dtype)
+        cases.append(
+            _Case(
+                f"{name}, 3 channels",
+                [few.to(device, dtype)],
+                few_rois.to(device, dtype),
+                [1.0],
+                False,
+                (28, 28),
+                -1,
+                False,
+                grad,
+            )
+        )
     return cases
 
 

@@ -8,6 +8,13 @@
 // addressed through strides, so other layouts work too (the host decides which to pass). The
 // output (K, C, PH, PW) is written through shared memory so that stores run along the bins.
 //
+// Few channels (fewer than LANES: one, for the gt masks Mask R-CNN's mask targets pool from). The
+// layout above would leave most lanes idle while each warp sums its bins' points one after
+// another, so forward_few gives each thread one (channel, bin) of the output instead, as
+// torchvision's kernel does: blocks along y take consecutive runs of LANES * WARPS outputs, and
+// consecutive threads write consecutive bins. Forward only: the backward of so few channels is on
+// no hot path (mask targets carry no gradient), and the layout above computes it for any count.
+//
 // Coordinates follow torchvision's roi_align kernels: aligned=1 shifts boxes by -0.5 pixel (pixel
 // centres at +0.5); aligned=0 makes boxes at least 1x1; a sampling point outside [-1, size]
 // contributes 0, and points are clamped to the map before interpolation.
@@ -137,6 +144,28 @@ struct Roi {
   }
 };
 
+// The mean of bin (ph, pw) of one channel, `data`, over the RoI's sampling grid.
+template <typename T, typename A>
+__device__ __forceinline__ A bin_mean(const Roi<A>& roi, const T* data, int ph, int pw) {
+  A acc = 0;
+  for (int iy = 0; iy < roi.grid_h; ++iy) {
+    int ylo, yhi;
+    A wylo, wyhi;
+    if (!taps(roi.y(ph, iy), roi.height, ylo, yhi, wylo, wyhi)) continue;
+    const T* row_lo = data + ylo * roi.stride_y;
+    const T* row_hi = data + yhi * roi.stride_y;
+    for (int ix = 0; ix < roi.grid_w; ++ix) {
+      int xlo, xhi;
+      A wxlo, wxhi;
+      if (!taps(roi.x(pw, ix), roi.width, xlo, xhi, wxlo, wxhi)) continue;
+      const long long a = xlo * roi.stride_x, b = xhi * roi.stride_x;
+      acc += wylo * wxlo * to_acc(row_lo[a]) + wylo * wxhi * to_acc(row_lo[b]) +
+             wyhi * wxlo * to_acc(row_hi[a]) + wyhi * wxhi * to_acc(row_hi[b]);
+    }
+  }
+  return acc / roi.count;
+}
+
 template <typename T, typename A>
 __device__ void forward(const Maps& m, const A* __restrict__ rois, int channels, int pooled_h,
                         int pooled_w, int sampling_ratio, int aligned, T* __restrict__ out) {
@@ -156,25 +185,7 @@ __device__ void forward(const Maps& m, const A* __restrict__ rois, int channels,
     const int nb = min(BIN_TILE, bins - b0);
     for (int bi = warp; bi < nb; bi += WARPS) {
       const int ph = (b0 + bi) / pooled_w, pw = (b0 + bi) % pooled_w;
-      A acc = 0;
-      if (live) {
-        for (int iy = 0; iy < roi.grid_h; ++iy) {
-          int ylo, yhi;
-          A wylo, wyhi;
-          if (!taps(roi.y(ph, iy), roi.height, ylo, yhi, wylo, wyhi)) continue;
-          const T* row_lo = data + ylo * roi.stride_y;
-          const T* row_hi = data + yhi * roi.stride_y;
-          for (int ix = 0; ix < roi.grid_w; ++ix) {
-            int xlo, xhi;
-            A wxlo, wxhi;
-            if (!taps(roi.x(pw, ix), roi.width, xlo, xhi, wxlo, wxhi)) continue;
-            const long long a = xlo * roi.stride_x, b = xhi * roi.stride_x;
-            acc += wylo * wxlo * to_acc(row_lo[a]) + wylo * wxhi * to_acc(row_lo[b]) +
-                   wyhi * wxlo * to_acc(row_hi[a]) + wyhi * wxhi * to_acc(row_hi[b]);
-          }
-        }
-      }
-      tile[lane][bi] = acc / roi.count;
+      tile[lane][bi] = live ? bin_mean(roi, data, ph, pw) : (A)0;
     }
     __syncthreads();
     // out[k, c, bin]: consecutive threads take consecutive bins of one channel
@@ -184,6 +195,25 @@ __device__ void forward(const Maps& m, const A* __restrict__ rois, int channels,
     }
     __syncthreads();
   }
+}
+
+// One (channel, bin) of the output per thread; grid (K, ceil(C * PH * PW / (LANES * WARPS))).
+template <typename T, typename A>
+__device__ void forward_few(const Maps& m, const A* __restrict__ rois, int channels, int pooled_h,
+                            int pooled_w, int sampling_ratio, int aligned, T* __restrict__ out) {
+  const int bins = pooled_h * pooled_w;
+  const int items = channels * bins;  // of this RoI's output, (C, PH, PW) in order
+  const int i = blockIdx.y * (LANES * WARPS) + threadIdx.y * LANES + threadIdx.x;
+  if (i >= items) return;  // no barrier follows
+  const Roi<A> roi(m, rois, pooled_h, pooled_w, sampling_ratio, aligned);
+  const int c = i / bins, bin = i - c * bins;
+  A mean = 0;
+  if (roi.level >= 0) {
+    const int l = roi.level;
+    const T* data = static_cast<const T*>(m.data[l]) + roi.image * m.stride_n[l] + c * roi.stride_c;
+    mean = bin_mean(roi, data, bin / pooled_w, bin % pooled_w);
+  }
+  out[(long long)blockIdx.x * items + i] = from_acc<T>(mean);
 }
 
 // m.data holds accumulation buffers of type A (zeroed by the caller), addressed by m's strides.
@@ -242,6 +272,11 @@ __device__ void backward(const Maps& m, const A* __restrict__ rois, int channels
       const Maps maps, const A* rois, int channels, int pooled_h, int pooled_w,                  \
       int sampling_ratio, int aligned, T* out) {                                                 \
     forward<T, A>(maps, rois, channels, pooled_h, pooled_w, sampling_ratio, aligned, out);       \
+  }                                                                                              \
+  extern "C" __global__ void __launch_bounds__(LANES* WARPS) roi_align_forward_few_##suffix(      \
+      const Maps maps, const A* rois, int channels, int pooled_h, int pooled_w,                  \
+      int sampling_ratio, int aligned, T* out) {                                                 \
+    forward_few<T, A>(maps, rois, channels, pooled_h, pooled_w, sampling_ratio, aligned, out);   \
   }                                                                                              \
   extern "C" __global__ void __launch_bounds__(LANES* WARPS) roi_align_backward_##suffix(         \
       const Maps maps, const A* rois, int channels, int pooled_h, int pooled_w,                  \

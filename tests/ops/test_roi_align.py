@@ -584,7 +584,8 @@ def test_cuda_kernels_compile_to_ptx(arch):
 
     ptx = _cuda.compile_ptx(arch).decode()
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
-    expected = {f"roi_align_{d}_{t}" for d in ("forward", "backward") for t in ("f32", "f64", "f16", "bf16")}
+    directions = ("forward", "forward_few", "backward")
+    expected = {f"roi_align_{d}_{t}" for d in directions for t in ("f32", "f64", "f16", "bf16")}
     assert entries == expected
     # the host's ctypes mirror of `struct Maps` is exactly as large as the kernel's parameter
     size = re.search(r"roi_align_forward_f32_param_0\[(\d+)\]", ptx)

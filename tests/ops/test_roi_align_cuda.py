@@ -70,7 +70,7 @@ def test_cuda_forward_and_backward_match_torchvision(dtype, aligned, sampling_ra
 
 def test_cuda_large_output_uses_several_bin_tiles():
     gen = torch.Generator().manual_seed(1)
-    x = cuda(torch.randn(1, 3, 40, 40, generator=gen)).requires_grad_()
+    x = cuda(torch.randn(1, 33, 40, 40, generator=gen)).requires_grad_()  # the lane layout
     rois = cuda(random_rois(gen, 1, 8, 40, 40)).float()
     ours = roi_align(x, rois, (28, 28), 1.0, 2)  # 784 bins > 128 per tile
     ours.sum().backward()
@@ -79,6 +79,20 @@ def test_cuda_large_output_uses_several_bin_tiles():
     ref.sum().backward()
     torch.testing.assert_close(ours, ref, **TOL[torch.float32])
     torch.testing.assert_close(grad_ours, x.grad, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [1, 3, 31])
+def test_cuda_few_channel_forward_matches_torchvision_as_mask_targets_use_it(dtype, channels):
+    # gt masks pooled to 28 x 28 over proposals, adaptive sampling, unaligned (roi_heads' targets)
+    gen = torch.Generator().manual_seed(channels)
+    masks = cuda((torch.rand(4, channels, 120, 160, generator=gen) > 0.5).double())
+    rois = cuda(random_rois(gen, 4, 64, 120, 160))
+    ref_dtype = reference_dtype(dtype)
+    ours = roi_align(masks.to(dtype), rois.to(dtype), (28, 28), 1.0, 0, False)
+    ref = tv_roi_align(masks.to(dtype).to(ref_dtype), rois.to(dtype).to(ref_dtype), (28, 28), 1.0, 0, False)
+    assert ours.shape == (64, channels, 28, 28) and ours.dtype == dtype
+    torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])

@@ -101,7 +101,9 @@ KERNEL_TYPES = {
     "f16": ("__half", "float"),
     "bf16": ("__nv_bfloat16", "float"),
 }
-KERNELS = [f"roi_align_{direction}_{suffix}" for direction in ("forward", "backward") for suffix in KERNEL_TYPES]
+KERNELS = [
+    f"roi_align_{direction}_{suffix}" for direction in ("forward", "forward_few", "backward") for suffix in KERNEL_TYPES
+]
 
 
 def build_emulator(folder: Path, source: str | None = None, kernels: Sequence[str] = KERNELS) -> ctypes.CDLL:
@@ -112,7 +114,7 @@ def build_emulator(folder: Path, source: str | None = None, kernels: Sequence[st
     (folder / "shim.h").write_text(SHIM)
     emulate = []
     for name in kernels:
-        direction, suffix = name.split("_")[2:]
+        direction, suffix = name.removeprefix("roi_align_").rsplit("_", 1)
         element, accumulator = KERNEL_TYPES[suffix]
         emulate.append(f"EMULATE({name}, {element}, {accumulator}, {'const' if direction == 'backward' else ''})")
     (folder / "launcher.cpp").write_text(LAUNCHER + "\n".join(emulate) + "\n")
@@ -135,14 +137,14 @@ def build_emulator(folder: Path, source: str | None = None, kernels: Sequence[st
 def emulated_launcher(emulator: ctypes.CDLL) -> Callable[..., None]:
     """A stand-in for ``ops._cuda._launch`` that runs the kernel in ``emulator`` on the CPU."""
 
-    def launch(name, device, k, channels, args):
+    def launch(name, device, grid, args):
         try:
             kernel = getattr(emulator, f"emulate_{name}")
         except AttributeError:  # as the driver answers for a kernel the module lacks
             raise _nvrtc.NvrtcError(
                 f"cuModuleGetFunction({name}) failed: CUDA error 500 (named symbol not found)"
             ) from None
-        kernel(ctypes.c_int(k), ctypes.c_int((channels + 31) // 32), *args)
+        kernel(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), *args)
 
     return launch
 
@@ -187,6 +189,26 @@ def test_emulated_kernels_match_torchvision(emulated_launch, dtype, aligned, sam
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("channels", "channels_last"), [(1, False), (3, True), (31, False)])
+def test_emulated_few_channel_forward_matches_torchvision_as_mask_targets_use_it(
+    emulated_launch, dtype, channels, channels_last
+):
+    # Mask R-CNN's mask targets: gt masks (one channel) pooled to 28 x 28 over the proposals, with
+    # adaptive sampling and unaligned boxes; 784 outputs a channel take several blocks of 256
+    gen = torch.Generator().manual_seed(channels)
+    masks = (torch.rand(3, channels, 50, 60, generator=gen) > 0.5).double()
+    rois = random_rois(gen, 3, 9, 50, 60)
+    maps = masks.to(dtype)
+    if channels_last:
+        maps = maps.contiguous(memory_format=torch.channels_last)  # read where it is, by its strides
+    ours = _cuda.forward([maps], rois.to(dtype), [1.0], None, 224, 4, (28, 28), 0, False)
+    ref_dtype = reference_dtype(dtype)
+    ref = tv_roi_align(masks.to(dtype).to(ref_dtype), rois.to(dtype).to(ref_dtype), (28, 28), 1.0, 0, False)
+    assert ours.shape == (9, channels, 28, 28) and ours.dtype == dtype
+    torch.testing.assert_close(ours.to(ref_dtype), ref, **TOL[dtype])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("layout", ["nchw", "sliced"])
 def test_emulated_kernels_read_nchw_maps_in_place(emulated_launch, monkeypatch, dtype, layout):
@@ -202,13 +224,13 @@ def test_emulated_kernels_read_nchw_maps_in_place(emulated_launch, monkeypatch, 
 
 def test_emulated_kernels_tile_outputs_larger_than_a_bin_tile(emulated_launch):
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 3, 20, 20, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 33, 20, 20, generator=gen, dtype=torch.float64, requires_grad=True)  # the lane layout
     rois = random_rois(gen, 1, 3, 20, 20)
     ours = _cuda.forward([x.detach()], rois, [1.0], None, 224, 4, (13, 11), 2, False)  # 143 bins
     ref = tv_roi_align(x, rois, (13, 11), 1.0, 2)
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     ref.backward(grad)
-    (grad_in,) = _cuda.backward(grad, rois, [1.0], None, 224, 4, 1, 3, [20], [20], [False], (13, 11), 2, False)
+    (grad_in,) = _cuda.backward(grad, rois, [1.0], None, 224, 4, 1, 33, [20], [20], [False], (13, 11), 2, False)
     torch.testing.assert_close(ours, ref, **TOL[torch.float64])
     torch.testing.assert_close(grad_in, x.grad, **TOL[torch.float64])
 
@@ -257,8 +279,9 @@ def test_emulated_multilevel_kernel_matches_multiscale_roi_align(emulated_launch
         torch.testing.assert_close(g.to(ref_dtype), r.grad, **TOL[dtype])
 
 
-def test_emulated_kernels_pool_zeros_for_nan_boxes(emulated_launch):
-    x = torch.randn(1, 2, 9, 9, dtype=torch.float64)
+@pytest.mark.parametrize("channels", [2, 40])  # the few-channel and the lane layout
+def test_emulated_kernels_pool_zeros_for_nan_boxes(emulated_launch, channels):
+    x = torch.randn(1, channels, 9, 9, dtype=torch.float64)
     rois = torch.tensor([[0.0, 1, 1, 6, 6], [0, float("nan"), 2, 5, 5]], dtype=torch.float64)
     out = _cuda.forward([x], rois, [1.0], None, 224, 4, (2, 2), 2, True)
     torch.testing.assert_close(out[0], tv_roi_align(x, rois[:1], 2, 1.0, 2, True)[0])

@@ -22,11 +22,15 @@ from tests.ops.test_roi_align_cuda_emulated import build_emulator, emulated_laun
 
 CPU = torch.device("cpu")
 # the self-check runs the float32 and float16 kernels only
-CHECKED_KERNELS = [f"roi_align_{d}_{t}" for d in ("forward", "backward") for t in ("f32", "f16")]
+CHECKED_KERNELS = [f"roi_align_{d}_{t}" for d in ("forward", "forward_few", "backward") for t in ("f32", "f16")]
 
 # one fault each, as a code change that a person could make: (text in roi_align.cu, replacement)
 FAULTS = {
-    "forward forgets to average": ("tile[lane][bi] = acc / roi.count;", "tile[lane][bi] = acc;"),
+    "forward forgets to average": ("return acc / roi.count;", "return acc;"),
+    "few-channel forward pools channel 0 for all": (
+        "roi.image * m.stride_n[l] + c * roi.stride_c;\n    mean",
+        "roi.image * m.stride_n[l];\n    mean",
+    ),
     "backward swaps two taps": ("atomicAdd(row_lo + b, wylo * wxhi * g);", "atomicAdd(row_lo + b, wylo * wxlo * g);"),
     "float16 halves its output": ("return __float2half_rn(v); }", "return __float2half_rn(v * 0.5f); }"),
     "levels one too coarse": (
@@ -52,9 +56,9 @@ class Launches:
         self.names: list[str] = []
         self._launch = emulated_launcher(emulator)
 
-    def __call__(self, name, device, k, channels, args) -> None:
+    def __call__(self, name, device, grid, args) -> None:
         self.names.append(name)
-        self._launch(name, device, k, channels, args)
+        self._launch(name, device, grid, args)
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +121,7 @@ def test_kernels_that_agree_with_the_portable_path_serve_the_device_checked_once
         ("backward swaps two taps", "(float32, one map, backward)"),
         ("float16 halves its output", "(float16, one map, forward)"),
         ("levels one too coarse", "(float32, 4 levels, forward)"),
+        ("few-channel forward pools channel 0 for all", "(float32, 3 channels, forward)"),
     ],
 )
 def test_kernels_with_wrong_numbers_fail_the_check_with_one_warning(run_kernels, fault, where):
@@ -148,9 +153,9 @@ def test_a_kernel_that_does_not_compile_fails_the_check_with_the_log_on_one_line
     broken = _cuda.source().replace("acc / roi.count;", "acc / roi.cnt;")
     monkeypatch.setattr(_cuda, "source", lambda: broken)
 
-    def compile_then_launch(name, device, k, channels, args):
+    def compile_then_launch(name, device, grid, args):
         _nvrtc.compile_cached(_cuda.source(), _cuda.SOURCE_PATH.name, "compute_80")
-        launches(name, device, k, channels, args)
+        launches(name, device, grid, args)
 
     monkeypatch.setattr(_cuda, "_launch", compile_then_launch)
     serve, warned = decide()
@@ -184,16 +189,18 @@ def test_ops_give_the_portable_result_where_the_kernels_fail_the_check(run_kerne
 
 
 @needs_gxx
-def test_ops_run_the_kernels_where_they_pass_the_check(run_kernels):
+def test_ops_run_the_kernels_where_they_pass_the_check_in_the_layout_for_their_channels(run_kernels):
     launches = run_kernels()
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(1, 3, 9, 9, generator=gen)
     rois = random_rois(gen, 1, 6, 9, 9).float()
-    _roi_align_cuda(x, rois, 1.0, 2, 2, 2, False)  # the check, then the call
-    launched = len(launches.names)
-    out = _roi_align_cuda(x, rois, 1.0, 2, 2, 2, False)
-    assert launches.names[launched:] == ["roi_align_forward_f32"]
-    torch.testing.assert_close(out, tv_roi_align(x, rois, 2, 1.0, 2, False), **TOL[torch.float32])
+    # under a warp's 32 lanes of channels, a thread per output; else a lane per channel
+    for channels, kernel in ((3, "roi_align_forward_few_f32"), (40, "roi_align_forward_f32")):
+        x = torch.randn(1, channels, 9, 9, generator=gen)
+        _roi_align_cuda(x, rois, 1.0, 2, 2, 2, False)  # the first time: the check, then the call
+        launched = len(launches.names)
+        out = _roi_align_cuda(x, rois, 1.0, 2, 2, 2, False)
+        assert launches.names[launched:] == [kernel]
+        torch.testing.assert_close(out, tv_roi_align(x, rois, 2, 1.0, 2, False), **TOL[torch.float32])
 
 
 @needs_gxx
