@@ -330,7 +330,10 @@ class Predictor:
                 image = np.repeat(image[:, :, None], 3, axis=2)
             if image.ndim != 3 or image.shape[2] not in (3, 4):
                 raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
-            tensor = torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).to(self.device).permute(2, 0, 1)
+            pixels = np.ascontiguousarray(image[:, :, :3])
+            if not pixels.flags.writeable:  # np.asarray(a PIL image) is read-only, which torch warns of
+                pixels = pixels.copy()
+            tensor = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1)
         elif isinstance(image, Tensor):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(image.shape)}")

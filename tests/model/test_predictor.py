@@ -189,6 +189,29 @@ def test_grey_and_rgba_images_and_float_tensors_are_accepted(mask_model, image) 
     assert torch.equal(predictor.predict(tensor).labels, predictor.predict(image).labels)
 
 
+def test_a_read_only_image_array_is_predicted_without_a_warning() -> None:
+    # np.asarray of a PIL image is read-only; torch warns once a process of such arrays, so a
+    # fresh process tells whether predict passes one to torch
+    script = """
+import warnings
+import numpy as np
+from model.predictor import Predictor
+from resources import DEMO_MODEL
+image = np.zeros((48, 64, 3), np.uint8)
+image.flags.writeable = False
+warnings.simplefilter("error")
+Predictor(DEMO_MODEL, device="cpu").predict(image)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_model_version_names_the_weights_file(tmp_path: Path) -> None:
     model = build_model("maskrcnn_resnet50_fpn", backbone_depth=18, class_names=("__background__", "cat"))
     path = save_weights(model, tmp_path / "cats.safetensors")
