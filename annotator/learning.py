@@ -406,7 +406,10 @@ def learning_round(
     training = run_child(train_command(request, train_file, project.image_root), run_dir, settings, on_event)
     kept.train_seconds = time.monotonic() - started
     kept.log = training.log
-    discard_checkpoints(run_dir)  # a round is never continued; its model is model_final
+    # a round is never continued; its model is model_final. Earlier rounds' folders too: those of
+    # rounds run before rounds removed their own still hold theirs (twice the weights' size each)
+    for round_dir in {run_dir, *run_dir.parent.glob("round-*")}:
+        discard_checkpoints(round_dir)
     finished = [e for e in training.events if e.get("event") == "done"]
     problem = training.error() or (None if finished else "the training ended without its weights")
     if problem is not None:

@@ -85,12 +85,17 @@ def test_rounds_replace_the_model_when_not_worse_keep_it_when_worse_and_keep_eve
     # one pass over the images trained on, one image a step
     steps = []
     length = settings(iterations=None, epochs=1, batch_size=1)
+    older = tmp_path / "round-0"  # a round run before rounds removed their checkpoints
+    older.mkdir()
+    for name in ("checkpoint_0000500.pth", "last_checkpoint", "model_final.safetensors"):
+        (older / name).write_bytes(b"0")
     first = learning_round(project, str(untrained), tmp_path / "round-1", length, steps.append)
     assert (first.current_ap, first.new_ap) == (0.0, 0.0)  # neither proposes anything: not worse
     assert first.iterations == first.trained_on == max(e["iteration"] for e in steps if e["event"] == "progress")
     assert first.replaced and first.weights == str(tmp_path / "round-1" / "model_final.safetensors")
     assert Path(first.weights).is_file() and not first.failed
     assert not list((tmp_path / "round-1").glob("*checkpoint*"))  # a round is never continued
+    assert [p.name for p in older.iterdir()] == ["model_final.safetensors"]  # nor was an earlier one
     assert (first.trained_on, first.held_out) == (4 - sum(sides[:4]), sum(sides[:4]))
 
     mark_done(project, 6)
