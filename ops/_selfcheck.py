@@ -5,11 +5,10 @@ device, and the portable path otherwise.
 A kernel that no one has seen work on a given GPU is not trusted blindly: the first RoIAlign on a
 CUDA device runs a small random case through both on that device (forward and backward, float32
 and float16, one map, four FPN levels, and three channels for the few-channel layout) and
-compares. If the kernels fail to compile, load or
-launch, or differ beyond tolerance, one warning line names the cause and the device, and the
-portable path serves that device for the rest of the process. The answer is kept per device and
-process. The check takes milliseconds of GPU time; the kernels' compilation (about a second,
-then cached on disk) would happen at first use anyway.
+compares. If the kernels fail to compile, load or launch, or differ beyond tolerance, one warning
+line names the cause and the device, and the portable path serves that device for the rest of the
+process. The answer is kept per device and process. The check takes milliseconds of GPU time; the
+kernels' compilation (about a second, then cached on disk) would happen at first use anyway.
 
 ``MASKRCNN_ROI_ALIGN`` forces a path: ``cuda`` (the kernels, unchecked: their failures raise),
 ``portable``, or ``auto`` (the default: the kernels where they pass the check).
@@ -169,20 +168,10 @@ def _cases(device: torch.device) -> list[_Case]:
         rois = fpn_rois.to(device, dtype)
         grad = torch.randn(16, 40, 7, 7, generator=gen).to(device, dtype)
         cases.append(_Case(f"{name}, 4 levels", maps, rois, fpn_scales, True, (7, 7), 2, False, grad))
+        maps = [few.to(device, dtype)]
+        rois = few_rois.to(device, dtype)
         grad = torch.randn(6, 3, 28, 28, generator=gen).to(device, dtype)
-        cases.append(
-            _Case(
-                f"{name}, 3 channels",
-                [few.to(device, dtype)],
-                few_rois.to(device, dtype),
-                [1.0],
-                False,
-                (28, 28),
-                -1,
-                False,
-                grad,
-            )
-        )
+        cases.append(_Case(f"{name}, 3 channels", maps, rois, [1.0], False, (28, 28), -1, False, grad))
     return cases
 
 
